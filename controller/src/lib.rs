@@ -1,0 +1,1 @@
+//! The recfleet controller (REST API, warm pool, state, storage, metrics) grows here.

@@ -1,0 +1,17 @@
+//! Types shared by the bot and the controller: the join recipe, recording statuses and
+//! sub-codes, the timeline (`events.json`), the segment manifest (`manifest.json`) and the
+//! bot's closing summary.
+//!
+//! This crate owns data shapes and their pure validation only. It must not do I/O or pull in
+//! heavy dependencies: both sides link it, and the controller validates recipes with it before
+//! any bot sees them.
+
+pub mod recipe;
+pub mod recording;
+pub mod timeline;
+
+pub use recipe::{Recipe, RecipeError, Step};
+pub use recording::{
+    CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError,
+};
+pub use timeline::{Event, EventKind, Timeline};

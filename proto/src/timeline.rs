@@ -1,0 +1,85 @@
+//! The recording's timeline, written as `events.json`: what happened and when, from the page
+//! loading to the end with its sub-code.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::SubCode;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The meeting page answered and loaded (`attempt` counts from 1).
+    PageLoaded { url: String, attempt: u32 },
+    /// A join attempt failed and will be retried (or was the last one).
+    JoinAttemptFailed { attempt: u32, error: String },
+    /// The page shows the waiting room; recording waits.
+    WaitingRoom,
+    /// The last join step is done: the bot is in the call.
+    Joined,
+    /// FFmpeg captured its first frame.
+    RecordingStarted,
+    /// The first segment is closed on disk.
+    FirstSegment { name: String },
+    /// Why the meeting ended for the bot.
+    Ended { sub_code: SubCode, detail: String },
+    /// `recording.mp4` is made and checked.
+    Finalized { duration_secs: f64 },
+}
+
+/// One entry of `events.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Milliseconds since the bot started on this recording.
+    pub elapsed_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The whole timeline, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub recording_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub events: Vec<Event>,
+}
+
+impl Timeline {
+    pub fn new(recording_id: impl Into<String>, started_at: OffsetDateTime) -> Self {
+        Self { recording_id: recording_id.into(), started_at, events: Vec::new() }
+    }
+
+    pub fn push_at(&mut self, at: OffsetDateTime, kind: EventKind) -> &Event {
+        let elapsed_ms = (at - self.started_at).whole_milliseconds().max(0) as u64;
+        self.events.push(Event { at, elapsed_ms, kind });
+        self.events.last().expect("just pushed")
+    }
+
+    pub fn find(&self, pred: impl Fn(&EventKind) -> bool) -> Option<&Event> {
+        self.events.iter().find(|e| pred(&e.kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_flat_with_a_kind() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut t = Timeline::new("r1", t0);
+        t.push_at(t0 + time::Duration::milliseconds(1500), EventKind::Ended { sub_code: SubCode::MeetingEnded, detail: "x".into() });
+        let v = serde_json::to_value(&t).unwrap();
+        let e = &v["events"][0];
+        assert_eq!(e["kind"], "ended");
+        assert_eq!(e["sub_code"], "meeting_ended");
+        assert_eq!(e["elapsed_ms"], 1500);
+        assert_eq!(e["at"], "2023-11-14T22:13:21.5Z");
+        let back: Timeline = serde_json::from_value(v).unwrap();
+        assert_eq!(back, t);
+    }
+}
