@@ -1,1 +1,170 @@
-fn main() {}
+//! `recfleet-bot`: flags in, `recfleet_bot::record` out. Logs go to stderr; the last stdout
+//! line is a JSON summary (or a JSON error with a stable code).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use recfleet_bot::config::{self, RecordConfig, VideoConfig};
+use recfleet_bot::RecordError;
+use recfleet_proto::Recipe;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "recfleet-bot", version, about = "Records one web meeting with headless Chromium and FFmpeg")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "RECFLEET_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Record one meeting, standalone (no controller). SIGINT/SIGTERM finalize and stop.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RecordArgs {
+    /// The meeting's http(s) URL.
+    #[arg(long)]
+    url: String,
+    /// A join recipe (JSON). Without one the bot opens the URL and records it.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// The name the bot joins with.
+    #[arg(long, default_value = config::DEFAULT_BOT_NAME)]
+    bot_name: String,
+    /// Folder for the segments, playlist, manifest, timeline and MP4 (created; must not hold a recording).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop after this many seconds of recording.
+    #[arg(long)]
+    max_duration_secs: Option<u64>,
+    #[arg(long, default_value_t = config::DEFAULT_WIDTH)]
+    width: u32,
+    #[arg(long, default_value_t = config::DEFAULT_HEIGHT)]
+    height: u32,
+    #[arg(long, default_value_t = config::DEFAULT_FPS)]
+    fps: u32,
+    /// x264 preset (see docs/BENCHMARKS.md for the CPU each costs).
+    #[arg(long, default_value = config::DEFAULT_X264_PRESET)]
+    x264_preset: String,
+    #[arg(long, default_value_t = config::DEFAULT_X264_CRF)]
+    x264_crf: u32,
+    /// Join attempts in all before `join_failed`.
+    #[arg(long, default_value_t = config::DEFAULT_JOIN_ATTEMPTS)]
+    join_attempts: u32,
+    /// The recording's id (substituted for `{recording_id}`); generated when absent.
+    #[arg(long)]
+    recording_id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let Command::Record(args) = cli.command;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => return fail_plain("environment_failed", &format!("cannot start the async runtime: {err}"), 5),
+    };
+    runtime.block_on(async move {
+        let cfg = match to_config(args) {
+            Ok(cfg) => cfg,
+            Err(err) => return fail(&err),
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signals(shutdown.clone()));
+        match recfleet_bot::record(&cfg, shutdown).await {
+            Ok(summary) => {
+                println!("{}", serde_json::to_string(&summary).expect("the summary serializes"));
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err),
+        }
+    })
+}
+
+fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
+    let recipe = match &args.recipe {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| RecordError::Recipe(format!("cannot read {}: {e}", path.display())))?;
+            Some(Recipe::from_json(&text).map_err(|e| RecordError::Recipe(format!("{}: {e}", path.display())))?)
+        }
+    };
+    Ok(RecordConfig {
+        url: args.url,
+        recipe,
+        bot_name: args.bot_name,
+        recording_id: args.recording_id.unwrap_or_else(new_recording_id),
+        out_dir: args.out,
+        max_duration: args.max_duration_secs.map(Duration::from_secs),
+        video: VideoConfig {
+            width: args.width,
+            height: args.height,
+            fps: args.fps,
+            x264_preset: args.x264_preset,
+            x264_crf: args.x264_crf,
+        },
+        join_attempts: args.join_attempts,
+    })
+}
+
+fn new_recording_id() -> String {
+    format!("rec_{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn stop_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM will not finalize");
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: finishing the recording"),
+        _ = term.recv() => tracing::info!("SIGTERM: finishing the recording"),
+    }
+    shutdown.cancel();
+}
+
+fn fail(err: &RecordError) -> ExitCode {
+    tracing::error!(code = err.code(), error = %err, "recording failed");
+    let line = serde_json::json!({
+        "status": "failed",
+        "sub_code": err.sub_code(),
+        "error": {"code": err.code(), "message": err.to_string()},
+    });
+    println!("{line}");
+    ExitCode::from(err.exit_code() as u8)
+}
+
+fn fail_plain(code: &str, message: &str, exit: u8) -> ExitCode {
+    eprintln!("error: {message}");
+    println!("{}", serde_json::json!({"status": "failed", "error": {"code": code, "message": message}}));
+    ExitCode::from(exit)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+/// chromiumoxide warns about every event of a newer CDP revision that it cannot parse; those
+/// are harmless and would drown the bot's own log.
+const DEFAULT_LOG_FILTER: &str = "info,chromiumoxide=error";

@@ -1,0 +1,99 @@
+//! The audio server: a private PulseAudio with one null sink that Chromium plays into and
+//! FFmpeg records from (`<sink>.monitor`).
+//!
+//! Each bot runs its own daemon on its own socket, so bots on one host never hear each other.
+//! Readiness: the null sink is loaded before the socket module, so the socket appearing proves
+//! the sink exists. This module must not know who plays or records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::child::{describe_exit, ChildError, Supervised};
+
+pub const SINK_NAME: &str = "recfleet";
+pub const SAMPLE_RATE: u32 = 48_000;
+const SOCKET_POLL: Duration = Duration::from_millis(10);
+
+/// Pure: the PulseAudio command line for a daemon whose socket is `socket`.
+pub fn pulseaudio_args(socket: &Path) -> Vec<String> {
+    vec![
+        "--daemonize=no".into(),
+        "--exit-idle-time=-1".into(),
+        "--use-pid-file=no".into(),
+        "--disable-shm=yes".into(),
+        "--log-target=stderr".into(),
+        // -n: no default script, so nothing probes for sound cards that a server has not.
+        "-n".into(),
+        format!(
+            "--load=module-null-sink sink_name={SINK_NAME} rate={SAMPLE_RATE} channels=2 sink_properties=device.description={SINK_NAME}"
+        ),
+        format!("--load=module-native-protocol-unix auth-anonymous=1 socket={}", socket.display()),
+    ]
+}
+
+/// A running private PulseAudio.
+#[derive(Debug)]
+pub struct Audio {
+    pub child: Supervised,
+    /// `PULSE_SERVER` for its clients.
+    pub server: String,
+    pub sink: &'static str,
+}
+
+impl Audio {
+    /// Starts the daemon with its state under `runtime_dir` (which the caller owns and removes).
+    pub async fn start(runtime_dir: &Path, ready_within: Duration) -> Result<Self, ChildError> {
+        let socket: PathBuf = runtime_dir.join("pulse-native");
+        let mut cmd = Command::new("pulseaudio");
+        cmd.args(pulseaudio_args(&socket))
+            .env("HOME", runtime_dir)
+            .env("XDG_RUNTIME_DIR", runtime_dir)
+            .env("XDG_CONFIG_HOME", runtime_dir.join("config"))
+            .env_remove("PULSE_SERVER")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        let mut child = Supervised::spawn("pulseaudio", cmd, None)?;
+        let started = Instant::now();
+        loop {
+            if socket.exists() {
+                tracing::debug!(ready_ms = started.elapsed().as_millis() as u64, "pulseaudio ready");
+                return Ok(Self { child, server: format!("unix:{}", socket.display()), sink: SINK_NAME });
+            }
+            if let Some(status) = child.try_exit() {
+                return Err(ChildError::ExitedEarly {
+                    name: "pulseaudio",
+                    status: describe_exit(status),
+                    detail: "see the bot's debug log for its stderr".into(),
+                });
+            }
+            if started.elapsed() > ready_within {
+                return Err(ChildError::NotReady {
+                    name: "pulseaudio",
+                    waited_ms: started.elapsed().as_millis(),
+                    detail: format!("socket {} never appeared", socket.display()),
+                });
+            }
+            tokio::time::sleep(SOCKET_POLL).await;
+        }
+    }
+
+    /// The source FFmpeg records: everything played into the sink.
+    pub fn monitor_source(&self) -> String {
+        format!("{}.monitor", self.sink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_loads_before_the_socket() {
+        let args = pulseaudio_args(Path::new("/run/x/sock"));
+        let sink = args.iter().position(|a| a.contains("module-null-sink")).unwrap();
+        let socket = args.iter().position(|a| a.contains("module-native-protocol-unix")).unwrap();
+        assert!(sink < socket, "the socket must prove the sink is loaded");
+        assert!(args[socket].ends_with("socket=/run/x/sock"));
+        assert!(args.contains(&"-n".to_string()));
+    }
+}

@@ -1,0 +1,387 @@
+//! The capture: one FFmpeg (through ffmpeg-sidecar) grabbing the display and the sink's
+//! monitor into HLS with fMP4 segments, a keyframe at every segment boundary.
+//!
+//! Queues are bounded (`-thread_queue_size`), so a starved encoder drops frames instead of
+//! growing by gigabytes; speed, dropped and duplicated frames are reported. Readiness is FFmpeg's
+//! first progress report with a frame. This module owns the FFmpeg process; it must not read
+//! or move the segments (that is `spool`'s job).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ffmpeg_sidecar::child::FfmpegChild;
+use ffmpeg_sidecar::command::FfmpegCommand;
+use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
+use recfleet_proto::CaptureStats;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::child::{describe_exit, set_parent_death_signal};
+use crate::config::{VideoConfig, CAPTURE_STOP_GRACE, SEGMENT_SECS};
+
+pub const PLAYLIST: &str = "index.m3u8";
+pub const INIT_SEGMENT: &str = "init.mp4";
+/// Raw frames FFmpeg may queue between grabbing and encoding: 8 x 3.7 MB at 720p.
+const VIDEO_QUEUE: u32 = 8;
+const AUDIO_QUEUE: u32 = 256;
+/// How often FFmpeg reports progress; it dates the first frame to within this.
+const STATS_PERIOD_SECS: f32 = 0.25;
+/// Speed is judged only after the encoder has warmed up.
+const SPEED_WARMUP_FRAMES: u64 = 90;
+
+/// What FFmpeg records and where.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub display: String,
+    pub pulse_server: String,
+    pub audio_source: String,
+    pub video: VideoConfig,
+    pub out_dir: PathBuf,
+}
+
+/// Pure: FFmpeg's arguments (after the program name). FFmpeg runs in the spool folder, so the
+/// playlist names its segments relative to itself.
+pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
+    let v = &cfg.video;
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+    push(&["-hide_banner", "-stats_period", &STATS_PERIOD_SECS.to_string(), "-stats"]);
+    // Video: the whole screen, no pointer, a small queue.
+    push(&[
+        "-thread_queue_size",
+        &VIDEO_QUEUE.to_string(),
+        "-f",
+        "x11grab",
+        "-draw_mouse",
+        "0",
+        "-framerate",
+        &v.fps.to_string(),
+        "-video_size",
+        &format!("{}x{}", v.width, v.height),
+        "-i",
+        &format!("{}.0+0,0", cfg.display),
+    ]);
+    // Audio: everything the page plays.
+    push(&["-thread_queue_size", &AUDIO_QUEUE.to_string(), "-f", "pulse", "-sample_rate", "48000", "-channels", "2"]);
+    push(&["-i", &cfg.audio_source]);
+    push(&["-map", "0:v:0", "-map", "1:a:0"]);
+    let gop = v.gop().to_string();
+    push(&[
+        "-c:v",
+        "libx264",
+        "-preset",
+        &v.x264_preset,
+        "-crf",
+        &v.x264_crf.to_string(),
+        "-pix_fmt",
+        "yuv420p",
+        "-fps_mode",
+        "cfr",
+        "-r",
+        &v.fps.to_string(),
+        "-g",
+        &gop,
+        "-keyint_min",
+        &gop,
+        "-sc_threshold",
+        "0",
+        "-force_key_frames",
+        &format!("expr:gte(t,n_forced*{SEGMENT_SECS})"),
+    ]);
+    push(&["-c:a", "aac", "-b:a", &format!("{}k", crate::config::DEFAULT_AUDIO_BITRATE_KBPS), "-ar", "48000", "-ac", "2"]);
+    push(&[
+        "-f",
+        "hls",
+        "-hls_time",
+        &SEGMENT_SECS.to_string(),
+        "-hls_list_size",
+        "0",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_fmp4_init_filename",
+        INIT_SEGMENT,
+        "-hls_playlist_type",
+        "event",
+        // temp_file: a segment appears under its name only once it is closed.
+        "-hls_flags",
+        "independent_segments+temp_file",
+        "-start_number",
+        "1",
+        "-hls_segment_filename",
+        "seg_%06d.m4s",
+        PLAYLIST,
+    ]);
+    args
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot start ffmpeg: {0}; is it installed? (run `make setup`)")]
+    Spawn(std::io::Error),
+    #[error("ffmpeg reported no frame within {0:?}: {1}")]
+    NoFirstFrame(Duration, String),
+    #[error("ffmpeg stopped: {0}")]
+    Exited(String),
+}
+
+/// What the event thread tells the recording.
+#[derive(Debug)]
+enum Update {
+    FirstFrame(OffsetDateTime),
+    Ended,
+}
+
+/// A running capture.
+pub struct Capture {
+    child: FfmpegChild,
+    pid: u32,
+    stats: Arc<Mutex<CaptureStats>>,
+    updates: mpsc::UnboundedReceiver<Update>,
+    errors: Arc<Mutex<Vec<String>>>,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture").field("pid", &self.pid()).field("exited", &self.exited).finish()
+    }
+}
+
+impl Capture {
+    /// Starts FFmpeg and waits for its first frame; returns the capture and when that frame was
+    /// grabbed.
+    pub async fn start(cfg: &CaptureConfig, first_frame_within: Duration) -> Result<(Self, OffsetDateTime), CaptureError> {
+        let mut cmd = FfmpegCommand::new();
+        cmd.args(ffmpeg_args(cfg));
+        cmd.as_inner_mut()
+            .current_dir(&cfg.out_dir)
+            .env("PULSE_SERVER", &cfg.pulse_server)
+            .env("DISPLAY", &cfg.display);
+        set_parent_death_signal(cmd.as_inner_mut());
+        let mut child = cmd.spawn().map_err(CaptureError::Spawn)?;
+        let events = child.iter().map_err(|e| CaptureError::Spawn(std::io::Error::other(e.to_string())))?;
+        let stats = Arc::new(Mutex::new(CaptureStats::default()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (tx, updates) = mpsc::unbounded_channel();
+        let (thread_stats, thread_errors) = (stats.clone(), errors.clone());
+        std::thread::Builder::new()
+            .name("ffmpeg-events".into())
+            .spawn(move || consume(events, &thread_stats, &thread_errors, &tx))
+            .map_err(CaptureError::Spawn)?;
+        let pid = child.as_inner().id();
+        let mut capture = Self { child, pid, stats, updates, errors, exited: None };
+        match tokio::time::timeout(first_frame_within, capture.updates.recv()).await {
+            Ok(Some(Update::FirstFrame(at))) => {
+                tracing::info!(pid = capture.pid(), "capture started");
+                Ok((capture, at))
+            }
+            Ok(Some(Update::Ended)) | Ok(None) => {
+                let status = capture.stop().await;
+                Err(CaptureError::Exited(format!("{status} before its first frame: {}", capture.last_errors())))
+            }
+            Err(_) => {
+                let _ = capture.stop().await;
+                Err(CaptureError::NoFirstFrame(first_frame_within, capture.last_errors()))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves when FFmpeg exits on its own (a crash, a lost display): the recording's cue to end.
+    pub async fn exited(&mut self) -> String {
+        loop {
+            match self.updates.recv().await {
+                Some(Update::FirstFrame(_)) => continue,
+                Some(Update::Ended) | None => return self.last_errors(),
+            }
+        }
+    }
+
+    /// Asks FFmpeg to finish (`q`: the last segment is closed and `EXT-X-ENDLIST` written),
+    /// then SIGINT, then SIGKILL, each after a deadline.
+    pub async fn stop(&mut self) -> String {
+        if let Some(status) = self.exited {
+            return describe_exit(status);
+        }
+        let _ = self.child.quit();
+        let steps: [(Option<i32>, Duration); 3] =
+            [(None, CAPTURE_STOP_GRACE), (Some(libc::SIGINT), CAPTURE_STOP_GRACE), (Some(libc::SIGKILL), Duration::from_secs(2))];
+        for (signal, grace) in steps {
+            if let Some(sig) = signal {
+                tracing::warn!(signal = sig, "ffmpeg did not stop in time; signalling it");
+                crate::child::send_signal(self.pid(), sig);
+            }
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(status)) = self.child.as_inner_mut().try_wait() {
+                    self.exited = Some(status);
+                    return describe_exit(status);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        "did not exit after SIGKILL".into()
+    }
+
+    pub fn stats(&self) -> CaptureStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    fn last_errors(&self) -> String {
+        let errors = self.errors.lock().expect("errors lock");
+        if errors.is_empty() {
+            "no error was logged".into()
+        } else {
+            errors.iter().rev().take(3).rev().cloned().collect::<Vec<_>>().join(" | ")
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if self.exited.is_none() && matches!(self.child.as_inner_mut().try_wait(), Ok(None)) {
+            tracing::debug!("ffmpeg killed on teardown");
+            let _ = self.child.kill();
+            let _ = self.child.as_inner_mut().wait();
+        }
+    }
+}
+
+/// Reads every event FFmpeg emits (the sidecar's channel has no buffer: an unread event
+/// stalls FFmpeg), keeps the stats current and tells the recording about the first frame.
+fn consume(
+    events: ffmpeg_sidecar::iter::FfmpegIterator,
+    stats: &Mutex<CaptureStats>,
+    errors: &Mutex<Vec<String>>,
+    tx: &mpsc::UnboundedSender<Update>,
+) {
+    let mut started = false;
+    for event in events {
+        match event {
+            FfmpegEvent::Progress(p) => {
+                let now = OffsetDateTime::now_utc();
+                let (dup, dropped) = parse_dup_drop(&p.raw_log_message);
+                let mut s = stats.lock().expect("stats lock");
+                s.frames = u64::from(p.frame);
+                s.duplicated_frames = dup;
+                s.dropped_frames = dropped;
+                if p.speed > 0.0 {
+                    let speed = f64::from(p.speed);
+                    s.last_speed = Some(speed);
+                    if s.frames > SPEED_WARMUP_FRAMES {
+                        s.min_speed = Some(s.min_speed.map_or(speed, |m| m.min(speed)));
+                    }
+                }
+                drop(s);
+                if !started && p.frame > 0 {
+                    started = true;
+                    let captured = parse_clock(&p.time).unwrap_or(0.0);
+                    let at = now - time::Duration::seconds_f64(captured);
+                    let _ = tx.send(Update::FirstFrame(at));
+                }
+            }
+            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => {
+                tracing::warn!(child = "ffmpeg", "{line}");
+                let mut e = errors.lock().expect("errors lock");
+                e.push(line);
+                let excess = e.len().saturating_sub(20);
+                e.drain(..excess);
+            }
+            FfmpegEvent::Log(LogLevel::Warning, line) => tracing::debug!(child = "ffmpeg", "{line}"),
+            // The sidecar says this whenever the output is files rather than stdout.
+            FfmpegEvent::Error(msg) if msg.contains("No streams found") || msg.contains("No output streams") => {}
+            FfmpegEvent::Error(msg) => tracing::debug!(child = "ffmpeg", "sidecar: {msg}"),
+            FfmpegEvent::Done | FfmpegEvent::LogEOF => break,
+            _ => {}
+        }
+    }
+    let _ = tx.send(Update::Ended);
+}
+
+/// `dup=` and `drop=` from FFmpeg's stats line (the sidecar does not parse them).
+pub fn parse_dup_drop(line: &str) -> (u64, u64) {
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|tok| tok.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("dup="), field("drop="))
+}
+
+/// `HH:MM:SS.ss` to seconds.
+pub fn parse_clock(clock: &str) -> Option<f64> {
+    let mut parts = clock.trim().split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CaptureConfig {
+        CaptureConfig {
+            display: ":99".into(),
+            pulse_server: "unix:/run/p".into(),
+            audio_source: "recfleet.monitor".into(),
+            video: VideoConfig::default(),
+            out_dir: "/rec/out".into(),
+        }
+    }
+
+    fn has(args: &[String], pair: [&str; 2]) -> bool {
+        args.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1])
+    }
+
+    #[test]
+    fn segments_are_fmp4_with_a_keyframe_per_boundary() {
+        let args = ffmpeg_args(&cfg());
+        for pair in [
+            ["-hls_segment_type", "fmp4"],
+            ["-hls_time", "2"],
+            ["-hls_list_size", "0"],
+            ["-g", "60"],
+            ["-keyint_min", "60"],
+            ["-sc_threshold", "0"],
+            ["-start_number", "1"],
+            ["-hls_fmp4_init_filename", "init.mp4"],
+            ["-hls_segment_filename", "seg_%06d.m4s"],
+            ["-pix_fmt", "yuv420p"],
+            ["-c:a", "aac"],
+        ] {
+            assert!(has(&args, pair), "missing {pair:?}");
+        }
+        assert_eq!(args.last().unwrap(), "index.m3u8");
+    }
+
+    #[test]
+    fn grabs_the_whole_display_without_the_pointer_and_bounded_queues() {
+        let args = ffmpeg_args(&cfg());
+        assert!(has(&args, ["-i", ":99.0+0,0"]));
+        assert!(has(&args, ["-draw_mouse", "0"]));
+        assert!(has(&args, ["-video_size", "1280x720"]));
+        assert!(has(&args, ["-i", "recfleet.monitor"]));
+        assert!(has(&args, ["-thread_queue_size", "8"]));
+    }
+
+    #[test]
+    fn gop_follows_the_frame_rate() {
+        let mut c = cfg();
+        c.video.fps = 25;
+        assert!(has(&ffmpeg_args(&c), ["-g", "50"]));
+    }
+
+    #[test]
+    fn stats_fields_parse() {
+        let line = "frame=  301 fps= 30 q=-1.0 size=N/A time=00:00:10.03 bitrate=N/A dup=3 drop=12 speed=   1x";
+        assert_eq!(parse_dup_drop(line), (3, 12));
+        assert_eq!(parse_dup_drop("frame=1"), (0, 0));
+        assert!((parse_clock("00:01:10.50").unwrap() - 70.5).abs() < 1e-9);
+        assert_eq!(parse_clock("N/A"), None);
+    }
+}

@@ -1,0 +1,204 @@
+//! What one recording needs to know, validated once and purely (no I/O) before anything
+//! starts, with errors that name the offending field.
+//!
+//! Defaults live here as named constants and nowhere else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use recfleet_proto::Recipe;
+
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+pub const DEFAULT_FPS: u32 = 30;
+/// HLS segment length: a dead bot loses at most this much.
+pub const SEGMENT_SECS: u32 = 2;
+/// Measured on 2 cores (docs/BENCHMARKS.md): `ultrafast` holds realtime for three bots.
+pub const DEFAULT_X264_PRESET: &str = "ultrafast";
+pub const DEFAULT_X264_CRF: u32 = 23;
+pub const DEFAULT_AUDIO_BITRATE_KBPS: u32 = 128;
+pub const DEFAULT_BOT_NAME: &str = "Recorder";
+/// Join attempts in all (the first plus retries) before `join_failed`.
+pub const DEFAULT_JOIN_ATTEMPTS: u32 = 4;
+/// First retry delay; each next one doubles, with jitter.
+pub const JOIN_RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
+/// How long a page load may take before the attempt counts as failed.
+pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the page is asked whether the meeting ended.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// FFmpeg must report its first frame this soon after it starts.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long FFmpeg gets to close its last segment after `q`.
+pub const CAPTURE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long each other child gets after SIGTERM.
+pub const CHILD_STOP_GRACE: Duration = Duration::from_secs(3);
+/// Xvfb, PulseAudio and Chromium must prove readiness within this.
+pub const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Capture geometry and encoder settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub x264_preset: String,
+    pub x264_crf: u32,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            fps: DEFAULT_FPS,
+            x264_preset: DEFAULT_X264_PRESET.into(),
+            x264_crf: DEFAULT_X264_CRF,
+        }
+    }
+}
+
+/// One standalone recording (`recfleet-bot record`).
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub url: String,
+    pub recipe: Option<Recipe>,
+    pub bot_name: String,
+    pub recording_id: String,
+    pub out_dir: PathBuf,
+    pub max_duration: Option<Duration>,
+    pub video: VideoConfig,
+    pub join_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+const X264_PRESETS: [&str; 10] =
+    ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+
+impl VideoConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason: String| Err(ConfigError { field, reason });
+        // yuv420p needs even sizes; x11grab cannot grab more than the screen it asks for.
+        if !(160..=3840).contains(&self.width) || self.width % 2 != 0 {
+            return err("width", format!("must be even and between 160 and 3840, got {}", self.width));
+        }
+        if !(120..=2160).contains(&self.height) || self.height % 2 != 0 {
+            return err("height", format!("must be even and between 120 and 2160, got {}", self.height));
+        }
+        if !(1..=60).contains(&self.fps) {
+            return err("fps", format!("must be between 1 and 60, got {}", self.fps));
+        }
+        if !X264_PRESETS.contains(&self.x264_preset.as_str()) {
+            return err("x264_preset", format!("unknown preset {:?}; one of {}", self.x264_preset, X264_PRESETS.join(", ")));
+        }
+        if self.x264_crf > 51 {
+            return err("x264_crf", format!("must be between 0 and 51, got {}", self.x264_crf));
+        }
+        Ok(())
+    }
+
+    /// Frames between keyframes: one keyframe at every segment boundary.
+    pub fn gop(&self) -> u32 {
+        self.fps * SEGMENT_SECS
+    }
+}
+
+impl RecordConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_meeting_url(&self.url)?;
+        if self.bot_name.trim().is_empty() || self.bot_name.chars().count() > 100 {
+            return Err(ConfigError { field: "bot_name", reason: "must be 1 to 100 characters".into() });
+        }
+        if let Some(recipe) = &self.recipe {
+            recipe.validate().map_err(|e| ConfigError { field: "recipe", reason: e.to_string() })?;
+        }
+        if self.max_duration == Some(Duration::ZERO) {
+            return Err(ConfigError { field: "max_duration_secs", reason: "must be at least 1".into() });
+        }
+        if self.join_attempts == 0 {
+            return Err(ConfigError { field: "join_attempts", reason: "must be at least 1".into() });
+        }
+        self.video.validate()
+    }
+}
+
+/// Meeting URLs must be http(s) with a host. Address policy (link-local, metadata, allow-lists)
+/// is the controller's; a standalone bot records what its operator points it at.
+pub fn validate_meeting_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| Err(ConfigError { field: "url", reason: format!("{reason}: {url:?}") });
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("must be an absolute http(s) URL");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return bad("only http and https meeting URLs are recorded");
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return bad("the URL has no host");
+    }
+    if url.chars().any(char::is_whitespace) {
+        return bad("the URL contains white space");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RecordConfig {
+        RecordConfig {
+            url: "http://127.0.0.1:8080/m/1".into(),
+            recipe: None,
+            bot_name: DEFAULT_BOT_NAME.into(),
+            recording_id: "r1".into(),
+            out_dir: "/tmp/x".into(),
+            max_duration: None,
+            video: VideoConfig::default(),
+            join_attempts: DEFAULT_JOIN_ATTEMPTS,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        config().validate().unwrap();
+        assert_eq!(VideoConfig::default().gop(), 60);
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host() {
+        for ok in ["http://a", "https://meet.example.com/x?y=1", "HTTP://10.0.0.1:99/"] {
+            validate_meeting_url(ok).unwrap();
+        }
+        for bad in ["", "meet.example.com", "file:///etc/passwd", "javascript:alert(1)", "http://", "http:///x", "ftp://a/b", "http://a b"] {
+            let err = validate_meeting_url(bad).unwrap_err();
+            assert_eq!(err.field, "url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut RecordConfig)>)> = vec![
+            ("width", Box::new(|c| c.video.width = 1281)),
+            ("height", Box::new(|c| c.video.height = 0)),
+            ("fps", Box::new(|c| c.video.fps = 0)),
+            ("x264_preset", Box::new(|c| c.video.x264_preset = "warp".into())),
+            ("x264_crf", Box::new(|c| c.video.x264_crf = 60)),
+            ("bot_name", Box::new(|c| c.bot_name = " ".into())),
+            ("max_duration_secs", Box::new(|c| c.max_duration = Some(Duration::ZERO))),
+            ("join_attempts", Box::new(|c| c.join_attempts = 0)),
+            ("url", Box::new(|c| c.url = "chrome://crash".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut c = config();
+            mutate(&mut c);
+            assert_eq!(c.validate().unwrap_err().field, field);
+        }
+    }
+}

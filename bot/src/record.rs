@@ -1,0 +1,287 @@
+//! One recording from start to finish: prepare the output folder, bring up the environment,
+//! join, capture, watch for the end, stop in order, finalize, and say what happened.
+//!
+//! Every failure becomes a `RecordError` with a stable `code` and exit code; whatever was
+//! recorded before a failure stays on disk and is finalized when it can be.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use recfleet_proto::{EventKind, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{Capture, CaptureConfig, PLAYLIST};
+use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
+use crate::finalize::{self, MP4};
+use crate::join::{self, Identity, JoinError};
+use crate::journal::Journal;
+use crate::page_js;
+use crate::session::{Session, SessionError};
+use crate::spool::{Spool, MANIFEST};
+use crate::watch::{self, End, Limits};
+
+/// How often the spool looks for newly closed segments.
+const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid recipe: {0}")]
+    Recipe(String),
+    #[error("cannot write the output folder {path}: {reason}")]
+    OutDir { path: PathBuf, reason: String },
+    #[error("the bot's environment did not start: {0}")]
+    Environment(#[from] SessionError),
+    #[error("{sub_code}: {reason}")]
+    NotJoined { sub_code: SubCode, reason: String },
+    #[error("{sub_code} before anything was recorded")]
+    EndedBeforeRecording { sub_code: SubCode },
+    #[error("capture failed: {reason}")]
+    Capture { reason: String },
+    #[error("finalizing failed: {reason}; the segments are kept in {dir}")]
+    Finalize { reason: String, dir: PathBuf },
+}
+
+impl RecordError {
+    /// Stable, documented codes (docs/BOT.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecordError::Config(e) if e.field == "url" => "invalid_url",
+            RecordError::Config(_) => "invalid_config",
+            RecordError::Recipe(_) => "invalid_recipe",
+            RecordError::OutDir { .. } => "output_not_writable",
+            RecordError::Environment(_) => "environment_failed",
+            RecordError::NotJoined { .. } => "not_joined",
+            RecordError::EndedBeforeRecording { .. } => "ended_before_recording",
+            RecordError::Capture { .. } => "capture_failed",
+            RecordError::Finalize { .. } => "finalize_failed",
+        }
+    }
+
+    /// The process exit code for this failure (0 is a finalized recording).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RecordError::Config(_) | RecordError::Recipe(_) => 2,
+            RecordError::NotJoined { .. } => 3,
+            RecordError::OutDir { .. } => 4,
+            RecordError::Environment(_) => 5,
+            RecordError::Capture { .. } | RecordError::Finalize { .. } => 6,
+            RecordError::EndedBeforeRecording { .. } => 7,
+        }
+    }
+
+    /// The recording's sub-code, where the failure has one.
+    pub fn sub_code(&self) -> Option<SubCode> {
+        match self {
+            RecordError::Config(e) if e.field == "url" => Some(SubCode::InvalidUrl),
+            RecordError::NotJoined { sub_code, .. } | RecordError::EndedBeforeRecording { sub_code } => Some(*sub_code),
+            RecordError::Capture { .. } | RecordError::Finalize { .. } | RecordError::Environment(_) => Some(SubCode::CaptureFailed),
+            _ => None,
+        }
+    }
+}
+
+/// Records one meeting standalone; `shutdown` ends it gracefully with `stopped_by_signal`.
+pub async fn record(cfg: &RecordConfig, shutdown: CancellationToken) -> Result<Summary, RecordError> {
+    cfg.validate()?;
+    let out_dir = prepare_out_dir(&cfg.out_dir)?;
+    let journal = Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc());
+    let session = Session::start(&cfg.video).await?;
+    let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown: &shutdown, stop_code: SubCode::StoppedBySignal };
+    job.run(session).await
+}
+
+/// A recording on a warm session.
+#[derive(Debug)]
+struct Job<'a> {
+    cfg: &'a RecordConfig,
+    out_dir: &'a Path,
+    journal: &'a Journal,
+    shutdown: &'a CancellationToken,
+    stop_code: SubCode,
+}
+
+impl Job<'_> {
+    async fn run(&self, session: Session) -> Result<Summary, RecordError> {
+        let mut status = RecordingStatus::Queued.next(RecordingEvent::Assigned).expect("queued takes a bot");
+        let captured = self.join_and_capture(&session, &mut status).await;
+        let (capture, end) = match captured {
+            Ok(ok) => ok,
+            Err(err) => {
+                session.shutdown().await;
+                return Err(err);
+            }
+        };
+        let mut capture = capture;
+        self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
+        tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
+        status = advance(status, if end.sub_code == self.stop_code { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia });
+        let ffmpeg_exit = capture.stop().await;
+        tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
+        let stats = capture.stats();
+        drop(capture);
+        session.shutdown().await;
+        status = advance(status, RecordingEvent::EndedWithMedia);
+        self.finalize(status, end, stats).await
+    }
+
+    /// Joins, starts the capture and watches until the end. The spool runs alongside.
+    async fn join_and_capture(&self, session: &Session, status: &mut RecordingStatus) -> Result<(Capture, End), RecordError> {
+        let page = &session.chromium.page;
+        if let Some(recipe) = &self.cfg.recipe {
+            join::check_selectors(page, recipe).await.map_err(|e| match e {
+                JoinError::BadSelectors(msg) => RecordError::Recipe(msg),
+                other => RecordError::Capture { reason: format!("the browser did not answer: {other}") },
+            })?;
+        }
+        let hide = self.cfg.recipe.as_ref().map(|r| r.hide_selectors.clone()).unwrap_or_default();
+        page.evaluate_on_new_document(page_js::init_script(&hide))
+            .await
+            .map_err(|e| RecordError::Capture { reason: format!("cannot prepare the page: {e}") })?;
+
+        let who = Identity { bot_name: self.cfg.bot_name.clone(), recording_id: self.cfg.recording_id.clone() };
+        let joined = tokio::select! {
+            r = join::join(page, &self.cfg.url, self.cfg.recipe.as_ref(), &who, self.cfg.join_attempts, self.journal) => r,
+            _ = self.shutdown.cancelled() => {
+                self.journal.record(EventKind::Ended { sub_code: self.stop_code, detail: "stopped while joining".into() });
+                return Err(RecordError::EndedBeforeRecording { sub_code: self.stop_code });
+            }
+        };
+        if let Err(err) = joined {
+            let sub_code = match &err {
+                JoinError::WaitingRoomTimeout(_) => SubCode::WaitingRoomTimeout,
+                JoinError::MeetingEnded => SubCode::MeetingEnded,
+                JoinError::BadSelectors(msg) => return Err(RecordError::Recipe(msg.clone())),
+                JoinError::LoadFailed { .. } | JoinError::StepTimedOut { .. } | JoinError::PageUnresponsive(_) => SubCode::JoinFailed,
+            };
+            self.journal.record(EventKind::Ended { sub_code, detail: err.to_string() });
+            *status = advance(*status, RecordingEvent::EndedWithoutMedia);
+            return Err(match sub_code {
+                SubCode::MeetingEnded => RecordError::EndedBeforeRecording { sub_code },
+                _ => RecordError::NotJoined { sub_code, reason: err.to_string() },
+            });
+        }
+
+        let capture_cfg = CaptureConfig {
+            display: session.display.display.clone(),
+            pulse_server: session.audio.server.clone(),
+            audio_source: session.audio.monitor_source(),
+            video: self.cfg.video.clone(),
+            out_dir: self.out_dir.to_path_buf(),
+        };
+        let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT)
+            .await
+            .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
+        self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
+        *status = advance(*status, RecordingEvent::RecordingStarted);
+
+        let (spool_stop, spool_task) = spawn_spool_watch(self.out_dir.to_path_buf(), self.cfg.recording_id.clone(), self.journal);
+        let limits = Limits { max_duration: self.cfg.max_duration, shutdown: self.shutdown, stop_code: self.stop_code };
+        let watching = async {
+            let end = watch::until_end(&session.chromium.browser, page, self.cfg.recipe.as_ref(), &mut capture, limits).await;
+            let _ = spool_stop.send(());
+            end
+        };
+        let (end, ()) = tokio::join!(watching, spool_task);
+        Ok((capture, end))
+    }
+
+    /// Seals the playlist, lists the last segments, makes and checks the MP4.
+    async fn finalize(&self, status: RecordingStatus, end: End, stats: recfleet_proto::CaptureStats) -> Result<Summary, RecordError> {
+        let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
+        let mut spool = Spool::new(self.out_dir, &self.cfg.recording_id);
+        if self.out_dir.join(PLAYLIST).exists() {
+            finalize::seal_playlist(self.out_dir).map_err(|e| finalize_err(e.to_string()))?;
+        }
+        spool.scan().map_err(|e| finalize_err(e.to_string()))?;
+        if spool.manifest().segments.is_empty() {
+            return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
+        }
+        spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
+        let info = finalize::make_mp4(self.out_dir).await.map_err(|e| finalize_err(e.to_string()))?;
+        self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
+        let status = advance(status, RecordingEvent::Finalized);
+        let path = |name: &str| self.out_dir.join(name).to_string_lossy().into_owned();
+        Ok(Summary {
+            recording_id: self.cfg.recording_id.clone(),
+            status,
+            sub_code: end.sub_code,
+            duration_secs: (info.duration_secs * 1000.0).round() / 1000.0,
+            segments: spool.manifest().segments.len(),
+            paths: OutputPaths {
+                dir: self.out_dir.to_string_lossy().into_owned(),
+                mp4: Some(path(MP4)),
+                playlist: path(PLAYLIST),
+                manifest: path(MANIFEST),
+                events: self.journal.path().to_string_lossy().into_owned(),
+            },
+            capture: Some(stats),
+        })
+    }
+}
+
+/// Moves the status machine, logging (not failing on) a refused move: the recording goes on.
+fn advance(status: RecordingStatus, event: RecordingEvent) -> RecordingStatus {
+    status.next(event).unwrap_or_else(|err| {
+        tracing::debug!(error = %err, "status unchanged");
+        status
+    })
+}
+
+/// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
+/// current and noting the first segment on the timeline.
+fn spawn_spool_watch(
+    dir: PathBuf,
+    recording_id: String,
+    journal: &Journal,
+) -> (oneshot::Sender<()>, impl std::future::Future<Output = ()> + '_) {
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let task = async move {
+        let mut spool = Spool::new(&dir, &recording_id);
+        let mut first = true;
+        let mut tick = tokio::time::interval(SPOOL_INTERVAL);
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut rx => true,
+            };
+            match spool.scan() {
+                Ok(new) => {
+                    if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
+                        if first {
+                            first = false;
+                            journal.record(EventKind::FirstSegment { name: seg.name.clone() });
+                        }
+                    }
+                    for seg in new {
+                        tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "spool scan failed"),
+            }
+            if stop {
+                break;
+            }
+        }
+    };
+    (tx, task)
+}
+
+/// Makes sure the output folder exists, is writable, and holds no earlier recording.
+pub fn prepare_out_dir(dir: &Path) -> Result<PathBuf, RecordError> {
+    let err = |reason: String| RecordError::OutDir { path: dir.to_path_buf(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let dir = dir.canonicalize().map_err(|e| err(e.to_string()))?;
+    for existing in [PLAYLIST, MP4, MANIFEST] {
+        if dir.join(existing).exists() {
+            return Err(err(format!("it already holds a recording ({existing}); choose an empty folder")));
+        }
+    }
+    let probe = dir.join(".recfleet-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| err(e.to_string()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
+}

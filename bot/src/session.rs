@@ -1,0 +1,69 @@
+//! A bot's warm environment: Xvfb, a private PulseAudio and Chromium on `about:blank`, ready
+//! before any meeting is known, so a recording starts with only a navigation.
+//!
+//! This module owns acquiring and releasing the three children. Teardown runs once, in reverse
+//! order of acquisition; a partial start cleans up after itself (fields drop in declaration
+//! order, which is the reverse of start order).
+
+use std::time::Instant;
+
+use tempfile::TempDir;
+
+use crate::audio::Audio;
+use crate::browser::{profile_dir, BrowserConfig, BrowserError, Chromium, CHROMIUM_BIN};
+use crate::child::ChildError;
+use crate::config::{VideoConfig, CHILD_READY_TIMEOUT, CHILD_STOP_GRACE};
+use crate::display::Display;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot make the bot's runtime folder: {0}")]
+    RuntimeDir(std::io::Error),
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    #[error(transparent)]
+    Browser(#[from] BrowserError),
+}
+
+/// The warm environment. Field order is teardown order.
+#[derive(Debug)]
+pub struct Session {
+    pub chromium: Chromium,
+    pub audio: Audio,
+    pub display: Display,
+    pub video: VideoConfig,
+    _runtime_dir: TempDir,
+}
+
+impl Session {
+    pub async fn start(video: &VideoConfig) -> Result<Self, SessionError> {
+        let started = Instant::now();
+        let runtime_dir = tempfile::Builder::new().prefix("recfleet-bot-").tempdir().map_err(SessionError::RuntimeDir)?;
+        // Xvfb and PulseAudio do not depend on each other: start both at once.
+        let (display, audio) = tokio::join!(
+            Display::start(video.width, video.height, CHILD_READY_TIMEOUT),
+            Audio::start(runtime_dir.path(), CHILD_READY_TIMEOUT)
+        );
+        let (display, audio) = (display?, audio?);
+        let browser_cfg = BrowserConfig {
+            binary: CHROMIUM_BIN.into(),
+            width: video.width,
+            height: video.height,
+            user_data_dir: profile_dir(runtime_dir.path()),
+        };
+        let chromium =
+            Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT).await?;
+        let x_display = display.display.clone();
+        tracing::info!(ready_ms = started.elapsed().as_millis() as u64, display = %x_display, "bot environment ready");
+        Ok(Self { chromium, audio, display, video: video.clone(), _runtime_dir: runtime_dir })
+    }
+
+    /// Stops Chromium, then PulseAudio, then Xvfb, each politely first.
+    pub async fn shutdown(self) {
+        let Session { chromium, mut audio, mut display, _runtime_dir, .. } = self;
+        chromium.shutdown(CHILD_STOP_GRACE).await;
+        audio.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;
+        display.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;
+        tracing::debug!("bot environment stopped");
+    }
+}

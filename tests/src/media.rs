@@ -1,0 +1,135 @@
+//! What a user would check about a recording: ffprobe's view (codecs, pixel format, frame
+//! rate, duration), what frames show, whether frames change, and whether the audio is silent.
+//! Uses the real ffmpeg and ffprobe; a missing tool fails loudly with how to install it.
+
+use std::path::Path;
+use std::process::Command;
+
+/// ffprobe's facts about a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub video_codec: String,
+    pub pix_fmt: String,
+    pub width: u64,
+    pub height: u64,
+    pub fps: f64,
+    pub duration_secs: f64,
+    pub audio_codec: Option<String>,
+    pub faststart: bool,
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {name}: {e}; install it with `make setup` (apt-get install ffmpeg)"))
+}
+
+pub fn probe(path: &Path) -> Probe {
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .arg(path));
+    assert!(out.status.success(), "ffprobe refused {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe prints JSON");
+    let streams = json["streams"].as_array().cloned().unwrap_or_default();
+    let video = streams.iter().find(|s| s["codec_type"] == "video").expect("a video stream").clone();
+    let audio = streams.iter().find(|s| s["codec_type"] == "audio").cloned();
+    let fps = video["avg_frame_rate"]
+        .as_str()
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(n, d)| Some(n.parse::<f64>().ok()? / d.parse::<f64>().ok()?))
+        .unwrap_or(0.0);
+    Probe {
+        video_codec: video["codec_name"].as_str().unwrap_or("").into(),
+        pix_fmt: video["pix_fmt"].as_str().unwrap_or("").into(),
+        width: video["width"].as_u64().unwrap_or(0),
+        height: video["height"].as_u64().unwrap_or(0),
+        fps,
+        duration_secs: json["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0),
+        audio_codec: audio.map(|a| a["codec_name"].as_str().unwrap_or("").to_string()),
+        faststart: moov_before_mdat(path),
+    }
+}
+
+/// True when the `moov` box comes before `mdat` (`+faststart`): players start before the end.
+pub fn moov_before_mdat(path: &Path) -> bool {
+    let bytes = std::fs::read(path).expect("read the mp4");
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &bytes[at + 4..at + 8];
+        if kind == b"moov" {
+            return true;
+        }
+        if kind == b"mdat" {
+            return false;
+        }
+        if size < 8 {
+            return false;
+        }
+        at += size;
+    }
+    false
+}
+
+/// A small RGB picture of the frame at `at_secs`.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+pub const FRAME_W: usize = 160;
+pub const FRAME_H: usize = 90;
+
+pub fn frame_at(path: &Path, at_secs: f64) -> Frame {
+    let out = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &format!("{at_secs:.3}"), "-i"])
+        .arg(path)
+        .args(["-frames:v", "1", "-vf", &format!("scale={FRAME_W}:{FRAME_H}"), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]));
+    assert!(out.status.success(), "ffmpeg could not grab a frame at {at_secs}s: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), FRAME_W * FRAME_H * 3, "no frame at {at_secs}s of {}", path.display());
+    Frame { width: FRAME_W, height: FRAME_H, rgb: out.stdout }
+}
+
+impl Frame {
+    /// Mean brightness, 0 to 255.
+    pub fn mean_luma(&self) -> f64 {
+        let px = self.rgb.chunks(3);
+        let n = (self.width * self.height) as f64;
+        px.map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64).sum::<f64>() / n
+    }
+
+    /// Share of pixels near `rgb` (each channel within `tol`).
+    pub fn share_near(&self, rgb: [u8; 3], tol: u8) -> f64 {
+        let near = self
+            .rgb
+            .chunks(3)
+            .filter(|p| (0..3).all(|i| (p[i] as i16 - rgb[i] as i16).unsigned_abs() <= tol as u16))
+            .count();
+        near as f64 / (self.width * self.height) as f64
+    }
+
+    /// Mean absolute difference per channel from another frame, 0 to 255.
+    pub fn diff(&self, other: &Frame) -> f64 {
+        let sum: u64 = self.rgb.iter().zip(&other.rgb).map(|(a, b)| (*a as i16 - *b as i16).unsigned_abs() as u64).sum();
+        sum as f64 / self.rgb.len() as f64
+    }
+}
+
+/// The audio's mean volume in dB (ffmpeg's `volumedetect`); digital silence is -91 dB.
+pub fn mean_volume_db(path: &Path) -> f64 {
+    let out = run(Command::new("ffmpeg").args(["-v", "info", "-nostats", "-i"]).arg(path).args([
+        "-map",
+        "0:a:0",
+        "-af",
+        "volumedetect",
+        "-f",
+        "null",
+        "-",
+    ]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    log.lines()
+        .find_map(|l| l.split("mean_volume:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("dB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("volumedetect printed no mean_volume for {}:\n{log}", path.display()))
+}

@@ -1,0 +1,87 @@
+//! The bundled test meeting, served over HTTP on loopback: `meeting.html` (lobby, waiting
+//! room, tiles, tone, chat, host end, crash and close injection) and `other.html` (a second
+//! platform built differently). Server-side failure injection: `?fail_loads=N` answers the
+//! first N loads of a meeting id with 503.
+//!
+//! It serves the tests and the demo; it must never be reachable beyond loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub const MEETING_HTML: &str = include_str!("../meeting/meeting.html");
+pub const OTHER_HTML: &str = include_str!("../meeting/other.html");
+/// The recipe for `meeting.html`.
+pub const RECIPE_JSON: &str = include_str!("../meeting/recipe.json");
+
+#[derive(Debug, Default, Clone)]
+struct Loads(Arc<Mutex<HashMap<String, u32>>>);
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/", get(|| async { Html("<h1>recfleet test meetings</h1><p>/m/{id}?end=8 and /other/{id}</p>") }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/m/{id}", get(meeting))
+        .route("/other/{id}", get(other))
+        .with_state(Loads::default())
+}
+
+async fn meeting(State(loads): State<Loads>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    page(&loads, &id, &q, MEETING_HTML)
+}
+
+async fn other(State(loads): State<Loads>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    page(&loads, &format!("other/{id}"), &q, OTHER_HTML)
+}
+
+fn page(loads: &Loads, id: &str, q: &HashMap<String, String>, html: &'static str) -> Response {
+    let fail: u32 = q.get("fail_loads").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let n = {
+        let mut map = loads.0.lock().expect("loads lock");
+        let n = map.entry(id.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if n <= fail {
+        return (StatusCode::SERVICE_UNAVAILABLE, Html(format!("<h1>503: meeting {id} is not ready (load {n})</h1>"))).into_response();
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+/// A meeting server running in the background of a test or the demo.
+#[derive(Debug)]
+pub struct MeetingServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MeetingServer {
+    /// Serves on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router()).await {
+                tracing::error!(error = %err, "meeting server stopped");
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+}
+
+impl Drop for MeetingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
