@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests and the demo: the bundled test meeting, the bot binary's
 //! location, and media checks that look at what a user would (ffprobe, frames, loudness).
 
+pub mod bot;
 pub mod media;
 pub mod meeting;
 pub mod procs;
