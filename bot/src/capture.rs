@@ -22,9 +22,13 @@ use crate::config::{VideoConfig, CAPTURE_STOP_GRACE, SEGMENT_SECS};
 
 pub const PLAYLIST: &str = "index.m3u8";
 pub const INIT_SEGMENT: &str = "init.mp4";
-/// Raw frames FFmpeg may queue between grabbing and encoding: 8 x 3.7 MB at 720p.
-const VIDEO_QUEUE: u32 = 8;
+/// Raw frames FFmpeg may queue between grabbing and encoding: about 1 s, 32 x 3.7 MB at 720p.
+/// Enough to ride out the encoder's start-up (8 froze the picture several times in the first
+/// seconds), small enough that a starved encoder drops frames instead of growing by gigabytes.
+const VIDEO_QUEUE: u32 = 32;
 const AUDIO_QUEUE: u32 = 256;
+/// 20 ms of 48 kHz stereo s16.
+const AUDIO_FRAGMENT_BYTES: u32 = 3840;
 /// How often FFmpeg reports progress; it dates the first frame to within this.
 const STATS_PERIOD_SECS: f32 = 0.25;
 /// Speed is judged only after the encoder has warmed up.
@@ -47,7 +51,16 @@ pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
     push(&["-hide_banner", "-stats_period", &STATS_PERIOD_SECS.to_string(), "-stats"]);
-    // Video: the whole screen, no pointer, a small queue.
+    // Inputs need no probing: their formats are given. Probing the pulse input took ~1 s
+    // after x11grab had grabbed its first frame, and the picture froze for that long.
+    let no_probe = ["-analyzeduration", "0", "-probesize", "32"];
+    // Audio first: everything the page plays, in small steady fragments.
+    push(&no_probe);
+    push(&["-thread_queue_size", &AUDIO_QUEUE.to_string(), "-f", "pulse", "-sample_rate", "48000", "-channels", "2"]);
+    push(&["-fragment_size", &AUDIO_FRAGMENT_BYTES.to_string(), "-i", &cfg.audio_source]);
+    // Video second, so its first frame is grabbed when the pipeline is about to run: the whole
+    // screen, no pointer, a bounded queue.
+    push(&no_probe);
     push(&[
         "-thread_queue_size",
         &VIDEO_QUEUE.to_string(),
@@ -62,10 +75,7 @@ pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
         "-i",
         &format!("{}.0+0,0", cfg.display),
     ]);
-    // Audio: everything the page plays.
-    push(&["-thread_queue_size", &AUDIO_QUEUE.to_string(), "-f", "pulse", "-sample_rate", "48000", "-channels", "2"]);
-    push(&["-i", &cfg.audio_source]);
-    push(&["-map", "0:v:0", "-map", "1:a:0"]);
+    push(&["-map", "1:v:0", "-map", "0:a:0"]);
     let gop = v.gop().to_string();
     push(&[
         "-c:v",
@@ -292,6 +302,7 @@ fn consume(
                 e.drain(..excess);
             }
             FfmpegEvent::Log(LogLevel::Warning, line) => tracing::debug!(child = "ffmpeg", "{line}"),
+            FfmpegEvent::Log(_, line) => tracing::trace!(child = "ffmpeg", "{line}"),
             // The sidecar says this whenever the output is files rather than stdout.
             FfmpegEvent::Error(msg) if msg.contains("No streams found") || msg.contains("No output streams") => {}
             FfmpegEvent::Error(msg) => tracing::debug!(child = "ffmpeg", "sidecar: {msg}"),
@@ -366,7 +377,8 @@ mod tests {
         assert!(has(&args, ["-draw_mouse", "0"]));
         assert!(has(&args, ["-video_size", "1280x720"]));
         assert!(has(&args, ["-i", "recfleet.monitor"]));
-        assert!(has(&args, ["-thread_queue_size", "8"]));
+        assert!(has(&args, ["-thread_queue_size", "32"]));
+        assert!(has(&args, ["-map", "1:v:0"]) && has(&args, ["-fragment_size", "3840"]));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Session {
     pub async fn shutdown(self) {
         let Session { chromium, mut audio, mut display, _runtime_dir, .. } = self;
         chromium.shutdown(CHILD_STOP_GRACE).await;
-        audio.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;
+        audio.shutdown(CHILD_STOP_GRACE).await;
         display.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;
         tracing::debug!("bot environment stopped");
     }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use chromiumoxide::cdp::browser_protocol::inspector::{EnableParams as InspectorEnable, EventTargetCrashed as EventRendererCrashed};
 use chromiumoxide::cdp::browser_protocol::target::{EventTargetCrashed, EventTargetDestroyed};
 use chromiumoxide::{Browser, Page};
 use futures::StreamExt;
@@ -18,8 +19,10 @@ use crate::page_js::{self, Probe, Target};
 
 /// A probe of a live meeting page must answer this fast.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Consecutive unanswered probes after which the page counts as crashed.
-const MAX_SILENT_PROBES: u32 = 4;
+/// Consecutive unanswered probes (about 30 s) after which a page that is alive but frozen
+/// counts as crashed. A busy page (a long script, a GC storm) is not ended early: a real crash
+/// is reported by Chromium's `Target.targetCrashed` at once.
+const MAX_SILENT_PROBES: u32 = 15;
 
 /// Why the recording ended, and the details a person would want.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +64,17 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
             futures::stream::pending().boxed()
         }
     };
+    // The page's own session reports its renderer crashing once the Inspector domain is on.
+    let mut renderer_crashed = match page.execute(InspectorEnable::default()).await {
+        Ok(_) => match page.event_listener::<EventRendererCrashed>().await {
+            Ok(s) => s.boxed(),
+            Err(_) => futures::stream::pending().boxed(),
+        },
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot enable the Inspector domain; relying on probes");
+            futures::stream::pending().boxed()
+        }
+    };
     let max = async {
         match limits.max_duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -81,6 +95,9 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
             }
             Some(e) = crashed.next() => {
                 return End::new(SubCode::PageCrashed, format!("the page's renderer crashed ({}, code {})", e.status, e.error_code));
+            }
+            Some(_) = renderer_crashed.next() => {
+                return End::new(SubCode::PageCrashed, "the page's renderer crashed");
             }
             Some(_) = destroyed.next() => return End::new(SubCode::PageClosed, "the meeting page closed"),
             errors = capture.exited() => return End::new(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),

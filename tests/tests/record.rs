@@ -202,6 +202,8 @@ async fn crashing_tab_ends_with_page_crashed_and_keeps_the_recording() {
     let run = bot::record(out.path(), &["--url", &url, "--recipe", &recipe_path(), "--max-duration-secs", "40"], LIMIT).await;
     run.assert_exit(0);
     assert_eq!(run.summary()["sub_code"], "page_crashed", "{}", run.stdout);
+    let detail = run.event("ended").unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("renderer crashed"), "Chromium's crash event ends it, not a probe timeout: {detail}");
     let p = media::probe(&run.mp4());
     assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
     assert!(p.duration_secs >= 4.0, "the recording before the crash is kept: {p:?}");

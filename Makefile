@@ -1,0 +1,20 @@
+# The two commands a user needs: `make demo` and `make test`. Both install what is missing.
+.PHONY: setup build demo test bench clean
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	cargo build --workspace --release
+
+demo: build
+	scripts/demo.sh
+
+test: build
+	cargo nextest run --workspace --release
+
+bench: build
+	python3 bench/record_bench.py
+
+clean:
+	rm -rf target demo-output
