@@ -34,6 +34,8 @@ pub fn pulseaudio_args(socket: &Path) -> Vec<String> {
 
 /// Latency the keeper stream asks of the sink.
 const KEEPER_LATENCY_MSEC: u32 = 20;
+/// 20 ms of 48 kHz stereo s16: proof that the monitor flows.
+const WARM_UP_BYTES: usize = 3840;
 
 /// Pure: the keeper's command line. It plays silence into the sink at a low latency: the null
 /// sink renders in blocks of up to 2 s unless a client asks for less, and then opening its
@@ -97,6 +99,53 @@ impl Audio {
                 });
             }
             tokio::time::sleep(SOCKET_POLL).await;
+        }
+    }
+
+    /// Proves the sink's monitor delivers audio at a low latency: reads 20 ms of it through a
+    /// low-latency record stream. The keeper's request takes effect only once the null sink
+    /// finishes the long block it was rendering (up to 2 s), so this belongs to warm-up, where
+    /// it runs beside Chromium's start, and never to a recording's start.
+    pub async fn warm_up(&self, ready_within: Duration) -> Result<(), ChildError> {
+        let started = Instant::now();
+        let mut cmd = Command::new("parec");
+        cmd.args([
+            "--raw".to_string(),
+            format!("--latency-msec={KEEPER_LATENCY_MSEC}"),
+            format!("--device={}", self.monitor_source()),
+            "--format=s16le".into(),
+            format!("--rate={SAMPLE_RATE}"),
+            "--channels=2".into(),
+        ])
+        .env("PULSE_SERVER", &self.server)
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        let mut probe = Supervised::spawn_configured("parec", cmd, None)?;
+        let mut stdout = probe.child_mut().stdout.take().expect("stdout was piped");
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut buf = [0u8; WARM_UP_BYTES];
+            stdout.read_exact(&mut buf)
+        });
+        let outcome = tokio::time::timeout(ready_within, read).await;
+        probe.stop(libc::SIGTERM, Duration::from_millis(500)).await;
+        match outcome {
+            Ok(Ok(Ok(()))) => {
+                tracing::debug!(ready_ms = started.elapsed().as_millis() as u64, "audio monitor flowing");
+                Ok(())
+            }
+            Ok(Ok(Err(err))) => Err(ChildError::NotReady {
+                name: "pulseaudio",
+                waited_ms: started.elapsed().as_millis(),
+                detail: format!("the sink's monitor gave no audio: {err}"),
+            }),
+            Ok(Err(join)) => Err(ChildError::NotReady { name: "pulseaudio", waited_ms: 0, detail: join.to_string() }),
+            Err(_) => Err(ChildError::NotReady {
+                name: "pulseaudio",
+                waited_ms: started.elapsed().as_millis(),
+                detail: "the sink's monitor gave no audio".into(),
+            }),
         }
     }
 

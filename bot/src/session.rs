@@ -51,8 +51,13 @@ impl Session {
             height: video.height,
             user_data_dir: profile_dir(runtime_dir.path()),
         };
-        let chromium =
-            Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT).await?;
+        // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
+        let (chromium, warmed) = tokio::join!(
+            Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT),
+            audio.warm_up(CHILD_READY_TIMEOUT)
+        );
+        let chromium = chromium?;
+        warmed?;
         let x_display = display.display.clone();
         tracing::info!(ready_ms = started.elapsed().as_millis() as u64, display = %x_display, "bot environment ready");
         Ok(Self { chromium, audio, display, video: video.clone(), _runtime_dir: runtime_dir })
