@@ -31,6 +31,10 @@ const AUDIO_QUEUE: u32 = 256;
 const AUDIO_FRAGMENT_BYTES: u32 = 3840;
 /// How often FFmpeg reports progress; it dates the first frame to within this.
 const STATS_PERIOD_SECS: f32 = 0.25;
+/// Below this the encoder is not keeping up with realtime.
+const SLOW_SPEED: f64 = 0.95;
+/// How often the capture's health is logged (and a slow encoder warned about, at most).
+const HEALTH_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Speed is judged only after the encoder has warmed up.
 const SPEED_WARMUP_FRAMES: u64 = 90;
 
@@ -270,6 +274,8 @@ fn consume(
     tx: &mpsc::UnboundedSender<Update>,
 ) {
     let mut started = false;
+    let mut last_report = std::time::Instant::now();
+    let mut last_slow_warning: Option<std::time::Instant> = None;
     for event in events {
         match event {
             FfmpegEvent::Progress(p) => {
@@ -286,7 +292,27 @@ fn consume(
                         s.min_speed = Some(s.min_speed.map_or(speed, |m| m.min(speed)));
                     }
                 }
+                let health = s.clone();
                 drop(s);
+                let slow = health.frames > SPEED_WARMUP_FRAMES && health.last_speed.is_some_and(|v| v < SLOW_SPEED);
+                if slow && last_slow_warning.is_none_or(|t| t.elapsed() >= HEALTH_REPORT_EVERY) {
+                    last_slow_warning = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        speed = health.last_speed,
+                        dropped_frames = health.dropped_frames,
+                        "the encoder is below realtime: the machine is short of CPU and frames are being dropped"
+                    );
+                }
+                if last_report.elapsed() >= HEALTH_REPORT_EVERY {
+                    last_report = std::time::Instant::now();
+                    tracing::info!(
+                        frames = health.frames,
+                        speed = health.last_speed,
+                        dropped_frames = health.dropped_frames,
+                        duplicated_frames = health.duplicated_frames,
+                        "capture health"
+                    );
+                }
                 if !started && p.frame > 0 {
                     started = true;
                     let captured = parse_clock(&p.time).unwrap_or(0.0);

@@ -6,6 +6,7 @@
 //! heavy dependencies: both sides link it, and the controller validates recipes with it before
 //! any bot sees them.
 
+pub mod protocol;
 pub mod recipe;
 pub mod recording;
 pub mod timeline;

@@ -100,7 +100,7 @@ impl RecordingStatus {
     }
 }
 
-/// Why a recording ended. A closed list: `docs/SUB_CODES.md` documents each one.
+/// Why a recording ended. A closed list: `docs/BOT.md` documents each one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubCode {

@@ -1,0 +1,105 @@
+//! The bot ↔ controller protocol: JSON messages over a WebSocket that the bot dials, one enum
+//! each way (`DESIGN.md`). Shapes only; transport and state belong to each side.
+
+use serde::{Deserialize, Serialize};
+
+use crate::recording::{CaptureStats, ManifestSegment, Summary};
+use crate::timeline::Event;
+use crate::{Recipe, RecordingStatus, SubCode};
+
+/// Bumped when a message changes incompatibly; the controller refuses other versions at `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a bot says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BotMessage {
+    /// First message on every connection (and again after a reconnect).
+    Hello {
+        bot_id: String,
+        protocol: u32,
+        /// True once Xvfb, PulseAudio and Chromium are up: the bot is warm.
+        ready: bool,
+        /// The recording it is working on, after a reconnect.
+        recording_id: Option<String>,
+    },
+    /// Every few seconds; silence means the bot is lost.
+    Heartbeat { capture: Option<CaptureStats>, cpu_cores: Option<f64>, rss_bytes: Option<u64> },
+    /// The environment came up (or failed to) after `Hello`.
+    Ready,
+    /// The recording's status moved.
+    StateChanged { recording_id: String, status: RecordingStatus, sub_code: Option<SubCode> },
+    /// A timeline event, as written to `events.json`.
+    Timeline { recording_id: String, event: Event },
+    /// A segment is closed and stored.
+    SegmentStored { recording_id: String, segment: ManifestSegment },
+    /// A warn or error event of the bot's own log, with its fields.
+    Log { level: LogLevel, message: String, fields: serde_json::Map<String, serde_json::Value> },
+    /// The bot is done with its recording and about to exit.
+    Finished { recording_id: String, outcome: Outcome },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Warn,
+    Error,
+}
+
+/// How a bot's recording ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Completed { summary: Summary },
+    Failed { sub_code: Option<SubCode>, code: String, message: String },
+}
+
+/// What the controller says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControllerMessage {
+    /// Record this meeting. Bots are single-use: one `Assign` per bot.
+    Assign(Assignment),
+    /// Finish the recording now (`stopped_by_api`).
+    Stop { recording_id: String },
+}
+
+/// One recording handed to a warm bot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub recording_id: String,
+    pub meeting_url: String,
+    pub bot_name: String,
+    pub recipe: Option<Recipe>,
+    pub max_duration_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_by_type() {
+        let hello = BotMessage::Hello { bot_id: "b1".into(), protocol: PROTOCOL_VERSION, ready: true, recording_id: None };
+        let v = serde_json::to_value(&hello).unwrap();
+        assert_eq!(v["type"], "hello");
+        assert_eq!(serde_json::from_value::<BotMessage>(v).unwrap(), hello);
+
+        let stop = ControllerMessage::Stop { recording_id: "r1".into() };
+        assert_eq!(serde_json::to_value(&stop).unwrap(), serde_json::json!({"type": "stop", "recording_id": "r1"}));
+    }
+
+    #[test]
+    fn assignment_round_trips_with_an_inline_recipe() {
+        let recipe = Recipe::from_json(r##"{"name":"x","steps":[{"click":"#join"}],"ended_when":".end"}"##).unwrap();
+        let msg = ControllerMessage::Assign(Assignment {
+            recording_id: "r1".into(),
+            meeting_url: "https://meet.example.com/a".into(),
+            bot_name: "Rec".into(),
+            recipe: Some(recipe),
+            max_duration_secs: Some(3600),
+        });
+        let text = serde_json::to_string(&msg).unwrap();
+        assert_eq!(serde_json::from_str::<ControllerMessage>(&text).unwrap(), msg);
+    }
+}
