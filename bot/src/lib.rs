@@ -4,6 +4,7 @@
 //!
 //! `main.rs` only parses flags; everything else lives here where tests can reach it.
 
+pub mod agent;
 pub mod audio;
 pub mod browser;
 pub mod capture;

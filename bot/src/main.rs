@@ -31,6 +31,31 @@ enum LogFormat {
 enum Command {
     /// Record one meeting, standalone (no controller). SIGINT/SIGTERM finalize and stop.
     Record(RecordArgs),
+    /// Warm up, dial the controller, record the one meeting it assigns, and exit.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The controller's bot endpoint, `ws://host:port/v1/bots/connect`.
+    #[arg(long, env = "RECFLEET_CONTROLLER_URL")]
+    controller_url: String,
+    #[arg(long, env = "RECFLEET_BOT_ID")]
+    bot_id: String,
+    /// The token the controller issued for this launch.
+    #[arg(long, env = "RECFLEET_BOT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Recordings go to `<out-root>/<recording_id>/`.
+    #[arg(long, env = "RECFLEET_OUT_ROOT")]
+    out_root: PathBuf,
+    #[arg(long, default_value_t = config::DEFAULT_WIDTH)]
+    width: u32,
+    #[arg(long, default_value_t = config::DEFAULT_HEIGHT)]
+    height: u32,
+    #[arg(long, default_value_t = config::DEFAULT_FPS)]
+    fps: u32,
+    #[arg(long, default_value = config::DEFAULT_X264_PRESET)]
+    x264_preset: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,10 +97,13 @@ struct RecordArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let Command::Record(args) = cli.command;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => return fail_plain("environment_failed", &format!("cannot start the async runtime: {err}"), 5),
+    };
+    let args = match cli.command {
+        Command::Record(args) => args,
+        Command::Agent(args) => return runtime.block_on(agent(args)),
     };
     runtime.block_on(async move {
         let cfg = match to_config(args) {
@@ -92,6 +120,36 @@ fn main() -> ExitCode {
             Err(err) => fail(&err),
         }
     })
+}
+
+async fn agent(args: AgentArgs) -> ExitCode {
+    let video = VideoConfig {
+        width: args.width,
+        height: args.height,
+        fps: args.fps,
+        x264_preset: args.x264_preset,
+        x264_crf: config::DEFAULT_X264_CRF,
+    };
+    if let Err(err) = video.validate() {
+        return fail(&RecordError::Config(err));
+    }
+    let cfg = recfleet_bot::agent::AgentConfig {
+        controller_url: args.controller_url,
+        bot_id: args.bot_id,
+        token: args.token,
+        out_root: args.out_root,
+        video,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone()));
+    match recfleet_bot::agent::run(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(recfleet_bot::agent::AgentError::Record(err)) => fail(&err),
+        Err(err) => {
+            tracing::error!(error = %err, "agent stopped");
+            ExitCode::from(7)
+        }
+    }
 }
 
 fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {

@@ -5,6 +5,7 @@
 //! recorded before a failure stays on disk and is finalized when it can be.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use recfleet_proto::{EventKind, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary};
@@ -16,7 +17,7 @@ use crate::capture::{Capture, CaptureConfig, PLAYLIST};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
 use crate::finalize::{self, MP4};
 use crate::join::{self, Identity, JoinError};
-use crate::journal::Journal;
+use crate::journal::{Journal, Reporter, Silent};
 use crate::page_js;
 use crate::session::{Session, SessionError};
 use crate::spool::{Spool, MANIFEST};
@@ -87,10 +88,30 @@ impl RecordError {
 /// Records one meeting standalone; `shutdown` ends it gracefully with `stopped_by_signal`.
 pub async fn record(cfg: &RecordConfig, shutdown: CancellationToken) -> Result<Summary, RecordError> {
     cfg.validate()?;
-    let out_dir = prepare_out_dir(&cfg.out_dir)?;
-    let journal = Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc());
+    // Checked before any child starts, so a bad folder costs nothing; `record_on` checks again.
+    prepare_out_dir(&cfg.out_dir)?;
     let session = Session::start(&cfg.video).await?;
-    let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown: &shutdown, stop_code: SubCode::StoppedBySignal };
+    record_on(session, cfg, &shutdown, SubCode::StoppedBySignal, Arc::new(Silent)).await
+}
+
+/// Records one meeting on an environment that is already warm (the agent's case), and tears
+/// the environment down after. `shutdown` ends the recording with `stop_code`.
+pub async fn record_on(
+    session: Session,
+    cfg: &RecordConfig,
+    shutdown: &CancellationToken,
+    stop_code: SubCode,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Summary, RecordError> {
+    let out_dir = match cfg.validate().map_err(RecordError::from).and_then(|()| prepare_out_dir(&cfg.out_dir)) {
+        Ok(dir) => dir,
+        Err(err) => {
+            session.shutdown().await;
+            return Err(err);
+        }
+    };
+    let journal = Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc(), reporter);
+    let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown, stop_code };
     job.run(session).await
 }
 
@@ -106,9 +127,9 @@ struct Job<'a> {
 
 impl Job<'_> {
     async fn run(&self, session: Session) -> Result<Summary, RecordError> {
-        let mut status = RecordingStatus::Queued.next(RecordingEvent::Assigned).expect("queued takes a bot");
+        let mut status = self.advance(RecordingStatus::Queued, RecordingEvent::Assigned, None);
         let captured = self.join_and_capture(&session, &mut status).await;
-        let (capture, end) = match captured {
+        let (capture, end, spool) = match captured {
             Ok(ok) => ok,
             Err(err) => {
                 session.shutdown().await;
@@ -118,18 +139,23 @@ impl Job<'_> {
         let mut capture = capture;
         self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
         tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
-        status = advance(status, if end.sub_code == self.stop_code { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia });
+        let ending = if end.sub_code == self.stop_code { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia };
+        status = self.advance(status, ending, None);
         let ffmpeg_exit = capture.stop().await;
         tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
         let stats = capture.stats();
         drop(capture);
         session.shutdown().await;
-        status = advance(status, RecordingEvent::EndedWithMedia);
-        self.finalize(status, end, stats).await
+        status = self.advance(status, RecordingEvent::EndedWithMedia, None);
+        let finalized = self.finalize(spool, status, end, stats).await;
+        if finalized.is_err() {
+            self.advance(status, RecordingEvent::FinalizeFailed, Some(SubCode::CaptureFailed));
+        }
+        finalized
     }
 
     /// Joins, starts the capture and watches until the end. The spool runs alongside.
-    async fn join_and_capture(&self, session: &Session, status: &mut RecordingStatus) -> Result<(Capture, End), RecordError> {
+    async fn join_and_capture(&self, session: &Session, status: &mut RecordingStatus) -> Result<(Capture, End, Spool), RecordError> {
         let page = &session.chromium.page;
         if let Some(recipe) = &self.cfg.recipe {
             join::check_selectors(page, recipe).await.map_err(|e| match e {
@@ -158,7 +184,7 @@ impl Job<'_> {
                 JoinError::LoadFailed { .. } | JoinError::StepTimedOut { .. } | JoinError::PageUnresponsive(_) => SubCode::JoinFailed,
             };
             self.journal.record(EventKind::Ended { sub_code, detail: err.to_string() });
-            *status = advance(*status, RecordingEvent::EndedWithoutMedia);
+            *status = self.advance(*status, RecordingEvent::EndedWithoutMedia, Some(sub_code));
             return Err(match sub_code {
                 SubCode::MeetingEnded => RecordError::EndedBeforeRecording { sub_code },
                 _ => RecordError::NotJoined { sub_code, reason: err.to_string() },
@@ -176,7 +202,7 @@ impl Job<'_> {
             .await
             .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
-        *status = advance(*status, RecordingEvent::RecordingStarted);
+        *status = self.advance(*status, RecordingEvent::RecordingStarted, None);
 
         let (spool_stop, spool_task) = spawn_spool_watch(self.out_dir.to_path_buf(), self.cfg.recording_id.clone(), self.journal);
         let limits = Limits { max_duration: self.cfg.max_duration, shutdown: self.shutdown, stop_code: self.stop_code };
@@ -185,25 +211,33 @@ impl Job<'_> {
             let _ = spool_stop.send(());
             end
         };
-        let (end, ()) = tokio::join!(watching, spool_task);
-        Ok((capture, end))
+        let (end, spool) = tokio::join!(watching, spool_task);
+        Ok((capture, end, spool))
     }
 
     /// Seals the playlist, lists the last segments, makes and checks the MP4.
-    async fn finalize(&self, status: RecordingStatus, end: End, stats: recfleet_proto::CaptureStats) -> Result<Summary, RecordError> {
+    async fn finalize(
+        &self,
+        mut spool: Spool,
+        status: RecordingStatus,
+        end: End,
+        stats: recfleet_proto::CaptureStats,
+    ) -> Result<Summary, RecordError> {
         let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
-        let mut spool = Spool::new(self.out_dir, &self.cfg.recording_id);
         if self.out_dir.join(PLAYLIST).exists() {
             finalize::seal_playlist(self.out_dir).map_err(|e| finalize_err(e.to_string()))?;
         }
-        spool.scan().map_err(|e| finalize_err(e.to_string()))?;
+        // The segments FFmpeg closed while stopping.
+        for seg in spool.scan().map_err(|e| finalize_err(e.to_string()))? {
+            self.journal.reporter().segment(&seg);
+        }
         if spool.manifest().segments.is_empty() {
             return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
         }
         spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
         let info = finalize::make_mp4(self.out_dir).await.map_err(|e| finalize_err(e.to_string()))?;
         self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
-        let status = advance(status, RecordingEvent::Finalized);
+        let status = self.advance(status, RecordingEvent::Finalized, Some(end.sub_code));
         let path = |name: &str| self.out_dir.join(name).to_string_lossy().into_owned();
         Ok(Summary {
             recording_id: self.cfg.recording_id.clone(),
@@ -223,21 +257,32 @@ impl Job<'_> {
     }
 }
 
-/// Moves the status machine, logging (not failing on) a refused move: the recording goes on.
-fn advance(status: RecordingStatus, event: RecordingEvent) -> RecordingStatus {
-    status.next(event).unwrap_or_else(|err| {
-        tracing::debug!(error = %err, "status unchanged");
-        status
-    })
+impl Job<'_> {
+    /// Moves the status machine and reports a change; a refused move is logged, not fatal: the
+    /// recording goes on.
+    fn advance(&self, status: RecordingStatus, event: RecordingEvent, sub_code: Option<SubCode>) -> RecordingStatus {
+        match status.next(event) {
+            Ok(next) => {
+                if next != status || next.is_terminal() {
+                    self.journal.reporter().status(next, sub_code);
+                }
+                next
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "status unchanged");
+                status
+            }
+        }
+    }
 }
 
 /// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
-/// current and noting the first segment on the timeline.
+/// current and noting the first segment on the timeline; hands the spool back for the end.
 fn spawn_spool_watch(
     dir: PathBuf,
     recording_id: String,
     journal: &Journal,
-) -> (oneshot::Sender<()>, impl std::future::Future<Output = ()> + '_) {
+) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = async move {
         let mut spool = Spool::new(&dir, &recording_id);
@@ -258,6 +303,7 @@ fn spawn_spool_watch(
                     }
                     for seg in new {
                         tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
+                        journal.reporter().segment(&seg);
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "spool scan failed"),
@@ -266,6 +312,7 @@ fn spawn_spool_watch(
                 break;
             }
         }
+        spool
     };
     (tx, task)
 }

@@ -1,0 +1,291 @@
+//! The bot under a controller (`recfleet-bot agent`): warm up, dial the controller over a
+//! WebSocket, say `Hello`, heartbeat, take one `Assign`, record it, report as it goes, say
+//! `Finished` and exit. Bots are single-use.
+//!
+//! A lost connection does not stop the recording: messages queue and the connection is
+//! re-dialled with backoff, with a fresh `Hello` naming the recording. This module owns the
+//! connection; the recording itself is `record`'s.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome, PROTOCOL_VERSION};
+use recfleet_proto::{Event, ManifestSegment, RecordingStatus, SubCode};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RecordConfig, VideoConfig, DEFAULT_JOIN_ATTEMPTS};
+use crate::journal::Reporter;
+use crate::record::{record_on, RecordError};
+use crate::session::Session;
+
+/// How often a bot says it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// How long the last messages get to reach the controller before the bot exits anyway.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What `recfleet-bot agent` is told at launch.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `ws://host:port/v1/bots/connect`
+    pub controller_url: String,
+    pub bot_id: String,
+    /// Issued by the controller for this launch only.
+    pub token: String,
+    /// Recordings go to `<out_root>/<recording_id>/`.
+    pub out_root: PathBuf,
+    pub video: VideoConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("the bot was stopped before it was assigned a recording")]
+    StoppedIdle,
+    #[error("the controller URL {0:?} is not a ws:// or wss:// URL")]
+    BadUrl(String),
+}
+
+/// Forwards the recording's progress to the controller.
+#[derive(Debug)]
+struct Forward {
+    recording_id: String,
+    outbox: mpsc::UnboundedSender<BotMessage>,
+}
+
+impl Reporter for Forward {
+    fn event(&self, event: &Event) {
+        let _ = self.outbox.send(BotMessage::Timeline { recording_id: self.recording_id.clone(), event: event.clone() });
+    }
+    fn segment(&self, segment: &ManifestSegment) {
+        let _ = self
+            .outbox
+            .send(BotMessage::SegmentStored { recording_id: self.recording_id.clone(), segment: segment.clone() });
+    }
+    fn status(&self, status: RecordingStatus, sub_code: Option<SubCode>) {
+        let _ = self.outbox.send(BotMessage::StateChanged { recording_id: self.recording_id.clone(), status, sub_code });
+    }
+}
+
+/// Runs the agent until its one recording is finished (or it is stopped while idle).
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if !(cfg.controller_url.starts_with("ws://") || cfg.controller_url.starts_with("wss://")) {
+        return Err(AgentError::BadUrl(cfg.controller_url));
+    }
+    let (outbox, outbox_rx) = mpsc::unbounded_channel::<BotMessage>();
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<ControllerMessage>();
+    let hello = BotMessage::Hello { bot_id: cfg.bot_id.clone(), protocol: PROTOCOL_VERSION, ready: false, recording_id: None };
+    let (hello_tx, hello_rx) = watch::channel(hello);
+    let link = tokio::spawn(connection(cfg.controller_url.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx));
+
+    // Warm up while the connection comes up; a bot is idle only once this is done.
+    let session = match Session::start(&cfg.video).await {
+        Ok(s) => s,
+        Err(err) => {
+            let err = RecordError::from(err);
+            let _ = outbox.send(BotMessage::Log {
+                level: recfleet_proto::protocol::LogLevel::Error,
+                message: err.to_string(),
+                fields: serde_json::Map::new(),
+            });
+            drop(outbox);
+            flush(link).await;
+            return Err(err.into());
+        }
+    };
+    hello_tx.send_modify(|h| {
+        if let BotMessage::Hello { ready, .. } = h {
+            *ready = true;
+        }
+    });
+    let _ = outbox.send(BotMessage::Ready);
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone()));
+
+    let assignment = tokio::select! {
+        a = next_assignment(&mut inbox) => a,
+        _ = shutdown.cancelled() => None,
+    };
+    let Some(assignment) = assignment else {
+        heartbeat.abort();
+        session.shutdown().await;
+        drop(outbox);
+        flush(link).await;
+        return Err(AgentError::StoppedIdle);
+    };
+    let recording_id = assignment.recording_id.clone();
+    tracing::info!(recording_id = %recording_id, "assigned");
+    hello_tx.send_modify(|h| {
+        if let BotMessage::Hello { recording_id: r, .. } = h {
+            *r = Some(recording_id.clone());
+        }
+    });
+
+    // A `Stop` from the controller or a signal ends the recording with `stopped_by_api`.
+    let stop = shutdown.child_token();
+    let stop_on_message = {
+        let stop = stop.clone();
+        let id = recording_id.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbox.recv().await {
+                match msg {
+                    ControllerMessage::Stop { recording_id } if recording_id == id => {
+                        tracing::info!(recording_id = %id, "stop requested");
+                        stop.cancel();
+                    }
+                    ControllerMessage::Stop { recording_id } => {
+                        tracing::warn!(%recording_id, "stop for another recording; ignored")
+                    }
+                    ControllerMessage::Assign(a) => {
+                        tracing::warn!(recording_id = %a.recording_id, "second assignment to a single-use bot; ignored")
+                    }
+                }
+            }
+        })
+    };
+    let record_cfg = to_record_config(&cfg, &assignment);
+    let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone() });
+    let result = record_on(session, &record_cfg, &stop, SubCode::StoppedByApi, reporter).await;
+    stop_on_message.abort();
+    heartbeat.abort();
+    let outcome = match &result {
+        Ok(summary) => Outcome::Completed { summary: summary.clone() },
+        Err(err) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
+    };
+    let _ = outbox.send(BotMessage::Finished { recording_id, outcome });
+    drop(outbox);
+    flush(link).await;
+    result.map(|_| ()).map_err(AgentError::from)
+}
+
+fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
+    RecordConfig {
+        url: a.meeting_url.clone(),
+        recipe: a.recipe.clone(),
+        bot_name: a.bot_name.clone(),
+        recording_id: a.recording_id.clone(),
+        out_dir: cfg.out_root.join(&a.recording_id),
+        max_duration: a.max_duration_secs.map(Duration::from_secs),
+        video: cfg.video.clone(),
+        join_attempts: DEFAULT_JOIN_ATTEMPTS,
+    }
+}
+
+async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>) -> Option<Assignment> {
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            ControllerMessage::Assign(a) => return Some(a),
+            ControllerMessage::Stop { recording_id } => {
+                tracing::debug!(%recording_id, "stop while idle; nothing to stop")
+            }
+        }
+    }
+    None
+}
+
+async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tick.tick().await;
+        if outbox.send(BotMessage::Heartbeat { capture: None, cpu_cores: None, rss_bytes: None }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Gives the connection task a bounded time to deliver what is queued.
+async fn flush(link: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(FLUSH_DEADLINE, link).await.is_err() {
+        tracing::warn!("the controller did not take the last messages in time; exiting anyway");
+    }
+}
+
+/// Keeps one WebSocket to the controller: dials with backoff, says the current `Hello` on every
+/// connection, sends queued messages in order (re-sending the one a broken socket lost), passes
+/// the controller's messages on. Ends when the outbox is closed and drained.
+async fn connection(
+    url: String,
+    token: String,
+    hello: watch::Receiver<BotMessage>,
+    mut outbox: mpsc::UnboundedReceiver<BotMessage>,
+    inbox: mpsc::UnboundedSender<ControllerMessage>,
+) {
+    let mut pending: Option<BotMessage> = None;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut request = match url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(error = %err, %url, "bad controller URL");
+                return;
+            }
+        };
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.headers_mut().insert("authorization", value);
+        }
+        let mut ws = match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => {
+                delay = Duration::from_millis(100);
+                ws
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                continue;
+            }
+        };
+        let greeting = hello.borrow().clone();
+        if send(&mut ws, &greeting).await.is_err() {
+            continue;
+        }
+        loop {
+            let next = match pending.take() {
+                Some(msg) => Some(msg),
+                None => {
+                    tokio::select! {
+                        msg = outbox.recv() => match msg {
+                            Some(msg) => Some(msg),
+                            None => {
+                                let _ = ws.close(None).await;
+                                return;
+                            }
+                        },
+                        frame = ws.next() => {
+                            match frame {
+                                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ControllerMessage>(&text) {
+                                    Ok(msg) => { let _ = inbox.send(msg); }
+                                    Err(err) => tracing::warn!(error = %err, "unreadable controller message"),
+                                },
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => {}
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(msg) = next {
+                if send(&mut ws, &msg).await.is_err() {
+                    pending = Some(msg);
+                    break;
+                }
+            }
+        }
+        tracing::warn!("lost the controller; reconnecting (the recording goes on)");
+    }
+}
+
+async fn send<S>(ws: &mut S, msg: &BotMessage) -> Result<(), ()>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).expect("messages serialize");
+    ws.send(Message::text(text)).await.map_err(|_| ())
+}
