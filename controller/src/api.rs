@@ -1,0 +1,191 @@
+//! The REST API and the bots' WebSocket endpoint. Handlers parse and validate, then hand a
+//! command to the manager; they never touch state themselves.
+
+use std::path::PathBuf;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use recfleet_proto::protocol::BotMessage;
+use recfleet_proto::{Recipe, RecordingStatus};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::manager::Command;
+use crate::model::{ApiError, CreateRecording, PoolView, Recording};
+
+/// Request bodies larger than this are refused (a recipe is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Files a client may download from a recording's folder.
+const DOWNLOADABLE: [&str; 5] = ["recording.mp4", "index.m3u8", "manifest.json", "events.json", "init.mp4"];
+
+/// The bundled recipes, by name.
+pub fn builtin_recipe(name: &str) -> Option<Recipe> {
+    match name {
+        "recfleet-test-meeting" => Recipe::from_json(include_str!("../../tests/meeting/recipe.json")).ok(),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub commands: mpsc::Sender<Command>,
+    pub api_key: String,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub out_root: PathBuf,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/recordings", post(create).get(list))
+        .route("/recordings/{id}", get(get_one))
+        .route("/recordings/{id}/stop", post(stop))
+        .route("/recordings/{id}/files/{name}", get(file))
+        .route("/pool", get(pool))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/v1/bots/connect", get(bot_connect))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| k == state.api_key);
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    state.commands.send(make(tx)).await.map_err(|_| ApiError::Unavailable)?;
+    rx.await.map_err(|_| ApiError::Unavailable)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateRecording>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(mut req) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    crate::validate::meeting_url(&req.meeting_url, state.allowed_hosts.as_deref())?;
+    match (&req.recipe, req.recipe_name.take()) {
+        (Some(_), Some(_)) => return Err(ApiError::InvalidRequest("give recipe or recipe_name, not both".into())),
+        (Some(r), None) => r.validate().map_err(|e| ApiError::InvalidRecipe(e.to_string()))?,
+        (None, Some(name)) => {
+            req.recipe = Some(builtin_recipe(&name).ok_or_else(|| ApiError::InvalidRecipe(format!("no built-in recipe {name:?}")))?)
+        }
+        (None, None) => {}
+    }
+    if req.max_duration_secs == Some(0) {
+        return Err(ApiError::InvalidRequest("max_duration_secs must be at least 1".into()));
+    }
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (recording, created) = ask(&state, |reply| Command::Create { req, idempotency_key: key, reply }).await??;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(recording)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<RecordingStatus>,
+}
+
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let items: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, reply }).await?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
+    let found = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    found.map(Json).ok_or(ApiError::NotFound(id))
+}
+
+async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Stop { id, reply }).await??))
+}
+
+async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Pool { reply }).await?))
+}
+
+async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) {
+        return Err(ApiError::NotFound(format!("{id}/{name}")));
+    }
+    let known = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    if known.is_none() {
+        return Err(ApiError::NotFound(id));
+    }
+    let path = state.out_root.join(&id).join(&name);
+    let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::NotFound(format!("{id}/{name}")))?;
+    let kind = match name.rsplit('.').next() {
+        Some("mp4") => "video/mp4",
+        Some("m4s") => "video/iso.segment",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        _ => "application/json",
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct BotQuery {
+    bot_id: String,
+}
+
+/// Bots dial here with their launch token as a bearer token and their id in the query.
+async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let accepted = ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await;
+    if accepted != Ok(true) {
+        return ApiError::Unauthorized.into_response();
+    }
+    let commands = state.commands.clone();
+    ws.on_upgrade(move |socket: WebSocket| async move {
+        let bot_id = q.bot_id;
+        let mut socket = socket;
+        loop {
+            tokio::select! {
+                frame = socket.recv() => match frame {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<BotMessage>(&text) {
+                        Ok(msg) => {
+                            if commands.send(Command::FromBot { bot_id: bot_id.clone(), msg }).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) => tracing::warn!(bot_id = %bot_id, error = %err, "unreadable bot message"),
+                    },
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                Some(msg) = rx.recv() => {
+                    let text = serde_json::to_string(&msg).expect("messages serialize");
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = commands.send(Command::BotDisconnected { bot_id }).await;
+    })
+}

@@ -1,0 +1,121 @@
+//! The API's data: a recording as clients see it, the create request, and API errors with
+//! stable codes. Errors map to HTTP statuses here and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use recfleet_proto::{Recipe, RecordingStatus, SubCode};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A recording, as `GET /v1/recordings/{id}` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recording {
+    pub id: String,
+    pub status: RecordingStatus,
+    pub sub_code: Option<SubCode>,
+    pub meeting_url: String,
+    pub bot_name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub joined_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub recording_started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    pub duration_secs: Option<f64>,
+    pub partial: bool,
+    pub max_duration_secs: Option<u64>,
+    pub metadata: serde_json::Value,
+    pub outputs: Option<Outputs>,
+    /// The error's message when the recording failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Outputs {
+    pub mp4_url: String,
+    pub hls_url: String,
+    pub manifest_url: String,
+}
+
+/// `POST /v1/recordings`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRecording {
+    pub meeting_url: String,
+    #[serde(default)]
+    pub bot_name: Option<String>,
+    #[serde(default)]
+    pub recipe: Option<Recipe>,
+    #[serde(default)]
+    pub recipe_name: Option<String>,
+    #[serde(default)]
+    pub max_duration_secs: Option<u64>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `GET /v1/pool`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolView {
+    pub idle: usize,
+    pub starting: usize,
+    pub busy: usize,
+    pub max: usize,
+    pub queued: usize,
+}
+
+/// An API error: a stable `code`, a message, and the HTTP status it maps to.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    #[error("missing or wrong API key")]
+    Unauthorized,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("invalid meeting_url: {0}")]
+    InvalidUrl(String),
+    #[error("invalid recipe: {0}")]
+    InvalidRecipe(String),
+    #[error("no recording {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the controller is shutting down")]
+    Unavailable,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidUrl(_) => "invalid_url",
+            ApiError::InvalidRecipe(_) => "invalid_recipe",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidRecipe(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (self.status(), axum::Json(body)).into_response()
+    }
+}

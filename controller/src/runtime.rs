@@ -1,0 +1,116 @@
+//! Where bots run. One small trait; the `process` runtime (the default) launches
+//! `recfleet-bot agent` as a child process. Docker and ECS implement the same trait later.
+//!
+//! A runtime launches and stops; it must not decide how many bots there should be (that is
+//! `pool`) or what they record (that is `manager`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// What a new bot needs to find its controller.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub bot_id: String,
+    pub token: String,
+    /// `ws://host:port/v1/bots/connect`
+    pub controller_url: String,
+    /// Recordings go to `<out_root>/<recording_id>/`.
+    pub out_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot launch bot {bot_id} ({program}): {source}")]
+    Launch { bot_id: String, program: String, source: std::io::Error },
+}
+
+/// A launched bot's exit, reported by the runtime.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    pub bot_id: String,
+    pub detail: String,
+}
+
+/// Launches and stops bots.
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    /// Starts a bot; its exit is reported on the channel given at construction.
+    fn launch(&self, spec: &LaunchSpec) -> Result<(), RuntimeError>;
+    /// Stops a bot politely, then for good.
+    fn stop(&self, bot_id: &str);
+}
+
+/// Bots as child processes of the controller.
+#[derive(Debug)]
+pub struct ProcessRuntime {
+    bot_binary: PathBuf,
+    exits: mpsc::UnboundedSender<Exited>,
+    stops: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// How long a bot gets after SIGTERM to finalize before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+impl ProcessRuntime {
+    pub fn new(bot_binary: PathBuf, exits: mpsc::UnboundedSender<Exited>) -> Self {
+        Self { bot_binary, exits, stops: Default::default() }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn launch(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        let mut cmd = Command::new(&self.bot_binary);
+        cmd.arg("agent")
+            .env("RECFLEET_CONTROLLER_URL", &spec.controller_url)
+            .env("RECFLEET_BOT_ID", &spec.bot_id)
+            .env("RECFLEET_BOT_TOKEN", &spec.token)
+            .env("RECFLEET_OUT_ROOT", &spec.out_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|source| RuntimeError::Launch {
+            bot_id: spec.bot_id.clone(),
+            program: self.bot_binary.display().to_string(),
+            source,
+        })?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        self.stops.lock().expect("stops lock").insert(spec.bot_id.clone(), stop_tx);
+        tokio::spawn(supervise(spec.bot_id.clone(), child, stop_rx, self.exits.clone()));
+        Ok(())
+    }
+
+    fn stop(&self, bot_id: &str) {
+        if let Some(tx) = self.stops.lock().expect("stops lock").remove(bot_id) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn supervise(bot_id: String, mut child: Child, stop: tokio::sync::oneshot::Receiver<()>, exits: mpsc::UnboundedSender<Exited>) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = stop => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    tracing::warn!(bot_id = %bot_id, "bot ignored SIGTERM for {STOP_GRACE:?}; killing it");
+                    let _ = child.kill().await;
+                    child.wait().await
+                }
+            }
+        }
+    };
+    let detail = match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    };
+    let _ = exits.send(Exited { bot_id, detail });
+}
