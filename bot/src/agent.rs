@@ -145,6 +145,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                     ControllerMessage::Assign(a) => {
                         tracing::warn!(recording_id = %a.recording_id, "second assignment to a single-use bot; ignored")
                     }
+                    ControllerMessage::Retire => tracing::debug!("retire while recording; ignored"),
                 }
             }
         })
@@ -183,6 +184,10 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
             ControllerMessage::Assign(a) => return Some(a),
             ControllerMessage::Stop { recording_id } => {
                 tracing::debug!(%recording_id, "stop while idle; nothing to stop")
+            }
+            ControllerMessage::Retire => {
+                tracing::info!("retired by the controller while idle");
+                return None;
             }
         }
     }
@@ -233,6 +238,12 @@ async fn connection(
             Ok((ws, _)) => {
                 delay = Duration::from_millis(100);
                 ws
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
+                // The controller does not know this bot (its token is not one it issued): retrying
+                // cannot help. Without a connection the agent gives up its wait for work.
+                tracing::error!("the controller refused this bot's token; giving up");
+                return;
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");

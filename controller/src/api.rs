@@ -37,12 +37,14 @@ pub struct AppState {
     pub api_key: String,
     pub allowed_hosts: Option<Vec<String>>,
     pub out_root: PathBuf,
+    /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/recordings", post(create).get(list))
-        .route("/recordings/{id}", get(get_one))
+        .route("/recordings/{id}", get(get_one).delete(delete))
         .route("/recordings/{id}/stop", post(stop))
         .route("/recordings/{id}/files/{name}", get(file))
         .route("/pool", get(pool))
@@ -100,14 +102,28 @@ async fn create(
     Ok((status, Json(recording)).into_response())
 }
 
+/// Page size when the client does not say, and the most it may ask for.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     status: Option<RecordingStatus>,
+    limit: Option<usize>,
+    /// The `next_after` of the previous page.
+    after: Option<String>,
 }
 
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
-    let items: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, reply }).await?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let items: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
+    let next_after = if items.len() == limit { items.last().map(|r| r.id.clone()) } else { None };
+    Ok(Json(serde_json::json!({ "items": items, "next_after": next_after })))
+}
+
+async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    ask(&state, |reply| Command::Delete { id, reply }).await??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
@@ -161,6 +177,7 @@ async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, h
         return ApiError::Unauthorized.into_response();
     }
     let commands = state.commands.clone();
+    let shutdown = state.shutdown.clone();
     ws.on_upgrade(move |socket: WebSocket| async move {
         let bot_id = q.bot_id;
         let mut socket = socket;
@@ -183,6 +200,10 @@ async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, h
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
+                }
+                _ = shutdown.cancelled() => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    break;
                 }
             }
         }

@@ -8,7 +8,9 @@ pub mod manager;
 pub mod model;
 pub mod pool;
 pub mod runtime;
+pub mod store;
 pub mod validate;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,13 +29,34 @@ pub struct ServeConfig {
     pub pool_max: usize,
     pub allowed_hosts: Option<Vec<String>>,
     pub bot_binary: PathBuf,
+    /// `whsec_…`; generated and kept in the data folder when absent.
+    pub webhook_secret: Option<String>,
+    /// Leave bots running on exit (a restart re-adopts them); otherwise retire and stop them.
+    pub keep_bots_on_exit: bool,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot prepare the data folder {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("invalid webhook secret: {0}")]
+    WebhookSecret(String),
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
 }
 
 /// Serves on `listener` until `shutdown`; stops every bot it launched on the way out.
-pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let addr: SocketAddr = listener.local_addr()?;
+pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let addr: SocketAddr = listener.local_addr().map_err(ServeError::Serve)?;
     let out_root = cfg.data_dir.join("recordings");
-    std::fs::create_dir_all(&out_root)?;
+    std::fs::create_dir_all(&out_root).map_err(|source| ServeError::DataDir { path: out_root.clone(), source })?;
+    let store = store::Store::open(&cfg.data_dir.join("recfleet.db")).await?;
+    let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &cfg.data_dir)
+        .map_err(|source| ServeError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let webhooks = webhook::spawn(&secret, store.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime = Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx));
     let manager_cfg = manager::ManagerConfig {
@@ -42,12 +65,14 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         controller_url: format!("ws://{addr}/v1/bots/connect"),
         out_root: out_root.clone(),
         public_url: format!("http://{addr}"),
+        keep_bots_on_exit: cfg.keep_bots_on_exit,
     };
     let (commands, commands_rx) = mpsc::channel(1024);
-    let manager = tokio::spawn(manager::Manager::new(manager_cfg, runtime).run(commands_rx, exits_rx));
-    let state = api::AppState { commands, api_key: cfg.api_key, allowed_hosts: cfg.allowed_hosts, out_root };
+    let manager = manager::Manager::load(manager_cfg, runtime, store, webhooks).await?;
+    let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
+    let state = api::AppState { commands, api_key: cfg.api_key, allowed_hosts: cfg.allowed_hosts, out_root, shutdown: shutdown.clone() };
     tracing::info!(%addr, "controller listening");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(ServeError::Serve)?;
     let _ = manager.await;
     Ok(())
 }

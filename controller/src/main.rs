@@ -37,6 +37,9 @@ struct ServeArgs {
     /// The bot binary (default: `recfleet-bot` next to this one).
     #[arg(long, env = "RECFLEET_BOT_BINARY")]
     bot_binary: Option<PathBuf>,
+    /// Webhook signing secret (`whsec_…`); generated and kept in the data folder when unset.
+    #[arg(long, env = "RECFLEET_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 #[tokio::main]
@@ -65,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
         pool_max: args.pool_max,
         allowed_hosts: args.allowed_hosts,
         bot_binary,
+        webhook_secret: args.webhook_secret,
+        // A restarted controller re-adopts its bots; busy ones keep recording meanwhile.
+        keep_bots_on_exit: true,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

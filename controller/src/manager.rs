@@ -1,9 +1,10 @@
 //! The one owner of mutable state: recordings, bots, the queue. HTTP handlers and bot
-//! connections send it commands; it applies them, re-plans the pool, assigns queued recordings
-//! to idle bots, and declares silent bots lost.
+//! connections send it commands; it applies them, persists what changed (event log +
+//! projection, in the store), sends webhooks on status changes, re-plans the pool, assigns queued
+//! recordings to idle bots, and declares silent bots lost.
 //!
-//! State lives in memory for now; the SQLite event log and projection replace `recordings`
-//! without changing the commands.
+//! Mutations are plain synchronous code that marks what changed; `flush` then writes the events
+//! and notifies, before any reply that depends on them.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -11,18 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome};
-use recfleet_proto::{EventKind, RecordingStatus, SubCode};
+use recfleet_proto::{EventKind, RecordingEvent, RecordingStatus, SubCode};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::runtime::{Exited, LaunchSpec, Runtime};
+use crate::store::{token_hash, Store, StoredBot, StoredRecording};
+use crate::webhook::Delivery;
 
 /// A bot silent this long is declared lost.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A launched bot must connect within this (warm-up takes about 2 s on 2 cores).
+/// A launched (or re-adopted) bot must connect within this.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A warm or busy bot that lost its connection must be back within this (it keeps recording
+/// meanwhile; its reconnection backoff tops out at 5 s).
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_secs(1);
 
 /// What the manager is asked to do.
@@ -30,8 +36,10 @@ const TICK: Duration = Duration::from_secs(1);
 pub enum Command {
     Create { req: CreateRecording, idempotency_key: Option<String>, reply: oneshot::Sender<Result<(Recording, bool), ApiError>> },
     Get { id: String, reply: oneshot::Sender<Option<Recording>> },
-    List { status: Option<RecordingStatus>, reply: oneshot::Sender<Vec<Recording>> },
+    /// Newest first; `after` is the last id of the previous page.
+    List { status: Option<RecordingStatus>, limit: usize, after: Option<String>, reply: oneshot::Sender<Vec<Recording>> },
     Stop { id: String, reply: oneshot::Sender<Result<Recording, ApiError>> },
+    Delete { id: String, reply: oneshot::Sender<Result<(), ApiError>> },
     Pool { reply: oneshot::Sender<PoolView> },
     /// A bot's WebSocket opened with `token`; on success its messages follow.
     BotConnected { bot_id: String, token: String, tx: mpsc::UnboundedSender<ControllerMessage>, reply: oneshot::Sender<bool> },
@@ -46,9 +54,27 @@ enum BotState {
     Busy,
 }
 
+impl BotState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BotState::Starting => "starting",
+            BotState::Idle => "idle",
+            BotState::Busy => "busy",
+        }
+    }
+
+    fn parse(s: &str) -> BotState {
+        match s {
+            "idle" => BotState::Idle,
+            "busy" => BotState::Busy,
+            _ => BotState::Starting,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Bot {
-    token: String,
+    token_sha256: String,
     state: BotState,
     recording: Option<String>,
     tx: Option<mpsc::UnboundedSender<ControllerMessage>>,
@@ -64,70 +90,148 @@ pub struct ManagerConfig {
     pub out_root: PathBuf,
     /// Base URL clients download outputs from (`http://host:port`).
     pub public_url: String,
+    /// Leave bots running when the controller stops (a restart): busy ones keep recording and
+    /// reconnect; all are re-adopted from the store.
+    pub keep_bots_on_exit: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: StoredRecording,
+    /// The status the last webhook announced.
+    notified: Option<RecordingStatus>,
 }
 
 #[derive(Debug)]
 pub struct Manager {
     cfg: ManagerConfig,
     runtime: Arc<dyn Runtime>,
-    recordings: HashMap<String, Recording>,
+    store: Store,
+    webhooks: mpsc::UnboundedSender<Delivery>,
+    recordings: HashMap<String, Entry>,
     order: Vec<String>,
     idempotency: HashMap<String, String>,
     queue: VecDeque<String>,
-    /// Recipes of recordings not yet assigned.
-    pending_recipes: HashMap<String, Option<recfleet_proto::Recipe>>,
     bots: HashMap<String, Bot>,
+    /// Events to persist at the next flush: (recording id, kind, data).
+    dirty: Vec<(String, &'static str, serde_json::Value)>,
+    dirty_bots: Vec<String>,
 }
 
 impl Manager {
-    pub fn new(cfg: ManagerConfig, runtime: Arc<dyn Runtime>) -> Self {
-        Self {
+    /// Loads what the store holds: recordings (queued ones are queued again) and bots (which
+    /// get `STARTUP_TIMEOUT` to reconnect).
+    pub async fn load(
+        cfg: ManagerConfig,
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+        webhooks: mpsc::UnboundedSender<Delivery>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let mut m = Self {
             cfg,
             runtime,
+            store,
+            webhooks,
             recordings: HashMap::new(),
             order: Vec::new(),
             idempotency: HashMap::new(),
             queue: VecDeque::new(),
-            pending_recipes: HashMap::new(),
             bots: HashMap::new(),
+            dirty: Vec::new(),
+            dirty_bots: Vec::new(),
+        };
+        for stored in m.store.load_recordings().await? {
+            let id = stored.view.id.clone();
+            if stored.view.status == RecordingStatus::Queued {
+                m.queue.push_back(id.clone());
+            }
+            if let Some(k) = &stored.idempotency_key {
+                m.idempotency.insert(k.clone(), id.clone());
+            }
+            m.order.push(id.clone());
+            let notified = Some(stored.view.status);
+            m.recordings.insert(id, Entry { stored, notified });
         }
+        for b in m.store.load_bots().await? {
+            let bot = Bot {
+                token_sha256: b.token_sha256,
+                state: BotState::parse(&b.state),
+                recording: b.recording_id,
+                tx: None,
+                last_seen: Instant::now(),
+            };
+            m.bots.insert(b.id, bot);
+        }
+        if !m.recordings.is_empty() || !m.bots.is_empty() {
+            tracing::info!(recordings = m.recordings.len(), bots = m.bots.len(), queued = m.queue.len(), "state reloaded");
+        }
+        Ok(m)
     }
 
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<Exited>) {
-        self.reconcile();
+        self.settle().await;
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
                 Some(exit) = exits.recv() => self.bot_exited(exit),
                 _ = tick.tick() => self.find_lost_bots(),
             }
-            self.assign_queued();
-            self.reconcile();
+            self.settle().await;
         }
-        for id in self.bots.keys() {
-            self.runtime.stop(id);
+        if !self.cfg.keep_bots_on_exit {
+            for (id, bot) in &self.bots {
+                if let Some(tx) = &bot.tx {
+                    let _ = tx.send(ControllerMessage::Retire);
+                }
+                self.runtime.stop(id);
+            }
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Assigns, re-plans and persists after a change.
+    async fn settle(&mut self) {
+        self.assign_queued();
+        self.reconcile();
+        self.flush().await;
+    }
+
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Create { req, idempotency_key, reply } => {
-                let _ = reply.send(self.create(req, idempotency_key));
+                let result = self.create(req, idempotency_key);
+                self.settle().await;
+                let _ = reply.send(result);
             }
             Command::Get { id, reply } => {
-                let _ = reply.send(self.recordings.get(&id).cloned());
+                let _ = reply.send(self.recordings.get(&id).map(|e| e.stored.view.clone()));
             }
-            Command::List { status, reply } => {
-                let list = self.order.iter().rev().filter_map(|id| self.recordings.get(id));
-                let _ = reply.send(list.filter(|r| status.is_none_or(|s| r.status == s)).cloned().collect());
+            Command::List { status, limit, after, reply } => {
+                let newest_first = self.order.iter().rev();
+                let after_pos = after.as_ref().and_then(|a| self.order.iter().rev().position(|id| id == a));
+                let skip = after_pos.map_or(0, |p| p + 1);
+                let items = newest_first
+                    .skip(skip)
+                    .filter_map(|id| self.recordings.get(id))
+                    .map(|e| &e.stored.view)
+                    .filter(|r| status.is_none_or(|s| r.status == s))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(items);
             }
             Command::Stop { id, reply } => {
-                let _ = reply.send(self.stop(&id));
+                let result = self.stop(&id);
+                self.settle().await;
+                let _ = reply.send(result);
+            }
+            Command::Delete { id, reply } => {
+                let result = self.delete(&id).await;
+                let _ = reply.send(result);
             }
             Command::Pool { reply } => {
                 let o = self.observed();
@@ -135,7 +239,7 @@ impl Manager {
             }
             Command::BotConnected { bot_id, token, tx, reply } => {
                 let ok = match self.bots.get_mut(&bot_id) {
-                    Some(bot) if bot.token == token => {
+                    Some(bot) if bot.token_sha256 == token_hash(&token) => {
                         bot.tx = Some(tx);
                         bot.last_seen = Instant::now();
                         true
@@ -153,12 +257,55 @@ impl Manager {
         }
     }
 
+    fn touch(&mut self, id: &str, kind: &'static str, data: serde_json::Value) {
+        self.dirty.push((id.to_string(), kind, data));
+    }
+
+    /// Writes the marked events with their projections, then announces status changes.
+    async fn flush(&mut self) {
+        for (id, kind, data) in std::mem::take(&mut self.dirty) {
+            let Some(entry) = self.recordings.get_mut(&id) else { continue };
+            if let Err(err) = self.store.append(&entry.stored, kind, &data).await {
+                tracing::error!(recording_id = %id, error = %err, "cannot persist a recording event");
+            }
+            let status = entry.stored.view.status;
+            if entry.notified != Some(status) {
+                entry.notified = Some(status);
+                if let Some(url) = &entry.stored.webhook_url {
+                    let _ = self.webhooks.send(Delivery {
+                        recording_id: id.clone(),
+                        url: url.clone(),
+                        event_type: format!("recording.{}", serde_json::to_value(status).expect("serializes").as_str().unwrap_or("")),
+                        payload: serde_json::to_value(&entry.stored.view).expect("serializes"),
+                    });
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_bots) {
+            let result = match self.bots.get(&id) {
+                Some(bot) => {
+                    let stored = StoredBot {
+                        id: id.clone(),
+                        token_sha256: bot.token_sha256.clone(),
+                        state: bot.state.as_str().into(),
+                        recording_id: bot.recording.clone(),
+                    };
+                    self.store.save_bot(&stored).await
+                }
+                None => self.store.delete_bot(&id).await,
+            };
+            if let Err(err) = result {
+                tracing::error!(bot_id = %id, error = %err, "cannot persist a bot");
+            }
+        }
+    }
+
     fn create(&mut self, req: CreateRecording, key: Option<String>) -> Result<(Recording, bool), ApiError> {
         if let Some(existing) = key.as_ref().and_then(|k| self.idempotency.get(k)).and_then(|id| self.recordings.get(id)) {
-            return Ok((existing.clone(), false));
+            return Ok((existing.stored.view.clone(), false));
         }
         let id = format!("rec_{}", uuid::Uuid::new_v4().simple());
-        let recording = Recording {
+        let view = Recording {
             id: id.clone(),
             status: RecordingStatus::Queued,
             sub_code: None,
@@ -176,51 +323,67 @@ impl Manager {
             outputs: None,
             error: None,
         };
-        self.recordings.insert(id.clone(), recording.clone());
+        let stored = StoredRecording { view: view.clone(), idempotency_key: key.clone(), recipe: req.recipe, webhook_url: req.webhook_url };
+        self.recordings.insert(id.clone(), Entry { stored, notified: None });
         self.order.push(id.clone());
         if let Some(k) = key {
             self.idempotency.insert(k, id.clone());
         }
-        self.pending_recipes.insert(id.clone(), req.recipe);
-        self.queue.push_back(id);
-        Ok((recording, true))
+        self.queue.push_back(id.clone());
+        self.touch(&id, "created", serde_json::json!({"meeting_url": view.meeting_url}));
+        Ok((view, true))
     }
 
     fn stop(&mut self, id: &str) -> Result<Recording, ApiError> {
-        let rec = self.recordings.get_mut(id).ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+        let entry = self.recordings.get_mut(id).ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+        let rec = &mut entry.stored.view;
         if rec.status == RecordingStatus::Queued {
             self.queue.retain(|q| q != id);
             rec.status = RecordingStatus::Failed;
             rec.sub_code = Some(SubCode::StoppedByApi);
             rec.ended_at = Some(OffsetDateTime::now_utc());
-            return Ok(rec.clone());
-        }
-        if let Ok(next) = rec.status.next(recfleet_proto::RecordingEvent::StopRequested) {
+        } else if let Ok(next) = rec.status.next(RecordingEvent::StopRequested) {
             rec.status = next;
-        }
-        if let Some(bot) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)) {
-            if let Some(tx) = &bot.tx {
+            if let Some(tx) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)).and_then(|b| b.tx.as_ref()) {
                 let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
             }
         }
-        Ok(rec.clone())
+        let view = rec.clone();
+        self.touch(id, "stop_requested", serde_json::json!({}));
+        Ok(view)
+    }
+
+    async fn delete(&mut self, id: &str) -> Result<(), ApiError> {
+        let entry = self.recordings.get(id).ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+        if !entry.stored.view.status.is_terminal() {
+            return Err(ApiError::Conflict(format!("recording {id} is {:?}: stop it first", entry.stored.view.status)));
+        }
+        self.store.mark_deleted(id).await.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        self.recordings.remove(id);
+        self.order.retain(|o| o != id);
+        self.idempotency.retain(|_, v| v != id);
+        let dir = self.cfg.out_root.join(id);
+        if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(recording_id = id, error = %err, "cannot remove the recording's files");
+            }
+        }
+        Ok(())
     }
 
     fn from_bot(&mut self, bot_id: &str, msg: BotMessage) {
         let Some(bot) = self.bots.get_mut(bot_id) else { return };
         bot.last_seen = Instant::now();
         match msg {
-            BotMessage::Hello { ready, .. } => {
-                if ready && bot.state == BotState::Starting {
-                    bot.state = BotState::Idle;
-                }
+            BotMessage::Hello { ready: true, .. } | BotMessage::Ready if bot.state == BotState::Starting => {
+                bot.state = BotState::Idle;
+                self.dirty_bots.push(bot_id.to_string());
             }
-            BotMessage::Ready => {
-                if bot.state == BotState::Starting {
-                    bot.state = BotState::Idle;
-                }
+            BotMessage::Hello { .. } | BotMessage::Ready => {}
+            BotMessage::Heartbeat { .. } | BotMessage::StateChanged { .. } => {}
+            BotMessage::SegmentStored { recording_id, segment } => {
+                self.touch(&recording_id, "segment_stored", serde_json::to_value(&segment).expect("serializes"));
             }
-            BotMessage::Heartbeat { .. } | BotMessage::SegmentStored { .. } | BotMessage::StateChanged { .. } => {}
             BotMessage::Log { level, message, .. } => tracing::warn!(bot_id, ?level, "bot: {message}"),
             BotMessage::Timeline { recording_id, event } => self.apply_event(&recording_id, &event),
             BotMessage::Finished { recording_id, outcome } => self.finish(&recording_id, outcome),
@@ -228,7 +391,8 @@ impl Manager {
     }
 
     fn apply_event(&mut self, id: &str, event: &recfleet_proto::Event) {
-        let Some(rec) = self.recordings.get_mut(id) else { return };
+        let Some(entry) = self.recordings.get_mut(id) else { return };
+        let rec = &mut entry.stored.view;
         let stopping = rec.status == RecordingStatus::Stopping;
         match &event.kind {
             EventKind::WaitingRoom if !stopping => rec.status = RecordingStatus::WaitingRoom,
@@ -248,13 +412,18 @@ impl Manager {
             }
             _ => {}
         }
+        self.touch(id, "timeline", serde_json::to_value(event).expect("serializes"));
     }
 
     fn finish(&mut self, id: &str, outcome: Outcome) {
         let public = self.cfg.public_url.clone();
-        let Some(rec) = self.recordings.get_mut(id) else { return };
+        let Some(entry) = self.recordings.get_mut(id) else { return };
+        if entry.stored.view.status.is_terminal() {
+            return; // a repeated Finished after a reconnect changes nothing
+        }
+        let rec = &mut entry.stored.view;
         rec.completed_at = Some(OffsetDateTime::now_utc());
-        match outcome {
+        match &outcome {
             Outcome::Completed { summary } => {
                 rec.status = RecordingStatus::Completed;
                 rec.sub_code = Some(summary.sub_code);
@@ -269,14 +438,16 @@ impl Manager {
             Outcome::Failed { sub_code, message, .. } => {
                 rec.status = RecordingStatus::Failed;
                 rec.sub_code = sub_code.or(rec.sub_code);
-                rec.error = Some(message);
+                rec.error = Some(message.clone());
             }
         }
         tracing::info!(recording_id = id, status = ?rec.status, sub_code = ?rec.sub_code, "recording finished");
+        self.touch(id, "finished", serde_json::to_value(&outcome).expect("serializes"));
     }
 
     fn bot_exited(&mut self, exit: Exited) {
         let Some(bot) = self.bots.remove(&exit.bot_id) else { return };
+        self.dirty_bots.push(exit.bot_id.clone());
         tracing::info!(bot_id = %exit.bot_id, detail = %exit.detail, "bot exited");
         if let Some(id) = bot.recording {
             self.mark_crashed(&id, &format!("the bot exited: {}", exit.detail));
@@ -284,12 +455,16 @@ impl Manager {
     }
 
     fn find_lost_bots(&mut self) {
-        let limit = |b: &Bot| if b.state == BotState::Starting { STARTUP_TIMEOUT } else { HEARTBEAT_TIMEOUT };
-        let lost: Vec<String> =
-            self.bots.iter().filter(|(_, b)| b.last_seen.elapsed() > limit(b)).map(|(id, _)| id.clone()).collect();
+        let limit = |b: &Bot| match (b.state, b.tx.is_some()) {
+            (BotState::Starting, _) => STARTUP_TIMEOUT,
+            (_, false) => RECONNECT_TIMEOUT,
+            (_, true) => HEARTBEAT_TIMEOUT,
+        };
+        let lost: Vec<String> = self.bots.iter().filter(|(_, b)| b.last_seen.elapsed() > limit(b)).map(|(id, _)| id.clone()).collect();
         for id in lost {
             tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
             self.runtime.stop(&id);
+            self.dirty_bots.push(id.clone());
             if let Some(bot) = self.bots.remove(&id) {
                 if let Some(rec) = bot.recording {
                     self.mark_crashed(&rec, "the bot stopped heartbeating");
@@ -300,7 +475,8 @@ impl Manager {
 
     /// A recording whose bot died before `Finished`.
     fn mark_crashed(&mut self, id: &str, why: &str) {
-        let Some(rec) = self.recordings.get_mut(id) else { return };
+        let Some(entry) = self.recordings.get_mut(id) else { return };
+        let rec = &mut entry.stored.view;
         if rec.status.is_terminal() {
             return;
         }
@@ -309,6 +485,7 @@ impl Manager {
         rec.partial = rec.recording_started_at.is_some();
         rec.error = Some(why.to_string());
         rec.completed_at = Some(OffsetDateTime::now_utc());
+        self.touch(id, "bot_crashed", serde_json::json!({"reason": why}));
     }
 
     fn assign_queued(&mut self) {
@@ -316,15 +493,16 @@ impl Manager {
             let Some((bot_id, bot)) = self.bots.iter_mut().find(|(_, b)| b.state == BotState::Idle && b.tx.is_some()) else {
                 return;
             };
-            let Some(rec) = self.recordings.get_mut(&id) else {
+            let Some(entry) = self.recordings.get_mut(&id) else {
                 self.queue.pop_front();
                 continue;
             };
+            let rec = &mut entry.stored.view;
             let assignment = Assignment {
                 recording_id: id.clone(),
                 meeting_url: rec.meeting_url.clone(),
                 bot_name: rec.bot_name.clone(),
-                recipe: self.pending_recipes.remove(&id).flatten(),
+                recipe: entry.stored.recipe.clone(),
                 max_duration_secs: rec.max_duration_secs,
             };
             let tx = bot.tx.as_ref().expect("checked above");
@@ -336,7 +514,10 @@ impl Manager {
             bot.state = BotState::Busy;
             bot.recording = Some(id.clone());
             rec.status = RecordingStatus::Joining;
+            let bot_id = bot_id.clone();
             self.queue.pop_front();
+            self.dirty_bots.push(bot_id.clone());
+            self.touch(&id, "assigned", serde_json::json!({"bot_id": bot_id}));
         }
     }
 
@@ -355,11 +536,14 @@ impl Manager {
                     }
                 }
                 Action::Retire(n) => {
-                    let idle: Vec<String> =
-                        self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
+                    let idle: Vec<String> = self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
                     for id in idle {
+                        if let Some(tx) = self.bots.get(&id).and_then(|b| b.tx.as_ref()) {
+                            let _ = tx.send(ControllerMessage::Retire);
+                        }
                         self.runtime.stop(&id);
                         self.bots.remove(&id);
+                        self.dirty_bots.push(id);
                     }
                 }
             }
@@ -378,7 +562,9 @@ impl Manager {
         match self.runtime.launch(&spec) {
             Ok(()) => {
                 tracing::info!(bot_id = %bot_id, "bot launched");
-                self.bots.insert(bot_id, Bot { token, state: BotState::Starting, recording: None, tx: None, last_seen: Instant::now() });
+                let bot = Bot { token_sha256: token_hash(&token), state: BotState::Starting, recording: None, tx: None, last_seen: Instant::now() };
+                self.bots.insert(bot_id.clone(), bot);
+                self.dirty_bots.push(bot_id);
             }
             Err(err) => tracing::error!(error = %err, "cannot launch a bot"),
         }

@@ -91,9 +91,16 @@ impl Runtime for ProcessRuntime {
 }
 
 async fn supervise(bot_id: String, mut child: Child, stop: tokio::sync::oneshot::Receiver<()>, exits: mpsc::UnboundedSender<Exited>) {
+    // Only an explicit stop stops the bot: a runtime dropped on controller exit (a restart)
+    // leaves it running, to be re-adopted.
+    let asked = async {
+        if stop.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let status = tokio::select! {
         status = child.wait() => status,
-        _ = stop => {
+        _ = asked => {
             if let Some(pid) = child.id() {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };

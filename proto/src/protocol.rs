@@ -62,6 +62,8 @@ pub enum ControllerMessage {
     Assign(Assignment),
     /// Finish the recording now (`stopped_by_api`).
     Stop { recording_id: String },
+    /// An idle bot is no longer needed: exit. A busy bot ignores it.
+    Retire,
 }
 
 /// One recording handed to a warm bot.
