@@ -8,7 +8,7 @@ build: setup
 	cargo build --workspace --release
 
 demo: build
-	scripts/demo.sh
+	target/release/recfleet demo
 
 test: build
 	cargo nextest run --workspace --release

@@ -256,6 +256,7 @@ async fn connection(
         if send(&mut ws, &greeting).await.is_err() {
             continue;
         }
+        let mut clean_close = false;
         loop {
             let next = match pending.take() {
                 Some(msg) => Some(msg),
@@ -274,7 +275,11 @@ async fn connection(
                                     Ok(msg) => { let _ = inbox.send(msg); }
                                     Err(err) => tracing::warn!(error = %err, "unreadable controller message"),
                                 },
-                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(Message::Close(_))) => {
+                                    clean_close = true;
+                                    break;
+                                }
+                                None | Some(Err(_)) => break,
                                 Some(Ok(_)) => {}
                             }
                             None
@@ -289,7 +294,11 @@ async fn connection(
                 }
             }
         }
-        tracing::warn!("lost the controller; reconnecting (the recording goes on)");
+        if clean_close {
+            tracing::info!("the controller closed the connection; reconnecting");
+        } else {
+            tracing::warn!("lost the controller; reconnecting (the recording goes on)");
+        }
     }
 }
 

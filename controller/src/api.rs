@@ -26,7 +26,7 @@ const DOWNLOADABLE: [&str; 5] = ["recording.mp4", "index.m3u8", "manifest.json",
 /// The bundled recipes, by name.
 pub fn builtin_recipe(name: &str) -> Option<Recipe> {
     match name {
-        "recfleet-test-meeting" => Recipe::from_json(include_str!("../../tests/meeting/recipe.json")).ok(),
+        "recfleet-test-meeting" => Recipe::from_json(recfleet_meeting::RECIPE_JSON).ok(),
         _ => None,
     }
 }

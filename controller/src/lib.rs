@@ -4,6 +4,7 @@
 //! endpoint send it commands; the runtime launches bots as the pool plan asks.
 
 pub mod api;
+pub mod demo;
 pub mod manager;
 pub mod model;
 pub mod pool;
@@ -70,9 +71,21 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let (commands, commands_rx) = mpsc::channel(1024);
     let manager = manager::Manager::load(manager_cfg, runtime, store, webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
-    let state = api::AppState { commands, api_key: cfg.api_key, allowed_hosts: cfg.allowed_hosts, out_root, shutdown: shutdown.clone() };
+    // On shutdown the manager retires the bots first, while their connections are open; then
+    // the connections close and the server stops.
+    let close = CancellationToken::new();
+    let (to_manager, closer) = (commands.clone(), close.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if to_manager.send(manager::Command::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        closer.cancel();
+    });
+    let state = api::AppState { commands, api_key: cfg.api_key, allowed_hosts: cfg.allowed_hosts, out_root, shutdown: close.clone() };
     tracing::info!(%addr, "controller listening");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(ServeError::Serve)?;
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(close.cancelled_owned()).await.map_err(ServeError::Serve)?;
     let _ = manager.await;
     Ok(())
 }

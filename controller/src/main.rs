@@ -16,6 +16,21 @@ struct Cli {
 enum Command {
     /// Serve the API and keep the warm pool.
     Serve(ServeArgs),
+    /// Record the bundled demo meeting through the controller and a warm bot, then say where
+    /// the MP4 is.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Where the demo keeps its state and recordings.
+    #[arg(long, default_value = "demo-output")]
+    data_dir: PathBuf,
+    /// How long the demo meeting lasts once the bot is admitted.
+    #[arg(long, default_value_t = 10)]
+    meeting_secs: u64,
+    #[arg(long, env = "RECFLEET_BOT_BINARY")]
+    bot_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,25 +57,34 @@ struct ServeArgs {
     webhook_secret: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo shows a progress display: only warnings, from the bots (who inherit the
+        // environment) too. Set before any thread starts.
+        std::env::set_var("RUST_LOG", "warn,chromiumoxide=off");
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,chromiumoxide=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Demo(args) => return demo(args).await,
+    };
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
     let api_key = args.api_key.unwrap_or_else(|| {
         let key = uuid::Uuid::new_v4().simple().to_string();
         eprintln!("recfleet: generated API key (shown once): {key}");
         key
     });
-    let bot_binary = match args.bot_binary {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("recfleet-bot"),
-    };
+    let bot_binary = bot_binary(args.bot_binary)?;
     let cfg = recfleet::ServeConfig {
         data_dir: args.data_dir,
         api_key,
@@ -81,4 +105,43 @@ async fn main() -> anyhow::Result<()> {
     });
     recfleet::serve(cfg, listener, shutdown).await?;
     Ok(())
+}
+
+fn bot_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("recfleet-bot"),
+    };
+    anyhow::ensure!(path.exists(), "the bot binary {} is missing: build the workspace (`make build`)", path.display());
+    Ok(path)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let cfg = recfleet::demo::DemoConfig {
+        data_dir: args.data_dir,
+        bot_binary: bot_binary(args.bot_binary)?,
+        meeting_secs: args.meeting_secs,
+    };
+    println!("recfleet demo: a {} s meeting with a lobby and a waiting room, recorded by a warm bot", cfg.meeting_secs);
+    let result = recfleet::demo::run(cfg).await?;
+    let r = &result.recording;
+    println!(
+        "Recorded {:.1} s, ended with {}. First frame {} after the request (the 2 s in the waiting room included).",
+        r["duration_secs"].as_f64().unwrap_or(0.0),
+        r["sub_code"].as_str().unwrap_or("?"),
+        started_after(r)
+    );
+    println!("Playable MP4:  {}", result.mp4.display());
+    println!("HLS playlist:  {}", result.playlist.display());
+    Ok(())
+}
+
+fn started_after(r: &serde_json::Value) -> String {
+    let parse = |k: &str| {
+        r[k].as_str().and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+    };
+    match (parse("created_at"), parse("recording_started_at")) {
+        (Some(a), Some(b)) => format!("{} ms", (b - a).whole_milliseconds()),
+        _ => "?".into(),
+    }
 }

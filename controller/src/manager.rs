@@ -45,6 +45,9 @@ pub enum Command {
     BotConnected { bot_id: String, token: String, tx: mpsc::UnboundedSender<ControllerMessage>, reply: oneshot::Sender<bool> },
     FromBot { bot_id: String, msg: BotMessage },
     BotDisconnected { bot_id: String },
+    /// The controller is stopping: retire the bots (unless they are kept for a restart) while
+    /// their connections are still open, then reply.
+    Shutdown { reply: oneshot::Sender<()> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,13 +186,19 @@ impl Manager {
             }
             self.settle().await;
         }
-        if !self.cfg.keep_bots_on_exit {
-            for (id, bot) in &self.bots {
-                if let Some(tx) = &bot.tx {
-                    let _ = tx.send(ControllerMessage::Retire);
-                }
-                self.runtime.stop(id);
+    }
+
+    fn shut_down(&mut self) {
+        self.cfg.min_idle = 0;
+        self.cfg.max = 0;
+        if self.cfg.keep_bots_on_exit {
+            return;
+        }
+        for (id, bot) in &self.bots {
+            if let Some(tx) = &bot.tx {
+                let _ = tx.send(ControllerMessage::Retire);
             }
+            self.runtime.stop(id);
         }
     }
 
@@ -249,6 +258,10 @@ impl Manager {
                 let _ = reply.send(ok);
             }
             Command::FromBot { bot_id, msg } => self.from_bot(&bot_id, msg),
+            Command::Shutdown { reply } => {
+                self.shut_down();
+                let _ = reply.send(());
+            }
             Command::BotDisconnected { bot_id } => {
                 if let Some(bot) = self.bots.get_mut(&bot_id) {
                     bot.tx = None;

@@ -3,7 +3,7 @@
 
 pub mod bot;
 pub mod media;
-pub mod meeting;
+pub use recfleet_meeting as meeting;
 pub mod procs;
 
 use std::path::PathBuf;

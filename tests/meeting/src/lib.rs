@@ -3,7 +3,8 @@
 //! platform built differently). Server-side failure injection: `?fail_loads=N` answers the
 //! first N loads of a meeting id with 503.
 //!
-//! It serves the tests and the demo; it must never be reachable beyond loopback.
+//! It serves the tests and the demo (`recfleet demo`); it must never be reachable beyond
+//! loopback.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,10 +17,10 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
-pub const MEETING_HTML: &str = include_str!("../meeting/meeting.html");
-pub const OTHER_HTML: &str = include_str!("../meeting/other.html");
+pub const MEETING_HTML: &str = include_str!("../meeting.html");
+pub const OTHER_HTML: &str = include_str!("../other.html");
 /// The recipe for `meeting.html`.
-pub const RECIPE_JSON: &str = include_str!("../meeting/recipe.json");
+pub const RECIPE_JSON: &str = include_str!("../recipe.json");
 
 #[derive(Debug, Default, Clone)]
 struct Loads(Arc<Mutex<HashMap<String, u32>>>);

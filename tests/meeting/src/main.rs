@@ -18,6 +18,6 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(cli.listen.ip().is_loopback(), "the test meeting only listens on loopback, not {}", cli.listen);
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     println!("http://{}", listener.local_addr()?);
-    axum::serve(listener, recfleet_tests::meeting::router()).await?;
+    axum::serve(listener, recfleet_meeting::router()).await?;
     Ok(())
 }
