@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::manager::Command;
-use crate::model::{ApiError, CreateRecording, PoolView, Recording};
+use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolView, Recording};
 
 /// Request bodies larger than this are refused (a recipe is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -51,12 +51,36 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest("/v1", v1)
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/bots/connect", get(bot_connect))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "recfleet", description = "Recordings of web meetings by a warm pool of bots. Every /v1 route takes `Authorization: Bearer <API key>`."),
+    paths(create, list, get_one, stop, delete, file, pool),
+    components(schemas(Recording, Outputs, CreateRecording, PoolView, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
+    }
+}
+
+use utoipa::OpenApi as _;
 
 async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let ok = req
@@ -78,6 +102,10 @@ async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Comma
     rx.await.map_err(|_| ApiError::Unavailable)
 }
 
+#[utoipa::path(post, path = "/v1/recordings", request_body = CreateRecording,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the same recording")),
+    responses((status = 201, body = Recording, description = "Created and queued"), (status = 200, body = Recording, description = "Same Idempotency-Key: the existing recording"),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,6 +142,10 @@ struct ListQuery {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/recordings",
+    params(("status" = Option<String>, Query, description = "Only this status"), ("limit" = Option<usize>, Query, description = "Page size, 1 to 500 (50)"),
+        ("after" = Option<String>, Query, description = "`next_after` of the previous page")),
+    responses((status = 200, description = "`{items: [Recording], next_after}`, newest first")))]
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let items: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
@@ -121,24 +153,31 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     Ok(Json(serde_json::json!({ "items": items, "next_after": next_after })))
 }
 
+#[utoipa::path(delete, path = "/v1/recordings/{id}", responses((status = 204, description = "Deleted with its files"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Still active: stop it first")))]
 async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     ask(&state, |reply| Command::Delete { id, reply }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ErrorBody)))]
 async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
     let found = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
     found.map(Json).ok_or(ApiError::NotFound(id))
 }
 
+#[utoipa::path(post, path = "/v1/recordings/{id}/stop", responses((status = 200, body = Recording, description = "Stopping; it finalizes and completes with stopped_by_api"), (status = 404, body = ErrorBody)))]
 async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
     Ok(Json(ask(&state, |reply| Command::Stop { id, reply }).await??))
 }
 
+#[utoipa::path(get, path = "/v1/pool", responses((status = 200, body = PoolView)))]
 async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>, ApiError> {
     Ok(Json(ask(&state, |reply| Command::Pool { reply }).await?))
 }
 
+#[utoipa::path(get, path = "/v1/recordings/{id}/files/{name}",
+    params(("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4 or seg_NNNNNN.m4s")),
+    responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
 async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
     if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) {
         return Err(ApiError::NotFound(format!("{id}/{name}")));

@@ -8,10 +8,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// A recording, as `GET /v1/recordings/{id}` returns it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Recording {
     pub id: String,
+    /// queued, joining, waiting_room, recording, stopping, finalizing, completed, failed
+    #[schema(value_type = String, example = "recording")]
     pub status: RecordingStatus,
+    /// Why it ended; see docs/BOT.md for the closed list.
+    #[schema(value_type = Option<String>, example = "meeting_ended")]
     pub sub_code: Option<SubCode>,
     pub meeting_url: String,
     pub bot_name: String,
@@ -28,13 +32,15 @@ pub struct Recording {
     pub duration_secs: Option<f64>,
     pub partial: bool,
     pub max_duration_secs: Option<u64>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub outputs: Option<Outputs>,
     /// The error's message when the recording failed.
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Download links; they take the same API key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Outputs {
     pub mp4_url: String,
     pub hls_url: String,
@@ -42,14 +48,19 @@ pub struct Outputs {
 }
 
 /// `POST /v1/recordings`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRecording {
+    /// http(s); link-local and metadata addresses are refused.
+    #[schema(example = "https://meet.example.com/abc-defg")]
     pub meeting_url: String,
     #[serde(default)]
     pub bot_name: Option<String>,
+    /// An inline join recipe (docs/BOT.md).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub recipe: Option<Recipe>,
+    /// A built-in recipe, e.g. `recfleet-test-meeting`.
     #[serde(default)]
     pub recipe_name: Option<String>,
     #[serde(default)]
@@ -57,17 +68,31 @@ pub struct CreateRecording {
     #[serde(default)]
     pub webhook_url: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
 /// `GET /v1/pool`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PoolView {
     pub idle: usize,
     pub starting: usize,
     pub busy: usize,
     pub max: usize,
     pub queued: usize,
+}
+
+/// The body of every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// unauthorized, invalid_request, invalid_url, invalid_recipe, not_found, conflict, unavailable
+    pub code: String,
+    pub message: String,
 }
 
 /// An API error: a stable `code`, a message, and the HTTP status it maps to.
@@ -115,7 +140,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
         (self.status(), axum::Json(body)).into_response()
     }
 }

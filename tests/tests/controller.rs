@@ -195,6 +195,19 @@ async fn bad_requests_get_stable_codes() {
     }
     let missing = c.http.get(format!("{}/v1/recordings/nope", c.base)).bearer_auth(KEY).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    let (status, _) = c.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/x"}), None).await;
+    assert_eq!(status, 201);
+    let listed = c.get("/v1/recordings").await;
+    let id = listed["items"][0]["id"].as_str().unwrap().to_string();
+    let busy = c.http.delete(format!("{}/v1/recordings/{id}", c.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(busy.status(), 409, "an active recording is not deleted");
+
+    // The OpenAPI document describes every route.
+    let doc: Value = c.http.get(format!("{}/openapi.json", c.base)).send().await.unwrap().json().await.unwrap();
+    for path in ["/v1/recordings", "/v1/recordings/{id}", "/v1/recordings/{id}/stop", "/v1/recordings/{id}/files/{name}", "/v1/pool"] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
+    }
+    assert!(doc["components"]["schemas"]["Recording"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread")]
