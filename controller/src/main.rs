@@ -52,12 +52,32 @@ struct ServeArgs {
     /// The bot binary (default: `recfleet-bot` next to this one).
     #[arg(long, env = "RECFLEET_BOT_BINARY")]
     bot_binary: Option<PathBuf>,
+    /// Where bots run. Only `process` so far; `docker` and `ecs` come behind the same trait.
+    #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process")]
+    runtime: String,
+    /// Where recordings are stored (default `file://<data-dir>/recordings`). Only `file://`
+    /// under the data folder so far; `s3://` comes with object storage.
+    #[arg(long, env = "RECFLEET_STORE")]
+    store: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, env = "RECFLEET_LOG_FORMAT", default_value = "pretty", value_parser = ["json", "pretty"])]
+    log_format: String,
     /// Webhook signing secret (`whsec_…`); generated and kept in the data folder when unset.
     #[arg(long, env = "RECFLEET_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("recfleet: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
         // The demo shows a progress display: only warnings, from the bots (who inherit the
@@ -68,17 +88,28 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,chromiumoxide=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let json = matches!(&cli.command, Command::Serve(a) if a.log_format == "json");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,chromiumoxide=error".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        logs.json().flatten_event(true).with_current_span(true).init();
+    } else {
+        logs.compact().init();
+    }
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Demo(args) => return demo(args).await,
     };
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
+    anyhow::ensure!(args.pool_min_idle <= args.pool_max, "invalid --pool-min-idle: must not exceed --pool-max ({})", args.pool_max);
+    anyhow::ensure!(args.runtime == "process", "invalid --runtime {:?}: only `process` is available so far", args.runtime);
+    if let Some(store) = &args.store {
+        let default = format!("file://{}", args.data_dir.join("recordings").display());
+        anyhow::ensure!(
+            store.trim_end_matches('/') == default,
+            "invalid --store {store:?}: only the default {default} is available so far"
+        );
+    }
     let api_key = args.api_key.unwrap_or_else(|| {
         let key = uuid::Uuid::new_v4().simple().to_string();
         eprintln!("recfleet: generated API key (shown once): {key}");
