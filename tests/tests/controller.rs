@@ -316,3 +316,50 @@ async fn webhooks_arrive_signed_for_every_status_change() {
     assert!(deliveries.iter().any(|(_, attempt, code)| *attempt == 1 && *code == Some(503)), "{deliveries:?}");
     assert!(deliveries.iter().any(|(_, attempt, code)| *attempt == 2 && *code == Some(204)), "{deliveries:?}");
 }
+
+/// The pids of this controller's bots (found by the controller URL in their environment).
+fn bot_pids(base: &str) -> Vec<u32> {
+    let needle = format!("RECFLEET_CONTROLLER_URL=ws://{}/", base.trim_start_matches("http://"));
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())))
+                .unwrap_or(false)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "recfleet-bot")
+        })
+        .collect()
+}
+
+fn has_child(parent: u32, comm: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).any(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        ppid == Some(parent) && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_bot_is_declared_lost_and_replaced() {
+    let meeting = MeetingServer::start().await.unwrap();
+    let c = Controller::start(1, 2).await;
+    c.wait_for("a warm bot", Duration::from_secs(60), |p| p["idle"] == 1, "/v1/pool").await;
+    let body = json!({"meeting_url": meeting.url("/m/frozen?end=0"), "recipe_name": "recfleet-test-meeting"});
+    let (_, rec) = c.post("/v1/recordings", &body, None).await;
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
+    // The pool refills at once; the busy bot is the one whose child is FFmpeg.
+    let busy = bot_pids(&c.base).into_iter().find(|pid| has_child(*pid, "ffmpeg")).expect("the busy bot's process");
+    // SAFETY: SIGSTOP to our own descendant: it stops heartbeating without exiting.
+    unsafe { libc::kill(busy as libc::pid_t, libc::SIGSTOP) };
+
+    let lost = c.wait_for("declared lost", Duration::from_secs(30), |r| r["status"] == "failed", &path).await;
+    assert_eq!(lost["sub_code"], "bot_crashed", "{lost:#}");
+    assert_eq!(lost["partial"], true, "it had started recording");
+    c.wait_for("a replacement warm bot", Duration::from_secs(60), |p| p["idle"] == 1 && p["busy"] == 0, "/v1/pool").await;
+    // SAFETY: let the frozen bot run again so the controller's stop can end it.
+    unsafe { libc::kill(busy as libc::pid_t, libc::SIGCONT) };
+}
