@@ -536,7 +536,14 @@ impl Manager {
 
     fn observed(&self) -> Observed {
         let count = |s| self.bots.values().filter(|b| b.state == s).count();
-        Observed { idle: count(BotState::Idle), starting: count(BotState::Starting), busy: count(BotState::Busy) }
+        let joining = self
+            .bots
+            .values()
+            .filter_map(|b| b.recording.as_ref())
+            .filter_map(|id| self.recordings.get(id))
+            .filter(|e| matches!(e.stored.view.status, RecordingStatus::Joining | RecordingStatus::WaitingRoom))
+            .count();
+        Observed { idle: count(BotState::Idle), starting: count(BotState::Starting), busy: count(BotState::Busy), joining }
     }
 
     fn reconcile(&mut self) {

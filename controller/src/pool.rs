@@ -23,6 +23,9 @@ pub struct Observed {
     pub starting: usize,
     /// Recording (single-use: they leave when done).
     pub busy: usize,
+    /// Of the busy bots, those assigned but not yet recording. A new bot's start (Chromium
+    /// takes about a core for a second) would slow their join and first frame on a small host.
+    pub joining: usize,
 }
 
 impl Observed {
@@ -42,11 +45,13 @@ pub enum Action {
 
 /// The actions that move `observed` toward `desired`. Queued recordings count as demand for
 /// idle bots on top of `min_idle`; bots already starting count as supply. Never more than
-/// `max` bots in all; never retire a bot that is starting or busy.
+/// `max` bots in all; never retire a bot that is starting or busy. Refilling `min_idle` waits
+/// while a bot is joining; queued requests never wait for that.
 pub fn plan(desired: Desired, observed: Observed) -> Vec<Action> {
     let wanted_idle = desired.min_idle + desired.queued;
     let coming = observed.idle + observed.starting;
-    if coming < wanted_idle {
+    let defer_refill = observed.joining > 0 && desired.queued == 0;
+    if coming < wanted_idle && !defer_refill {
         let room = desired.max.saturating_sub(observed.total());
         let launch = (wanted_idle - coming).min(room);
         return if launch > 0 { vec![Action::Launch(launch)] } else { Vec::new() };
@@ -71,7 +76,12 @@ mod tests {
     }
 
     fn o(idle: usize, starting: usize, busy: usize) -> Observed {
-        Observed { idle, starting, busy }
+        Observed { idle, starting, busy, joining: 0 }
+    }
+
+    fn joining(mut obs: Observed, n: usize) -> Observed {
+        obs.joining = n;
+        obs
     }
 
     #[test]
@@ -91,6 +101,9 @@ mod tests {
             ("max lowered below busy: retire idle only", d(1, 2, 0), o(1, 0, 3), &[Retire(1)]),
             ("busy bots are never retired", d(0, 1, 0), o(0, 0, 3), &[]),
             ("max 0 launches nothing", d(1, 0, 1), o(0, 0, 0), &[]),
+            ("refill waits while a bot joins", d(1, 4, 0), joining(o(0, 0, 1), 1), &[]),
+            ("refill goes once it records", d(1, 4, 0), joining(o(0, 0, 1), 0), &[Launch(1)]),
+            ("queued requests do not wait for a join", d(1, 4, 1), joining(o(0, 0, 1), 1), &[Launch(2)]),
         ];
         for (name, desired, observed, want) in cases {
             assert_eq!(plan(*desired, *observed), want.to_vec(), "{name}");
@@ -105,7 +118,7 @@ mod tests {
                     for idle in 0..5 {
                         for starting in 0..3 {
                             for busy in 0..5 {
-                                let obs = o(idle, starting, busy);
+                                let obs = joining(o(idle, starting, busy), busy.min(1));
                                 for action in plan(d(min_idle, max, queued), obs) {
                                     match action {
                                         Action::Launch(n) => assert!(obs.total() + n <= max, "{obs:?} + {n} > {max}"),
