@@ -34,7 +34,8 @@ pub fn builtin_recipe(name: &str) -> Option<Recipe> {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub commands: mpsc::Sender<Command>,
-    pub api_key: String,
+    /// sha256 of the API key: the key itself is not kept.
+    pub api_key_sha256: String,
     pub allowed_hosts: Option<Vec<String>>,
     pub out_root: PathBuf,
     /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
@@ -54,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/bots/connect", get(bot_connect))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -83,12 +84,16 @@ impl utoipa::Modify for BearerAuth {
 use utoipa::OpenApi as _;
 
 async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
+    let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|k| k == state.api_key);
+        .map(crate::store::token_hash);
+    // Constant-time over the hashes: the comparison says nothing about the key.
+    let ok = presented.is_some_and(|p| {
+        p.len() == state.api_key_sha256.len() && p.bytes().zip(state.api_key_sha256.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
     if ok {
         next.run(req).await
     } else {
@@ -195,6 +200,15 @@ async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, Str
         _ => "application/json",
     };
     Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
+}
+
+/// Ready when the manager answers (its state is loaded and it is not stuck).
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), ask(&state, |reply| Command::Pool { reply })).await;
+    match answer {
+        Ok(Ok(_)) => Ok("ready"),
+        _ => Err(ApiError::Unavailable),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,7 +83,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         }
         closer.cancel();
     });
-    let state = api::AppState { commands, api_key: cfg.api_key, allowed_hosts: cfg.allowed_hosts, out_root, shutdown: close.clone() };
+    let state = api::AppState { commands, api_key_sha256: store::token_hash(&cfg.api_key), allowed_hosts: cfg.allowed_hosts, out_root, shutdown: close.clone() };
     tracing::info!(%addr, "controller listening");
     axum::serve(listener, api::router(state)).with_graceful_shutdown(close.cancelled_owned()).await.map_err(ServeError::Serve)?;
     let _ = manager.await;

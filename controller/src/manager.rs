@@ -317,6 +317,16 @@ impl Manager {
         if let Some(existing) = key.as_ref().and_then(|k| self.idempotency.get(k)).and_then(|id| self.recordings.get(id)) {
             return Ok((existing.stored.view.clone(), false));
         }
+        if !req.allow_concurrent {
+            let active = self.recordings.values().map(|e| &e.stored.view).find(|r| r.meeting_url == req.meeting_url && !r.status.is_terminal());
+            if let Some(active) = active {
+                return Err(ApiError::Conflict(format!(
+                    "recording {} of this meeting is {}; set allow_concurrent to record it twice",
+                    active.id,
+                    serde_json::to_value(active.status).expect("serializes").as_str().unwrap_or("active")
+                )));
+            }
+        }
         let id = format!("rec_{}", uuid::Uuid::new_v4().simple());
         let view = Recording {
             id: id.clone(),

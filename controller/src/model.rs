@@ -70,6 +70,9 @@ pub struct CreateRecording {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Allow a second active recording of the same meeting_url (refused by default).
+    #[serde(default)]
+    pub allow_concurrent: bool,
 }
 
 /// `GET /v1/pool`.

@@ -201,6 +201,11 @@ async fn bad_requests_get_stable_codes() {
     let id = listed["items"][0]["id"].as_str().unwrap().to_string();
     let busy = c.http.delete(format!("{}/v1/recordings/{id}", c.base)).bearer_auth(KEY).send().await.unwrap();
     assert_eq!(busy.status(), 409, "an active recording is not deleted");
+    let (status, twice) = c.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/x"}), None).await;
+    assert_eq!((status, twice["error"]["code"].as_str()), (409, Some("conflict")), "one active recording per meeting: {twice}");
+    let (status, _) = c.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/x", "allow_concurrent": true}), None).await;
+    assert_eq!(status, 201, "unless asked otherwise");
+    assert_eq!(c.http.get(format!("{}/readyz", c.base)).send().await.unwrap().status(), 200);
 
     // The OpenAPI document describes every route.
     let doc: Value = c.http.get(format!("{}/openapi.json", c.base)).send().await.unwrap().json().await.unwrap();
