@@ -48,14 +48,30 @@ struct AgentArgs {
     /// Recordings go to `<out-root>/<recording_id>/`.
     #[arg(long, env = "RECFLEET_OUT_ROOT")]
     out_root: PathBuf,
+    #[command(flatten)]
+    video: VideoArgs,
+}
+
+/// Capture size, rate and encoder, shared by `record` and `agent`.
+#[derive(Debug, clap::Args)]
+struct VideoArgs {
     #[arg(long, default_value_t = config::DEFAULT_WIDTH)]
     width: u32,
     #[arg(long, default_value_t = config::DEFAULT_HEIGHT)]
     height: u32,
     #[arg(long, default_value_t = config::DEFAULT_FPS)]
     fps: u32,
+    /// x264 preset (see docs/BENCHMARKS.md for the CPU each costs).
     #[arg(long, default_value = config::DEFAULT_X264_PRESET)]
     x264_preset: String,
+    #[arg(long, default_value_t = config::DEFAULT_X264_CRF)]
+    x264_crf: u32,
+}
+
+impl From<VideoArgs> for VideoConfig {
+    fn from(v: VideoArgs) -> Self {
+        VideoConfig { width: v.width, height: v.height, fps: v.fps, x264_preset: v.x264_preset, x264_crf: v.x264_crf }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,17 +91,8 @@ struct RecordArgs {
     /// Stop after this many seconds of recording.
     #[arg(long)]
     max_duration_secs: Option<u64>,
-    #[arg(long, default_value_t = config::DEFAULT_WIDTH)]
-    width: u32,
-    #[arg(long, default_value_t = config::DEFAULT_HEIGHT)]
-    height: u32,
-    #[arg(long, default_value_t = config::DEFAULT_FPS)]
-    fps: u32,
-    /// x264 preset (see docs/BENCHMARKS.md for the CPU each costs).
-    #[arg(long, default_value = config::DEFAULT_X264_PRESET)]
-    x264_preset: String,
-    #[arg(long, default_value_t = config::DEFAULT_X264_CRF)]
-    x264_crf: u32,
+    #[command(flatten)]
+    video: VideoArgs,
     /// Join attempts in all before `join_failed`.
     #[arg(long, default_value_t = config::DEFAULT_JOIN_ATTEMPTS)]
     join_attempts: u32,
@@ -123,13 +130,7 @@ fn main() -> ExitCode {
 }
 
 async fn agent(args: AgentArgs) -> ExitCode {
-    let video = VideoConfig {
-        width: args.width,
-        height: args.height,
-        fps: args.fps,
-        x264_preset: args.x264_preset,
-        x264_crf: config::DEFAULT_X264_CRF,
-    };
+    let video = VideoConfig::from(args.video);
     if let Err(err) = video.validate() {
         return fail(&RecordError::Config(err));
     }
@@ -168,13 +169,7 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         recording_id: args.recording_id.unwrap_or_else(new_recording_id),
         out_dir: args.out,
         max_duration: args.max_duration_secs.map(Duration::from_secs),
-        video: VideoConfig {
-            width: args.width,
-            height: args.height,
-            fps: args.fps,
-            x264_preset: args.x264_preset,
-            x264_crf: args.x264_crf,
-        },
+        video: args.video.into(),
         join_attempts: args.join_attempts,
     })
 }

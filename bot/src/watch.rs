@@ -46,30 +46,36 @@ pub struct Limits<'a> {
     pub stop_code: SubCode,
 }
 
+/// The events of one kind that `keep` accepts; a stream that never yields when the listener
+/// cannot be had (the probes still catch the end, later).
+fn listen<T>(
+    listener: chromiumoxide::Result<chromiumoxide::listeners::EventStream<T>>,
+    what: &str,
+    keep: impl Fn(&T) -> bool + Send + 'static,
+) -> futures::stream::BoxStream<'static, std::sync::Arc<T>>
+where
+    T: chromiumoxide::cdp::IntoEventKind + Unpin + Send + Sync + 'static,
+{
+    match listener {
+        Ok(stream) => stream.filter(move |e| std::future::ready(keep(e))).boxed(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for {what}; relying on probes");
+            futures::stream::pending().boxed()
+        }
+    }
+}
+
 /// Resolves when the meeting is over for the bot.
 pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, capture: &mut Capture, limits: Limits<'_>) -> End {
     let target = page.target_id().clone();
-    let mut crashed = match browser.event_listener::<EventTargetCrashed>().await {
-        Ok(s) => s.filter(move |e| std::future::ready(e.target_id == target)).boxed(),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for page crashes; relying on probes");
-            futures::stream::pending().boxed()
-        }
-    };
-    let target = page.target_id().clone();
-    let mut destroyed = match browser.event_listener::<EventTargetDestroyed>().await {
-        Ok(s) => s.filter(move |e| std::future::ready(e.target_id == target)).boxed(),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for the page closing; relying on probes");
-            futures::stream::pending().boxed()
-        }
-    };
+    let mut crashed = listen(browser.event_listener::<EventTargetCrashed>().await, "page crashes", {
+        let target = target.clone();
+        move |e: &EventTargetCrashed| e.target_id == target
+    });
+    let mut destroyed = listen(browser.event_listener::<EventTargetDestroyed>().await, "the page closing", move |e| e.target_id == target);
     // The page's own session reports its renderer crashing once the Inspector domain is on.
     let mut renderer_crashed = match page.execute(InspectorEnable::default()).await {
-        Ok(_) => match page.event_listener::<EventRendererCrashed>().await {
-            Ok(s) => s.boxed(),
-            Err(_) => futures::stream::pending().boxed(),
-        },
+        Ok(_) => listen(page.event_listener::<EventRendererCrashed>().await, "renderer crashes", |_| true),
         Err(err) => {
             tracing::warn!(error = %err, "cannot enable the Inspector domain; relying on probes");
             futures::stream::pending().boxed()
