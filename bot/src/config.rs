@@ -84,10 +84,10 @@ impl VideoConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, reason: String| Err(ConfigError { field, reason });
         // yuv420p needs even sizes; x11grab cannot grab more than the screen it asks for.
-        if !(160..=3840).contains(&self.width) || self.width % 2 != 0 {
+        if !(160..=3840).contains(&self.width) || !self.width.is_multiple_of(2) {
             return err("width", format!("must be even and between 160 and 3840, got {}", self.width));
         }
-        if !(120..=2160).contains(&self.height) || self.height % 2 != 0 {
+        if !(120..=2160).contains(&self.height) || !self.height.is_multiple_of(2) {
             return err("height", format!("must be even and between 120 and 2160, got {}", self.height));
         }
         if !(1..=60).contains(&self.fps) {
@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut RecordConfig)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut RecordConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("width", Box::new(|c| c.video.width = 1281)),
             ("height", Box::new(|c| c.video.height = 0)),
             ("fps", Box::new(|c| c.video.fps = 0)),

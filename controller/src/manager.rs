@@ -257,7 +257,7 @@ impl Manager {
                 };
                 let _ = reply.send(ok);
             }
-            Command::FromBot { bot_id, msg } => self.from_bot(&bot_id, msg),
+            Command::FromBot { bot_id, msg } => self.on_bot_message(&bot_id, msg),
             Command::Shutdown { reply } => {
                 self.shut_down();
                 let _ = reply.send(());
@@ -394,7 +394,7 @@ impl Manager {
         Ok(())
     }
 
-    fn from_bot(&mut self, bot_id: &str, msg: BotMessage) {
+    fn on_bot_message(&mut self, bot_id: &str, msg: BotMessage) {
         let Some(bot) = self.bots.get_mut(bot_id) else { return };
         bot.last_seen = Instant::now();
         match msg {
