@@ -113,7 +113,9 @@ async fn join_once(
             Step::Fill { selector, .. } | Step::Click { selector, .. } => Target::Clickable(selector),
             Step::WaitFor { selector, .. } => Target::Visible(selector),
         };
+        let step_started = Instant::now();
         let probe = gate.wait_for(page, target, index, step).await?;
+        let found_ms = step_started.elapsed().as_millis() as u64;
         match step {
             Step::Click { .. } => click(page, &probe).await?,
             Step::Fill { text, .. } => {
@@ -123,6 +125,7 @@ async fn join_once(
             }
             Step::WaitFor { .. } => {}
         }
+        tracing::debug!(step = index, kind = step.kind(), found_ms, done_ms = step_started.elapsed().as_millis() as u64, "join step");
     }
     // The last step may land in a waiting room that shows a moment later: sit it out.
     if recipe.waiting_room_when.is_some() {
