@@ -26,6 +26,9 @@ use crate::webhook::Delivery;
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A launched (or re-adopted) bot must connect within this.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a bot's last messages get to arrive after its process exited: the exit and the
+/// bot's `Finished` travel on different channels, and the exit may come first.
+pub const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// A warm or busy bot that lost its connection must be back within this (it keeps recording
 /// meanwhile; its reconnection backoff tops out at 5 s).
 pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,6 +122,8 @@ pub struct Manager {
     /// Events to persist at the next flush: (recording id, kind, data).
     dirty: Vec<(String, &'static str, serde_json::Value)>,
     dirty_bots: Vec<String>,
+    /// Recordings whose bot exited before saying `Finished`: when, and how it exited.
+    orphaned: HashMap<String, (Instant, String)>,
 }
 
 impl Manager {
@@ -142,6 +147,7 @@ impl Manager {
             bots: HashMap::new(),
             dirty: Vec::new(),
             dirty_bots: Vec::new(),
+            orphaned: HashMap::new(),
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -182,7 +188,10 @@ impl Manager {
                     None => break,
                 },
                 Some(exit) = exits.recv() => self.bot_exited(exit),
-                _ = tick.tick() => self.find_lost_bots(),
+                _ = tick.tick() => {
+                    self.find_lost_bots();
+                    self.settle_orphans();
+                }
             }
             self.settle().await;
         }
@@ -394,15 +403,21 @@ impl Manager {
         Ok(())
     }
 
+    /// Bot messages come over a connection authenticated at its start. Messages about a
+    /// recording are applied even when the bot is already gone: its exit can be seen before its
+    /// last messages.
     fn on_bot_message(&mut self, bot_id: &str, msg: BotMessage) {
-        let Some(bot) = self.bots.get_mut(bot_id) else { return };
-        bot.last_seen = Instant::now();
+        if let Some(bot) = self.bots.get_mut(bot_id) {
+            bot.last_seen = Instant::now();
+        }
         match msg {
-            BotMessage::Hello { ready: true, .. } | BotMessage::Ready if bot.state == BotState::Starting => {
-                bot.state = BotState::Idle;
-                self.dirty_bots.push(bot_id.to_string());
+            BotMessage::Hello { ready: true, .. } | BotMessage::Ready => {
+                if let Some(bot) = self.bots.get_mut(bot_id).filter(|b| b.state == BotState::Starting) {
+                    bot.state = BotState::Idle;
+                    self.dirty_bots.push(bot_id.to_string());
+                }
             }
-            BotMessage::Hello { .. } | BotMessage::Ready => {}
+            BotMessage::Hello { .. } => {}
             BotMessage::Heartbeat { .. } | BotMessage::StateChanged { .. } => {}
             BotMessage::SegmentStored { recording_id, segment } => {
                 self.touch(&recording_id, "segment_stored", serde_json::to_value(&segment).expect("serializes"));
@@ -473,7 +488,22 @@ impl Manager {
         self.dirty_bots.push(exit.bot_id.clone());
         tracing::info!(bot_id = %exit.bot_id, detail = %exit.detail, "bot exited");
         if let Some(id) = bot.recording {
-            self.mark_crashed(&id, &format!("the bot exited: {}", exit.detail));
+            // Decided after `EXIT_GRACE`, when its last messages have had time to land.
+            self.orphaned.insert(id, (Instant::now(), exit.detail));
+        }
+    }
+
+    /// Recordings whose bot exited without `Finished` within the grace are the bot's crash.
+    fn settle_orphans(&mut self) {
+        let due: Vec<(String, String)> = self
+            .orphaned
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= EXIT_GRACE)
+            .map(|(id, (_, detail))| (id.clone(), detail.clone()))
+            .collect();
+        for (id, detail) in due {
+            self.orphaned.remove(&id);
+            self.mark_crashed(&id, &format!("the bot exited before finishing: {detail}"));
         }
     }
 
@@ -598,5 +628,106 @@ impl Manager {
             }
             Err(err) => tracing::error!(error = %err, "cannot launch a bot"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recfleet_proto::{OutputPaths, Summary};
+
+    /// Launches nothing: the manager's logic alone is under test.
+    #[derive(Debug, Default)]
+    struct NoRuntime;
+
+    impl Runtime for NoRuntime {
+        fn launch(&self, _spec: &LaunchSpec) -> Result<(), crate::runtime::RuntimeError> {
+            Ok(())
+        }
+        fn stop(&self, _bot_id: &str) {}
+    }
+
+    async fn manager(dir: &std::path::Path) -> Manager {
+        let cfg = ManagerConfig {
+            min_idle: 1,
+            max: 2,
+            controller_url: "ws://127.0.0.1:1/v1/bots/connect".into(),
+            out_root: dir.join("recordings"),
+            public_url: "http://127.0.0.1:1".into(),
+            keep_bots_on_exit: false,
+        };
+        let store = Store::open(&dir.join("state.db")).await.unwrap();
+        let (webhooks, _) = mpsc::unbounded_channel();
+        Manager::load(cfg, Arc::new(NoRuntime), store, webhooks).await.unwrap()
+    }
+
+    /// A recording assigned to a connected, warm bot; returns (recording id, bot id).
+    async fn assigned(m: &mut Manager) -> (String, String) {
+        m.reconcile();
+        let bot_id = m.bots.keys().next().expect("a launched bot").clone();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        m.bots.get_mut(&bot_id).unwrap().tx = Some(tx);
+        m.on_bot_message(&bot_id, BotMessage::Ready);
+        let req = CreateRecording {
+            meeting_url: "https://m.example.com/a".into(),
+            bot_name: None,
+            recipe: None,
+            recipe_name: None,
+            max_duration_secs: None,
+            webhook_url: None,
+            metadata: None,
+            allow_concurrent: false,
+        };
+        let (rec, _) = m.create(req, None).unwrap();
+        m.assign_queued();
+        assert_eq!(m.recordings[&rec.id].stored.view.status, RecordingStatus::Joining);
+        (rec.id, bot_id)
+    }
+
+    fn completed(id: &str) -> Outcome {
+        let paths = OutputPaths { dir: id.into(), mp4: None, playlist: String::new(), manifest: String::new(), events: String::new() };
+        Outcome::Completed {
+            summary: Summary {
+                recording_id: id.into(),
+                status: RecordingStatus::Completed,
+                sub_code: SubCode::MeetingEnded,
+                duration_secs: 6.0,
+                segments: 3,
+                paths,
+                capture: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_arriving_after_the_exit_still_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        let (id, bot_id) = assigned(&mut m).await;
+        m.bot_exited(Exited { bot_id: bot_id.clone(), detail: "exit status: 0".into() });
+        m.settle_orphans();
+        assert!(!m.recordings[&id].stored.view.status.is_terminal(), "not decided before the grace");
+        // The bot's last message was still in flight when its exit was seen: the bot is gone.
+        assert!(!m.bots.contains_key(&bot_id));
+        m.on_bot_message(&bot_id, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+        if let Some(entry) = m.orphaned.get_mut(&id) {
+            entry.0 = Instant::now() - EXIT_GRACE * 2;
+        }
+        m.settle_orphans();
+        let view = &m.recordings[&id].stored.view;
+        assert_eq!((view.status, view.sub_code), (RecordingStatus::Completed, Some(SubCode::MeetingEnded)));
+    }
+
+    #[tokio::test]
+    async fn an_exit_without_finished_is_a_crash_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        let (id, bot_id) = assigned(&mut m).await;
+        m.bot_exited(Exited { bot_id, detail: "signal: 9 (SIGKILL)".into() });
+        m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
+        m.settle_orphans();
+        let view = &m.recordings[&id].stored.view;
+        assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
+        assert!(view.error.as_deref().unwrap().contains("SIGKILL"));
     }
 }
