@@ -130,22 +130,9 @@ impl RecordConfig {
 /// Meeting URLs must be http(s) with a host. Address policy (link-local, metadata, allow-lists)
 /// is the controller's; a standalone bot records what its operator points it at.
 pub fn validate_meeting_url(url: &str) -> Result<(), ConfigError> {
-    let bad = |reason: &str| Err(ConfigError { field: "url", reason: format!("{reason}: {url:?}") });
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return bad("must be an absolute http(s) URL");
-    };
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return bad("only http and https meeting URLs are recorded");
-    }
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    if host.is_empty() || host.starts_with(':') {
-        return bad("the URL has no host");
-    }
-    if url.chars().any(char::is_whitespace) {
-        return bad("the URL contains white space");
-    }
-    Ok(())
+    recfleet_proto::url::meeting_url_host(url)
+        .map(|_| ())
+        .map_err(|reason| ConfigError { field: "url", reason: format!("{reason}: {url:?}") })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Input rules for meeting URLs: http(s) only, a host, no link-local or cloud metadata
-//! addresses, and an optional allow-list of hosts. Pure: no DNS, no I/O.
+//! Input rules for meeting URLs: the shared syntax (`recfleet_proto::url`), then no link-local or
+//! cloud metadata addresses, and an optional allow-list of hosts. Pure: no DNS, no I/O.
 
 use std::net::IpAddr;
 
@@ -9,23 +9,10 @@ const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "metadata", "inst
 
 pub fn meeting_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<(), ApiError> {
     let bad = |why: &str| Err(ApiError::InvalidUrl(format!("{why}: {url:?}")));
-    let Some((scheme, rest)) = url.split_once("://") else { return bad("must be an absolute http(s) URL") };
-    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
-        return bad("only http and https meeting URLs are recorded");
-    }
-    if url.chars().any(char::is_whitespace) {
-        return bad("the URL contains white space");
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
+    let host = match recfleet_proto::url::meeting_url_host(url) {
+        Ok(host) => host,
+        Err(why) => return bad(why),
     };
-    if host.is_empty() {
-        return bad("the URL has no host");
-    }
     let lower = host.to_ascii_lowercase();
     if METADATA_HOSTS.contains(&lower.as_str()) {
         return bad("cloud metadata hosts are refused");

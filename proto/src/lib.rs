@@ -10,6 +10,7 @@ pub mod protocol;
 pub mod recipe;
 pub mod recording;
 pub mod timeline;
+pub mod url;
 
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{
