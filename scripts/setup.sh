@@ -3,8 +3,9 @@
 # Called by `make demo` and `make test`; needs root (or sudo) for apt-get.
 set -euo pipefail
 
-APT_PACKAGES=(chromium ffmpeg xvfb pulseaudio pulseaudio-utils fonts-dejavu-core procps ca-certificates)
-NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat)
+APT_PACKAGES=(chromium ffmpeg xvfb pulseaudio pulseaudio-utils fonts-dejavu-core procps ca-certificates
+  prometheus prometheus-alertmanager debootstrap python3-venv)
+NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -32,4 +33,17 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install cargo-nextest --locked
+fi
+
+# Test tools: two real S3-compatible servers (moto checks no signatures, s3s-fs does) and
+# jsonschema for the Grafana dashboards. Kept in a virtualenv of the project's own.
+TOOLS_VENV="${RECFLEET_TOOLS_VENV:-$HOME/.cache/recfleet/venv}"
+if [ ! -x "$TOOLS_VENV/bin/moto_server" ] || ! "$TOOLS_VENV/bin/python" -c 'import jsonschema' 2>/dev/null; then
+  echo "setup: installing moto[server] and jsonschema into $TOOLS_VENV" >&2
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q 'moto[server]==5.*' 'jsonschema==4.*'
+fi
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "setup: installing s3s-fs 0.14.1" >&2
+  cargo install s3s-fs@0.14.1 --locked --features binary
 fi

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome, PROTOCOL_VERSION};
-use recfleet_proto::{Event, ManifestSegment, RecordingStatus, SubCode};
+use recfleet_proto::{Event, ManifestSegment, RecordingStatus, SubCode, UploadStats};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RecordConfig, VideoConfig, DEFAULT_JOIN_ATTEMPTS};
+use crate::config::{RecordConfig, UploadSettings, VideoConfig, DEFAULT_JOIN_ATTEMPTS};
 use crate::journal::Reporter;
 use crate::record::{record_on, RecordError};
 use crate::session::Session;
@@ -38,8 +38,11 @@ pub struct AgentConfig {
     pub bot_id: String,
     /// Issued by the controller for this launch only.
     pub token: String,
-    /// Recordings go to `<out_root>/<recording_id>/`.
-    pub out_root: PathBuf,
+    /// Recordings are spooled in `<spool_root>/<recording_id>/`.
+    pub spool_root: PathBuf,
+    /// Where segments go as they close.
+    pub upload: Option<UploadSettings>,
+    pub min_free_bytes: u64,
     pub video: VideoConfig,
 }
 
@@ -58,16 +61,23 @@ pub enum AgentError {
 struct Forward {
     recording_id: String,
     outbox: mpsc::UnboundedSender<BotMessage>,
+    /// The uploader's latest progress, sent with each heartbeat.
+    upload: Arc<std::sync::Mutex<Option<UploadStats>>>,
 }
 
 impl Reporter for Forward {
     fn event(&self, event: &Event) {
         let _ = self.outbox.send(BotMessage::Timeline { recording_id: self.recording_id.clone(), event: event.clone() });
     }
-    fn segment(&self, segment: &ManifestSegment) {
-        let _ = self
-            .outbox
-            .send(BotMessage::SegmentStored { recording_id: self.recording_id.clone(), segment: segment.clone() });
+    fn segment(&self, segment: &ManifestSegment, upload_lag_ms: Option<u64>) {
+        let _ = self.outbox.send(BotMessage::SegmentStored {
+            recording_id: self.recording_id.clone(),
+            segment: segment.clone(),
+            upload_lag_ms,
+        });
+    }
+    fn upload(&self, stats: &UploadStats) {
+        *self.upload.lock().expect("upload stats lock") = Some(stats.clone());
     }
     fn status(&self, status: RecordingStatus, sub_code: Option<SubCode>) {
         let _ = self.outbox.send(BotMessage::StateChanged { recording_id: self.recording_id.clone(), status, sub_code });
@@ -106,7 +116,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }
     });
     let _ = outbox.send(BotMessage::Ready);
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone()));
+    let upload_stats = Arc::new(std::sync::Mutex::new(None));
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), upload_stats.clone()));
 
     let assignment = tokio::select! {
         a = next_assignment(&mut inbox) => a,
@@ -151,8 +162,17 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         })
     };
     let record_cfg = to_record_config(&cfg, &assignment);
-    let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone() });
+    let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), upload: upload_stats });
     let result = record_on(session, &record_cfg, &stop, SubCode::StoppedByApi, reporter).await;
+    if let Ok(summary) = &result {
+        // Everything is in the store: the spool has done its job. Otherwise it stays, for
+        // `recfleet-bot upload` (nothing recorded is deleted before it is stored).
+        if summary.upload.as_ref().is_some_and(|u| u.not_uploaded.is_empty()) {
+            if let Err(err) = std::fs::remove_dir_all(&record_cfg.out_dir) {
+                tracing::warn!(error = %err, dir = %record_cfg.out_dir.display(), "cannot remove the spool folder");
+            }
+        }
+    }
     stop_on_message.abort();
     heartbeat.abort();
     let outcome = match &result {
@@ -171,10 +191,12 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
         recipe: a.recipe.clone(),
         bot_name: a.bot_name.clone(),
         recording_id: a.recording_id.clone(),
-        out_dir: cfg.out_root.join(&a.recording_id),
+        out_dir: cfg.spool_root.join(&a.recording_id),
         max_duration: a.max_duration_secs.map(Duration::from_secs),
         video: cfg.video.clone(),
         join_attempts: DEFAULT_JOIN_ATTEMPTS,
+        upload: cfg.upload.clone(),
+        min_free_bytes: cfg.min_free_bytes,
     }
 }
 
@@ -194,11 +216,12 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
     None
 }
 
-async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>) {
+async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, upload: Arc<std::sync::Mutex<Option<UploadStats>>>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tick.tick().await;
-        if outbox.send(BotMessage::Heartbeat { capture: None, cpu_cores: None, rss_bytes: None }).is_err() {
+        let upload = upload.lock().expect("upload stats lock").clone();
+        if outbox.send(BotMessage::Heartbeat { capture: None, cpu_cores: None, rss_bytes: None, upload }).is_err() {
             return;
         }
     }

@@ -20,8 +20,7 @@ use tokio::sync::mpsc;
 use crate::child::{describe_exit, set_parent_death_signal};
 use crate::config::{VideoConfig, CAPTURE_STOP_GRACE, SEGMENT_SECS};
 
-pub const PLAYLIST: &str = "index.m3u8";
-pub const INIT_SEGMENT: &str = "init.mp4";
+pub use recfleet_media::{INIT_SEGMENT, PLAYLIST};
 /// Raw frames FFmpeg may queue between grabbing and encoding: about 1 s, 32 x 3.7 MB at 720p.
 /// Enough to ride out the encoder's start-up (8 froze the picture several times in the first
 /// seconds), small enough that a starved encoder drops frames instead of growing by gigabytes.

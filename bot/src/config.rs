@@ -12,7 +12,7 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 /// HLS segment length: a dead bot loses at most this much.
-pub const SEGMENT_SECS: u32 = 2;
+pub use recfleet_media::SEGMENT_SECS;
 /// Measured on 2 cores (docs/BENCHMARKS.md): `ultrafast` holds realtime for three bots.
 pub const DEFAULT_X264_PRESET: &str = "ultrafast";
 pub const DEFAULT_X264_CRF: u32 = 23;
@@ -68,6 +68,21 @@ pub struct RecordConfig {
     pub max_duration: Option<Duration>,
     pub video: VideoConfig,
     pub join_attempts: u32,
+    /// Where the segments go as they close; `None` keeps them in `out_dir` only.
+    pub upload: Option<UploadSettings>,
+    /// The recording stops (`disk_full`) before `out_dir`'s file system has less than this free.
+    pub min_free_bytes: u64,
+}
+
+/// The object store a recording uploads to, and the disk it may use meanwhile.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    pub store: recfleet_storage::StoreUrl,
+    pub path_style: bool,
+    /// Backlog (closed, not yet stored) the bot may hold on disk while the store is down.
+    pub disk_budget_bytes: u64,
+    /// How long the backlog gets to drain once the recording is over.
+    pub drain_deadline: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,6 +164,8 @@ mod tests {
             max_duration: None,
             video: VideoConfig::default(),
             join_attempts: DEFAULT_JOIN_ATTEMPTS,
+            upload: None,
+            min_free_bytes: 0,
         }
     }
 

@@ -16,7 +16,10 @@ use crate::spool::write_atomically;
 /// made from the recording's own task and must not block.
 pub trait Reporter: Send + Sync + std::fmt::Debug {
     fn event(&self, _event: &recfleet_proto::Event) {}
-    fn segment(&self, _segment: &ManifestSegment) {}
+    /// A file reached the store, `upload_lag_ms` after it was closed.
+    fn segment(&self, _segment: &ManifestSegment, _upload_lag_ms: Option<u64>) {}
+    /// The uploader's progress changed.
+    fn upload(&self, _stats: &recfleet_proto::UploadStats) {}
     fn status(&self, _status: RecordingStatus, _sub_code: Option<SubCode>) {}
 }
 
@@ -40,6 +43,10 @@ impl Journal {
 
     pub fn reporter(&self) -> &dyn Reporter {
         self.reporter.as_ref()
+    }
+
+    pub fn reporter_arc(&self) -> Arc<dyn Reporter> {
+        self.reporter.clone()
     }
 
     pub fn record(&self, kind: EventKind) {

@@ -11,13 +11,13 @@ pub mod capture;
 pub mod child;
 pub mod config;
 pub mod display;
-pub mod finalize;
 pub mod join;
 pub mod journal;
 pub mod page_js;
 pub mod record;
 pub mod session;
 pub mod spool;
+pub mod upload;
 pub mod watch;
 
 pub use config::RecordConfig;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use recfleet_bot::config::{self, RecordConfig, VideoConfig};
+use recfleet_bot::config::{self, RecordConfig, UploadSettings, VideoConfig};
+use recfleet_bot::upload;
 use recfleet_bot::RecordError;
 use recfleet_proto::Recipe;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,60 @@ enum Command {
     Record(RecordArgs),
     /// Warm up, dial the controller, record the one meeting it assigns, and exit.
     Agent(AgentArgs),
+    /// Upload what a recording folder holds that its journal says is not stored yet (after a
+    /// bot died, or its drain deadline passed), then write the store's playlist and manifest.
+    Upload(UploadArgs),
 }
+
+#[derive(Debug, clap::Args)]
+struct UploadArgs {
+    /// The recording's folder (the bot's `--out`).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The recording's id: its files go to `recordings/<id>/` in the store.
+    #[arg(long)]
+    recording_id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// The object store and the disk the bot may use while it is unreachable.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// `s3://bucket/prefix` or `file:///dir`; segments are uploaded as they close. AWS
+    /// settings come from the standard places (environment, profile, task role,
+    /// `AWS_ENDPOINT_URL`).
+    #[arg(long, env = "RECFLEET_STORE")]
+    store: Option<String>,
+    /// Path-style S3 addressing, for S3-compatible servers.
+    #[arg(long, env = "RECFLEET_S3_PATH_STYLE")]
+    s3_path_style: bool,
+    /// Backlog (recorded, not yet uploaded) the bot may keep on disk while the store is
+    /// unreachable; past it the recording stops with `disk_full`.
+    #[arg(long, env = "RECFLEET_DISK_BUDGET_MB", default_value_t = upload::DEFAULT_DISK_BUDGET_MB)]
+    disk_budget_mb: u64,
+    /// The recording stops with `disk_full` before the disk has less than this free.
+    #[arg(long, env = "RECFLEET_MIN_FREE_DISK_MB", default_value_t = upload::DEFAULT_MIN_FREE_MB)]
+    min_free_disk_mb: u64,
+    /// How long the backlog gets to drain when the recording is over.
+    #[arg(long, env = "RECFLEET_UPLOAD_DRAIN_SECS", default_value_t = upload::DEFAULT_DRAIN_SECS)]
+    upload_drain_secs: u64,
+}
+
+impl StoreArgs {
+    fn settings(&self) -> Result<Option<UploadSettings>, RecordError> {
+        let Some(url) = &self.store else { return Ok(None) };
+        let store = url.parse().map_err(|e: recfleet_storage::StoreError| RecordError::Store(e.to_string()))?;
+        Ok(Some(UploadSettings {
+            store,
+            path_style: self.s3_path_style,
+            disk_budget_bytes: self.disk_budget_mb.saturating_mul(MB),
+            drain_deadline: Duration::from_secs(self.upload_drain_secs),
+        }))
+    }
+}
+
+const MB: u64 = 1024 * 1024;
 
 #[derive(Debug, clap::Args)]
 struct AgentArgs {
@@ -45,9 +99,11 @@ struct AgentArgs {
     /// The token the controller issued for this launch.
     #[arg(long, env = "RECFLEET_BOT_TOKEN", hide_env_values = true)]
     token: String,
-    /// Recordings go to `<out-root>/<recording_id>/`.
-    #[arg(long, env = "RECFLEET_OUT_ROOT")]
-    out_root: PathBuf,
+    /// Recordings are spooled in `<spool-dir>/<recording_id>/` on their way to the store.
+    #[arg(long, env = "RECFLEET_SPOOL_DIR")]
+    spool_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(flatten)]
     video: VideoArgs,
 }
@@ -99,6 +155,8 @@ struct RecordArgs {
     /// The recording's id (substituted for `{recording_id}`); generated when absent.
     #[arg(long)]
     recording_id: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +169,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Record(args) => args,
         Command::Agent(args) => return runtime.block_on(agent(args)),
+        Command::Upload(args) => return runtime.block_on(upload_again(args)),
     };
     runtime.block_on(async move {
         let cfg = match to_config(args) {
@@ -122,11 +181,36 @@ fn main() -> ExitCode {
         match recfleet_bot::record(&cfg, shutdown).await {
             Ok(summary) => {
                 println!("{}", serde_json::to_string(&summary).expect("the summary serializes"));
-                ExitCode::SUCCESS
+                match &summary.upload {
+                    Some(u) if !u.not_uploaded.is_empty() => ExitCode::from(UPLOAD_INCOMPLETE),
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(err) => fail(&err),
         }
     })
+}
+
+/// The recording is on disk, but not everything reached the store (docs/BOT.md).
+const UPLOAD_INCOMPLETE: u8 = 8;
+
+async fn upload_again(args: UploadArgs) -> ExitCode {
+    let settings = match args.store.settings() {
+        Ok(Some(s)) => s,
+        Ok(None) => return fail(&RecordError::Store("--store (or RECFLEET_STORE) is required".into())),
+        Err(err) => return fail(&err),
+    };
+    match upload::resume(&args.dir, &args.recording_id, &settings, args.store.min_free_disk_mb * MB).await {
+        Ok(stats) => {
+            println!("{}", serde_json::to_string(&stats).expect("stats serialize"));
+            if stats.not_uploaded.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(UPLOAD_INCOMPLETE)
+            }
+        }
+        Err(err) => fail(&err),
+    }
 }
 
 async fn agent(args: AgentArgs) -> ExitCode {
@@ -138,7 +222,12 @@ async fn agent(args: AgentArgs) -> ExitCode {
         controller_url: args.controller_url,
         bot_id: args.bot_id,
         token: args.token,
-        out_root: args.out_root,
+        spool_root: args.spool_dir,
+        upload: match args.store.settings() {
+            Ok(u) => u,
+            Err(err) => return fail(&err),
+        },
+        min_free_bytes: args.store.min_free_disk_mb * MB,
         video,
     };
     let shutdown = CancellationToken::new();
@@ -154,6 +243,7 @@ async fn agent(args: AgentArgs) -> ExitCode {
 }
 
 fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
+    let upload = args.store.settings()?;
     let recipe = match &args.recipe {
         None => None,
         Some(path) => {
@@ -171,6 +261,8 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         max_duration: args.max_duration_secs.map(Duration::from_secs),
         video: args.video.into(),
         join_attempts: args.join_attempts,
+        upload,
+        min_free_bytes: args.store.min_free_disk_mb * MB,
     })
 }
 

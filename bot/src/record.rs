@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Capture, CaptureConfig, PLAYLIST};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
-use crate::finalize::{self, MP4};
+use recfleet_media::{self as finalize, MP4};
 use crate::join::{self, Identity, JoinError};
 use crate::journal::{Journal, Reporter, Silent};
 use crate::page_js;
 use crate::session::{Session, SessionError};
 use crate::spool::{Spool, MANIFEST};
+use crate::upload::{self, UploadConfig, Uploader};
 use crate::watch::{self, End, Limits};
 
 /// How often the spool looks for newly closed segments.
@@ -44,6 +45,8 @@ pub enum RecordError {
     Capture { reason: String },
     #[error("finalizing failed: {reason}; the segments are kept in {dir}")]
     Finalize { reason: String, dir: PathBuf },
+    #[error("invalid store: {0}")]
+    Store(String),
 }
 
 impl RecordError {
@@ -59,13 +62,14 @@ impl RecordError {
             RecordError::EndedBeforeRecording { .. } => "ended_before_recording",
             RecordError::Capture { .. } => "capture_failed",
             RecordError::Finalize { .. } => "finalize_failed",
+            RecordError::Store(_) => "invalid_store",
         }
     }
 
     /// The process exit code for this failure (0 is a finalized recording).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RecordError::Config(_) | RecordError::Recipe(_) => 2,
+            RecordError::Config(_) | RecordError::Recipe(_) | RecordError::Store(_) => 2,
             RecordError::NotJoined { .. } => 3,
             RecordError::OutDir { .. } => 4,
             RecordError::Environment(_) => 5,
@@ -110,8 +114,27 @@ pub async fn record_on(
             return Err(err);
         }
     };
+    let upload = match &cfg.upload {
+        None => None,
+        Some(u) => {
+            let opts = recfleet_storage::StoreOptions { path_style: u.path_style, ..Default::default() };
+            match recfleet_storage::Store::open(&u.store, &opts).await {
+                Ok(store) => Some(UploadConfig {
+                    store,
+                    recording_id: cfg.recording_id.clone(),
+                    disk_budget_bytes: u.disk_budget_bytes,
+                    min_free_bytes: cfg.min_free_bytes,
+                    drain_deadline: u.drain_deadline,
+                }),
+                Err(err) => {
+                    session.shutdown().await;
+                    return Err(RecordError::Store(err.to_string()));
+                }
+            }
+        }
+    };
     let journal = Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc(), reporter);
-    let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown, stop_code };
+    let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown, stop_code, upload };
     job.run(session).await
 }
 
@@ -123,13 +146,14 @@ struct Job<'a> {
     journal: &'a Journal,
     shutdown: &'a CancellationToken,
     stop_code: SubCode,
+    upload: Option<UploadConfig>,
 }
 
 impl Job<'_> {
     async fn run(&self, session: Session) -> Result<Summary, RecordError> {
         let mut status = self.advance(RecordingStatus::Queued, RecordingEvent::Assigned, None);
         let captured = self.join_and_capture(&session, &mut status).await;
-        let (capture, end, spool) = match captured {
+        let (capture, end, spool, uploader) = match captured {
             Ok(ok) => ok,
             Err(err) => {
                 session.shutdown().await;
@@ -147,7 +171,7 @@ impl Job<'_> {
         drop(capture);
         session.shutdown().await;
         status = self.advance(status, RecordingEvent::EndedWithMedia, None);
-        let finalized = self.finalize(spool, status, end, stats).await;
+        let finalized = self.finalize(spool, status, end, stats, uploader).await;
         if finalized.is_err() {
             self.advance(status, RecordingEvent::FinalizeFailed, Some(SubCode::CaptureFailed));
         }
@@ -155,7 +179,11 @@ impl Job<'_> {
     }
 
     /// Joins, starts the capture and watches until the end. The spool runs alongside.
-    async fn join_and_capture(&self, session: &Session, status: &mut RecordingStatus) -> Result<(Capture, End, Spool), RecordError> {
+    async fn join_and_capture(
+        &self,
+        session: &Session,
+        status: &mut RecordingStatus,
+    ) -> Result<(Capture, End, Spool, Option<Uploader>), RecordError> {
         let page = &session.chromium.page;
         if let Some(recipe) = &self.cfg.recipe {
             join::check_selectors(page, recipe).await.map_err(|e| match e {
@@ -204,39 +232,43 @@ impl Job<'_> {
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
         *status = self.advance(*status, RecordingEvent::RecordingStarted, None);
 
-        let (spool_stop, spool_task) = spawn_spool_watch(self.out_dir.to_path_buf(), self.cfg.recording_id.clone(), self.journal);
-        let limits = Limits { max_duration: self.cfg.max_duration, shutdown: self.shutdown, stop_code: self.stop_code };
+        let uploader = self.upload.clone().map(|cfg| Uploader::start(self.out_dir, cfg, self.journal.reporter_arc()));
+        let (disk_full_tx, disk_full) = tokio::sync::watch::channel(None);
+        let watch_cfg = SpoolWatch {
+            dir: self.out_dir.to_path_buf(),
+            recording_id: self.cfg.recording_id.clone(),
+            journal: self.journal,
+            uploader: uploader.as_ref(),
+            min_free_bytes: self.cfg.min_free_bytes,
+            disk_full: disk_full_tx,
+        };
+        let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
+        let limits = Limits { max_duration: self.cfg.max_duration, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {
             let end = watch::until_end(&session.chromium.browser, page, self.cfg.recipe.as_ref(), &mut capture, limits).await;
             let _ = spool_stop.send(());
             end
         };
         let (end, spool) = tokio::join!(watching, spool_task);
-        Ok((capture, end, spool))
+        Ok((capture, end, spool, uploader))
     }
 
-    /// Seals the playlist, lists the last segments, makes and checks the MP4.
+    /// Seals the playlist, lists the last segments, makes and checks the MP4, and lets the
+    /// uploader drain (whatever happened to the MP4: the segments are the recording).
     async fn finalize(
         &self,
         mut spool: Spool,
         status: RecordingStatus,
         end: End,
         stats: recfleet_proto::CaptureStats,
+        uploader: Option<Uploader>,
     ) -> Result<Summary, RecordError> {
-        let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
-        if self.out_dir.join(PLAYLIST).exists() {
-            finalize::seal_playlist(self.out_dir).map_err(|e| finalize_err(e.to_string()))?;
-        }
-        // The segments FFmpeg closed while stopping.
-        for seg in spool.scan().map_err(|e| finalize_err(e.to_string()))? {
-            self.journal.reporter().segment(&seg);
-        }
-        if spool.manifest().segments.is_empty() {
-            return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
-        }
-        spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
-        let info = finalize::make_mp4(self.out_dir).await.map_err(|e| finalize_err(e.to_string()))?;
-        self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
+        let made = self.make_outputs(&mut spool, &end, uploader.as_ref()).await;
+        let upload = match uploader {
+            Some(up) => Some(up.finish(if made.is_ok() { &[MP4] } else { &[] }).await),
+            None => None,
+        };
+        let info = made?;
         let status = self.advance(status, RecordingEvent::Finalized, Some(end.sub_code));
         let path = |name: &str| self.out_dir.join(name).to_string_lossy().into_owned();
         Ok(Summary {
@@ -253,7 +285,28 @@ impl Job<'_> {
                 events: self.journal.path().to_string_lossy().into_owned(),
             },
             capture: Some(stats),
+            upload,
         })
+    }
+
+    async fn make_outputs(&self, spool: &mut Spool, end: &End, uploader: Option<&Uploader>) -> Result<finalize::Mp4Info, RecordError> {
+        let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
+        if self.out_dir.join(PLAYLIST).exists() {
+            finalize::seal_playlist(self.out_dir).map_err(|e| finalize_err(e.to_string()))?;
+        }
+        // The segments FFmpeg closed while stopping.
+        for seg in spool.scan().map_err(|e| finalize_err(e.to_string()))? {
+            if let Some(up) = uploader {
+                up.closed(&seg);
+            }
+        }
+        if spool.manifest().segments.is_empty() {
+            return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
+        }
+        spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
+        let info = finalize::make_mp4(self.out_dir).await.map_err(|e| finalize_err(e.to_string()))?;
+        self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
+        Ok(info)
     }
 }
 
@@ -276,16 +329,25 @@ impl Job<'_> {
     }
 }
 
-/// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
-/// current and noting the first segment on the timeline; hands the spool back for the end.
-fn spawn_spool_watch(
+/// What the spool watch needs.
+#[derive(Debug)]
+struct SpoolWatch<'a> {
     dir: PathBuf,
     recording_id: String,
-    journal: &Journal,
-) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
+    journal: &'a Journal,
+    uploader: Option<&'a Uploader>,
+    min_free_bytes: u64,
+    /// Set with the reason when the disk cannot take more.
+    disk_full: tokio::sync::watch::Sender<Option<String>>,
+}
+
+/// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
+/// current, handing each closed segment to the uploader, noting the first segment on the
+/// timeline, and watching the disk; hands the spool back for the end.
+fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = async move {
-        let mut spool = Spool::new(&dir, &recording_id);
+        let mut spool = Spool::new(&w.dir, &w.recording_id);
         let mut first = true;
         let mut tick = tokio::time::interval(SPOOL_INTERVAL);
         loop {
@@ -298,15 +360,27 @@ fn spawn_spool_watch(
                     if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
                         if first {
                             first = false;
-                            journal.record(EventKind::FirstSegment { name: seg.name.clone() });
+                            w.journal.record(EventKind::FirstSegment { name: seg.name.clone() });
                         }
                     }
                     for seg in new {
                         tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
-                        journal.reporter().segment(&seg);
+                        if let Some(up) = w.uploader {
+                            up.closed(&seg);
+                        }
                     }
                 }
                 Err(err) => tracing::warn!(error = %err, "spool scan failed"),
+            }
+            let full = match w.uploader {
+                Some(up) => up.disk_check(),
+                None => upload::disk_check(&w.dir, 0, u64::MAX, w.min_free_bytes),
+            };
+            if let Some(reason) = full {
+                if w.disk_full.borrow().is_none() {
+                    tracing::error!(%reason, "the disk cannot take more; stopping the recording cleanly");
+                    let _ = w.disk_full.send(Some(reason));
+                }
             }
             if stop {
                 break;

@@ -7,15 +7,13 @@
 //! consumes what `scan` returns.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use recfleet_proto::{Manifest, ManifestSegment};
-use sha2::{Digest, Sha256};
 
 use crate::capture::{INIT_SEGMENT, PLAYLIST};
 
-pub const MANIFEST: &str = "manifest.json";
+pub use recfleet_media::MANIFEST;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -109,39 +107,7 @@ impl Spool {
     }
 }
 
-/// `seg_000042.m4s` → 42.
-pub fn sequence_of(name: &str) -> Option<u64> {
-    name.strip_prefix("seg_")?.strip_suffix(".m4s")?.parse().ok()
-}
-
-/// Size and sha256 of a file, streamed (segments can be large at high bitrates).
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hex::encode(hasher.finalize())))
-}
-
-/// Writes `bytes` to `path` through a temp file and a rename, so a reader never sees half.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("part")
-    ));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)
-}
+pub use recfleet_media::{hash_file, sequence_of, write_atomically};
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,8 @@ pub struct Limits<'a> {
     pub shutdown: &'a CancellationToken,
     /// The sub-code a shutdown means here: a signal standalone, an API stop under a controller.
     pub stop_code: SubCode,
+    /// Set (with the reason) when the disk cannot take more.
+    pub disk_full: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// The events of one kind that `keep` accepts; a stream that never yields when the listener
@@ -92,8 +94,12 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent = 0u32;
+    let mut disk_full = limits.disk_full.clone();
     loop {
         tokio::select! {
+            Ok(reason) = disk_full.wait_for(Option::is_some) => {
+                return End::new(SubCode::DiskFull, reason.clone().unwrap_or_default());
+            }
             _ = limits.shutdown.cancelled() => return End::new(limits.stop_code, "asked to stop"),
             _ = &mut max => {
                 let secs = limits.max_duration.map_or(0, |d| d.as_secs());

@@ -1,7 +1,6 @@
 //! The REST API and the bots' WebSocket endpoint. Handlers parse and validate, then hand a
 //! command to the manager; they never touch state themselves.
 
-use std::path::PathBuf;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -37,7 +36,10 @@ pub struct AppState {
     /// sha256 of the API key: the key itself is not kept.
     pub api_key_sha256: String,
     pub allowed_hosts: Option<Vec<String>>,
-    pub out_root: PathBuf,
+    /// Where the recordings' files are.
+    pub objects: recfleet_storage::Store,
+    /// How long presigned download links stay valid (S3).
+    pub presign_expiry: std::time::Duration,
     /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -132,7 +134,7 @@ async fn create(
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let (recording, created) = ask(&state, |reply| Command::Create { req, idempotency_key: key, reply }).await??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(recording)).into_response())
+    Ok((status, Json(with_links(&state, recording).await)).into_response())
 }
 
 /// Page size when the client does not say, and the most it may ask for.
@@ -153,7 +155,11 @@ struct ListQuery {
     responses((status = 200, description = "`{items: [Recording], next_after}`, newest first")))]
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let items: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
+    let found: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
+    let mut items = Vec::with_capacity(found.len());
+    for rec in found {
+        items.push(with_links(&state, rec).await);
+    }
     let next_after = if items.len() == limit { items.last().map(|r| r.id.clone()) } else { None };
     Ok(Json(serde_json::json!({ "items": items, "next_after": next_after })))
 }
@@ -167,12 +173,32 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result
 #[utoipa::path(get, path = "/v1/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ErrorBody)))]
 async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
     let found = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
-    found.map(Json).ok_or(ApiError::NotFound(id))
+    let rec = found.ok_or(ApiError::NotFound(id))?;
+    Ok(Json(with_links(&state, rec).await))
+}
+
+/// For an S3 store, download links are presigned URLs that expire; for a folder, the API's
+/// own `/files/` links (which take the API key).
+async fn with_links(state: &AppState, mut rec: Recording) -> Recording {
+    if rec.outputs.is_none() || state.objects.local_root().is_some() {
+        return rec;
+    }
+    let sign = |name: &str| {
+        let key = recfleet_storage::recording_key(&rec.id, name);
+        async move { state.objects.download_url(&key, state.presign_expiry).await }
+    };
+    match (sign(recfleet_media::MP4).await, sign(recfleet_media::PLAYLIST).await, sign(recfleet_media::MANIFEST).await) {
+        (Ok(Some(mp4_url)), Ok(Some(hls_url)), Ok(Some(manifest_url))) => rec.outputs = Some(Outputs { mp4_url, hls_url, manifest_url }),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => tracing::warn!(recording_id = %rec.id, error = %err, "cannot presign the download links"),
+        _ => {}
+    }
+    rec
 }
 
 #[utoipa::path(post, path = "/v1/recordings/{id}/stop", responses((status = 200, body = Recording, description = "Stopping; it finalizes and completes with stopped_by_api"), (status = 404, body = ErrorBody)))]
 async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
-    Ok(Json(ask(&state, |reply| Command::Stop { id, reply }).await??))
+    let rec = ask(&state, |reply| Command::Stop { id, reply }).await??;
+    Ok(Json(with_links(&state, rec).await))
 }
 
 #[utoipa::path(get, path = "/v1/pool", responses((status = 200, body = PoolView)))]
@@ -191,15 +217,18 @@ async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, Str
     if known.is_none() {
         return Err(ApiError::NotFound(id));
     }
-    let path = state.out_root.join(&id).join(&name);
-    let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::NotFound(format!("{id}/{name}")))?;
-    let kind = match name.rsplit('.').next() {
-        Some("mp4") => "video/mp4",
-        Some("m4s") => "video/iso.segment",
-        Some("m3u8") => "application/vnd.apple.mpegurl",
-        _ => "application/json",
+    let key = recfleet_storage::recording_key(&id, &name);
+    let missing = || ApiError::NotFound(format!("{id}/{name}"));
+    let Some(root) = state.objects.local_root() else {
+        // S3: a short-lived presigned link.
+        let url = state.objects.download_url(&key, state.presign_expiry).await.map_err(|_| ApiError::Unavailable)?.ok_or_else(missing)?;
+        return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, url)]).into_response());
     };
-    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
+    let file = tokio::fs::File::open(root.join(&key)).await.map_err(|_| missing())?;
+    let len = file.metadata().await.map_err(|_| missing())?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let headers = [(header::CONTENT_TYPE, recfleet_storage::content_type(&name).to_string()), (header::CONTENT_LENGTH, len.to_string())];
+    Ok((headers, body).into_response())
 }
 
 /// Ready when the manager answers (its state is loaded and it is not stuck).

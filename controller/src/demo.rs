@@ -62,6 +62,9 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         bot_binary: cfg.bot_binary.clone(),
         webhook_secret: None,
         keep_bots_on_exit: false,
+        store: None,
+        s3_path_style: false,
+        presign_expiry: Duration::from_secs(3600),
     };
     let served = tokio::spawn(crate::serve(serve_cfg, listener, shutdown.clone()));
     let result = drive(&base, &api_key, &format!("http://{meeting_addr}"), &cfg).await;

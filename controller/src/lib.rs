@@ -8,6 +8,7 @@ pub mod demo;
 pub mod manager;
 pub mod model;
 pub mod pool;
+pub mod recovery;
 pub mod runtime;
 pub mod store;
 pub mod validate;
@@ -34,6 +35,22 @@ pub struct ServeConfig {
     pub webhook_secret: Option<String>,
     /// Leave bots running on exit (a restart re-adopts them); otherwise retire and stop them.
     pub keep_bots_on_exit: bool,
+    /// Where recordings are kept; `None` is `file://<data_dir>`.
+    pub store: Option<recfleet_storage::StoreUrl>,
+    pub s3_path_style: bool,
+    /// How long presigned S3 download links stay valid.
+    pub presign_expiry: std::time::Duration,
+}
+
+impl ServeConfig {
+    /// The store recordings go to.
+    pub fn store_url(&self) -> recfleet_storage::StoreUrl {
+        self.store.clone().unwrap_or_else(|| recfleet_storage::StoreUrl::File(absolute(&self.data_dir)))
+    }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Why `serve` could not start.
@@ -43,6 +60,8 @@ pub enum ServeError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("the recording store cannot be used: {0}")]
+    Objects(#[from] recfleet_storage::StoreError),
     #[error("invalid webhook secret: {0}")]
     WebhookSecret(String),
     #[error("the server failed: {0}")]
@@ -52,8 +71,20 @@ pub enum ServeError {
 /// Serves on `listener` until `shutdown`; stops every bot it launched on the way out.
 pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
     let addr: SocketAddr = listener.local_addr().map_err(ServeError::Serve)?;
-    let out_root = cfg.data_dir.join("recordings");
-    std::fs::create_dir_all(&out_root).map_err(|source| ServeError::DataDir { path: out_root.clone(), source })?;
+    let spool_root = absolute(&cfg.data_dir.join("spool"));
+    std::fs::create_dir_all(&spool_root).map_err(|source| ServeError::DataDir { path: spool_root.clone(), source })?;
+    let store_url = cfg.store_url();
+    let objects = recfleet_storage::Store::open(
+        &store_url,
+        &recfleet_storage::StoreOptions { path_style: cfg.s3_path_style, ..Default::default() },
+    )
+    .await?;
+    // A wrong bucket or credentials fail here, at start, not in the middle of a meeting.
+    objects.check().await?;
+    let mut bot_env = vec![("RECFLEET_STORE".to_string(), store_url.to_string())];
+    if cfg.s3_path_style {
+        bot_env.push(("RECFLEET_S3_PATH_STYLE".into(), "true".into()));
+    }
     let store = store::Store::open(&cfg.data_dir.join("recfleet.db")).await?;
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &cfg.data_dir)
         .map_err(|source| ServeError::DataDir { path: cfg.data_dir.clone(), source })?;
@@ -64,7 +95,10 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         min_idle: cfg.pool_min_idle,
         max: cfg.pool_max,
         controller_url: format!("ws://{addr}/v1/bots/connect"),
-        out_root: out_root.clone(),
+        spool_root,
+        bot_env,
+        objects: objects.clone(),
+        scratch_root: cfg.data_dir.join("recovery"),
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
     };
@@ -83,7 +117,14 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         }
         closer.cancel();
     });
-    let state = api::AppState { commands, api_key_sha256: store::token_hash(&cfg.api_key), allowed_hosts: cfg.allowed_hosts, out_root, shutdown: close.clone() };
+    let state = api::AppState {
+        commands,
+        api_key_sha256: store::token_hash(&cfg.api_key),
+        allowed_hosts: cfg.allowed_hosts,
+        objects,
+        presign_expiry: cfg.presign_expiry,
+        shutdown: close.clone(),
+    };
     tracing::info!(%addr, "controller listening");
     axum::serve(listener, api::router(state)).with_graceful_shutdown(close.cancelled_owned()).await.map_err(ServeError::Serve)?;
     let _ = manager.await;

@@ -55,10 +55,18 @@ struct ServeArgs {
     /// Where bots run. Only `process` so far; `docker` and `ecs` come behind the same trait.
     #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process")]
     runtime: String,
-    /// Where recordings are stored (default `file://<data-dir>/recordings`). Only `file://`
-    /// under the data folder so far; `s3://` comes with object storage.
+    /// Where recordings are stored: `file:///dir` or `s3://bucket/prefix` (default
+    /// `file://<data-dir>`; recordings go under `recordings/<id>/`). S3 credentials, region
+    /// and endpoint come from the standard AWS settings (environment, profile, task role,
+    /// `AWS_ENDPOINT_URL`).
     #[arg(long, env = "RECFLEET_STORE")]
     store: Option<String>,
+    /// Path-style S3 addressing, for S3-compatible servers.
+    #[arg(long, env = "RECFLEET_S3_PATH_STYLE")]
+    s3_path_style: bool,
+    /// How long presigned S3 download links stay valid, in seconds.
+    #[arg(long, env = "RECFLEET_PRESIGN_EXPIRY_SECS", default_value_t = 3600)]
+    presign_expiry_secs: u64,
     /// Log format on stderr.
     #[arg(long, env = "RECFLEET_LOG_FORMAT", default_value = "pretty", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -103,13 +111,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
     anyhow::ensure!(args.pool_min_idle <= args.pool_max, "invalid --pool-min-idle: must not exceed --pool-max ({})", args.pool_max);
     anyhow::ensure!(args.runtime == "process", "invalid --runtime {:?}: only `process` is available so far", args.runtime);
-    if let Some(store) = &args.store {
-        let default = format!("file://{}", args.data_dir.join("recordings").display());
-        anyhow::ensure!(
-            store.trim_end_matches('/') == default,
-            "invalid --store {store:?}: only the default {default} is available so far"
-        );
-    }
+    let store = match &args.store {
+        Some(url) => Some(url.parse::<recfleet_storage::StoreUrl>().map_err(|e| anyhow::anyhow!("invalid --store: {e}"))?),
+        None => None,
+    };
+    // Presigned S3 links may live at most 7 days.
+    anyhow::ensure!(
+        (1..=604_800).contains(&args.presign_expiry_secs),
+        "invalid --presign-expiry-secs: must be between 1 and 604800 (7 days)"
+    );
     let api_key = args.api_key.unwrap_or_else(|| {
         let key = uuid::Uuid::new_v4().simple().to_string();
         eprintln!("recfleet: generated API key (shown once): {key}");
@@ -126,6 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         webhook_secret: args.webhook_secret,
         // A restarted controller re-adopts its bots; busy ones keep recording meanwhile.
         keep_bots_on_exit: true,
+        store,
+        s3_path_style: args.s3_path_style,
+        presign_expiry: std::time::Duration::from_secs(args.presign_expiry_secs),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

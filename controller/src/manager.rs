@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
+use crate::recovery::{Recovered, RecoveryError};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::runtime::{Exited, LaunchSpec, Runtime};
 use crate::store::{token_hash, Store, StoredBot, StoredRecording};
@@ -93,12 +94,19 @@ pub struct ManagerConfig {
     pub min_idle: usize,
     pub max: usize,
     pub controller_url: String,
-    pub out_root: PathBuf,
+    /// Bots spool recordings in `<spool_root>/<recording_id>/` on their way to the store.
+    pub spool_root: PathBuf,
+    /// Environment every bot gets besides its identity (the store's settings).
+    pub bot_env: Vec<(String, String)>,
     /// Base URL clients download outputs from (`http://host:port`).
     pub public_url: String,
     /// Leave bots running when the controller stops (a restart): busy ones keep recording and
     /// reconnect; all are re-adopted from the store.
     pub keep_bots_on_exit: bool,
+    /// Where recordings are kept; a dead bot's recording is finalized from here.
+    pub objects: recfleet_storage::Store,
+    /// Scratch space for recoveries (`<scratch>/<recording_id>/`).
+    pub scratch_root: PathBuf,
 }
 
 #[derive(Debug)]
@@ -124,6 +132,19 @@ pub struct Manager {
     dirty_bots: Vec<String>,
     /// Recordings whose bot exited before saying `Finished`: when, and how it exited.
     orphaned: HashMap<String, (Instant, String)>,
+    /// Recoveries under way report here.
+    recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
+    recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
+}
+
+/// Download links as the API serves them (`/v1/recordings/{id}/files/...`).
+fn outputs(public_url: &str, id: &str) -> Outputs {
+    let base = format!("{public_url}/v1/recordings/{id}/files");
+    Outputs {
+        mp4_url: format!("{base}/recording.mp4"),
+        hls_url: format!("{base}/index.m3u8"),
+        manifest_url: format!("{base}/manifest.json"),
+    }
 }
 
 impl Manager {
@@ -135,6 +156,7 @@ impl Manager {
         store: Store,
         webhooks: mpsc::UnboundedSender<Delivery>,
     ) -> Result<Self, crate::store::StoreError> {
+        let (recovered_tx, recovered_rx) = mpsc::unbounded_channel();
         let mut m = Self {
             cfg,
             runtime,
@@ -148,6 +170,8 @@ impl Manager {
             dirty: Vec::new(),
             dirty_bots: Vec::new(),
             orphaned: HashMap::new(),
+            recovered_tx,
+            recovered_rx: Some(recovered_rx),
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -179,6 +203,19 @@ impl Manager {
 
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<Exited>) {
+        let mut recovered = self.recovered_rx.take().expect("run once");
+        // Recoveries a stopped controller left unfinished start again.
+        let held: Vec<String> = self.bots.values().filter_map(|b| b.recording.clone()).collect();
+        let unfinished: Vec<String> = self
+            .recordings
+            .values()
+            .map(|e| &e.stored.view)
+            .filter(|r| r.status == RecordingStatus::Finalizing && r.partial && !held.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        for id in unfinished {
+            self.start_recovery(&id);
+        }
         self.settle().await;
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -188,6 +225,7 @@ impl Manager {
                     None => break,
                 },
                 Some(exit) = exits.recv() => self.bot_exited(exit),
+                Some((id, result)) = recovered.recv() => self.recovered(&id, result),
                 _ = tick.tick() => {
                     self.find_lost_bots();
                     self.settle_orphans();
@@ -394,12 +432,13 @@ impl Manager {
         self.recordings.remove(id);
         self.order.retain(|o| o != id);
         self.idempotency.retain(|_, v| v != id);
-        let dir = self.cfg.out_root.join(id);
-        if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(recording_id = id, error = %err, "cannot remove the recording's files");
+        let (objects, id) = (self.cfg.objects.clone(), id.to_string());
+        tokio::spawn(async move {
+            use recfleet_storage::ObjectStore;
+            if let Err(err) = objects.delete_prefix(&recfleet_storage::recording_key(&id, "")).await {
+                tracing::warn!(recording_id = %id, error = %err, "cannot remove the recording's files");
             }
-        }
+        });
         Ok(())
     }
 
@@ -419,7 +458,7 @@ impl Manager {
             }
             BotMessage::Hello { .. } => {}
             BotMessage::Heartbeat { .. } | BotMessage::StateChanged { .. } => {}
-            BotMessage::SegmentStored { recording_id, segment } => {
+            BotMessage::SegmentStored { recording_id, segment, .. } => {
                 self.touch(&recording_id, "segment_stored", serde_json::to_value(&segment).expect("serializes"));
             }
             BotMessage::Log { level, message, .. } => tracing::warn!(bot_id, ?level, "bot: {message}"),
@@ -460,27 +499,77 @@ impl Manager {
             return; // a repeated Finished after a reconnect changes nothing
         }
         let rec = &mut entry.stored.view;
-        rec.completed_at = Some(OffsetDateTime::now_utc());
+        let mut recover = false;
         match &outcome {
             Outcome::Completed { summary } => {
-                rec.status = RecordingStatus::Completed;
                 rec.sub_code = Some(summary.sub_code);
                 rec.duration_secs = Some(summary.duration_secs);
-                let base = format!("{public}/v1/recordings/{id}/files");
-                rec.outputs = Some(Outputs {
-                    mp4_url: format!("{base}/recording.mp4"),
-                    hls_url: format!("{base}/index.m3u8"),
-                    manifest_url: format!("{base}/manifest.json"),
-                });
+                let left = summary.upload.as_ref().map(|u| u.not_uploaded.clone()).unwrap_or_default();
+                if left.is_empty() {
+                    rec.status = RecordingStatus::Completed;
+                    rec.completed_at = Some(OffsetDateTime::now_utc());
+                    rec.outputs = Some(outputs(&public, id));
+                } else {
+                    // The MP4 goes last, so it is among what was left: make it from what is stored.
+                    rec.error = Some(format!("{} files did not reach the store (first: {})", left.len(), left[0]));
+                    recover = true;
+                }
             }
             Outcome::Failed { sub_code, message, .. } => {
-                rec.status = RecordingStatus::Failed;
                 rec.sub_code = sub_code.or(rec.sub_code);
                 rec.error = Some(message.clone());
+                if rec.recording_started_at.is_some() {
+                    recover = true;
+                } else {
+                    rec.status = RecordingStatus::Failed;
+                    rec.completed_at = Some(OffsetDateTime::now_utc());
+                }
             }
         }
-        tracing::info!(recording_id = id, status = ?rec.status, sub_code = ?rec.sub_code, "recording finished");
+        tracing::info!(recording_id = id, status = ?rec.status, sub_code = ?rec.sub_code, recover, "recording finished by its bot");
         self.touch(id, "finished", serde_json::to_value(&outcome).expect("serializes"));
+        if recover {
+            self.start_recovery(id);
+        }
+    }
+
+    /// Finalizes a recording from the store, without its bot: `partial`, status `finalizing`
+    /// until the recovery reports.
+    fn start_recovery(&mut self, id: &str) {
+        let Some(entry) = self.recordings.get_mut(id) else { return };
+        let rec = &mut entry.stored.view;
+        rec.status = RecordingStatus::Finalizing;
+        rec.partial = true;
+        self.touch(id, "recovery_started", serde_json::json!({}));
+        let (store, scratch, tx, id) = (self.cfg.objects.clone(), self.cfg.scratch_root.join(id), self.recovered_tx.clone(), id.to_string());
+        tracing::info!(recording_id = %id, "finalizing from the store");
+        tokio::spawn(async move {
+            let result = crate::recovery::recover(&store, &id, &scratch).await;
+            let _ = tx.send((id, result));
+        });
+    }
+
+    fn recovered(&mut self, id: &str, result: Result<Recovered, RecoveryError>) {
+        let public = self.cfg.public_url.clone();
+        let Some(entry) = self.recordings.get_mut(id) else { return };
+        let rec = &mut entry.stored.view;
+        rec.completed_at = Some(OffsetDateTime::now_utc());
+        match &result {
+            Ok(r) => {
+                rec.status = RecordingStatus::Completed;
+                rec.duration_secs = Some((r.duration_secs * 1000.0).round() / 1000.0);
+                rec.outputs = Some(outputs(&public, id));
+                tracing::info!(recording_id = id, segments = r.segments, duration_secs = r.duration_secs, "partial recording finalized from the store");
+                self.touch(id, "recovered", serde_json::json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}));
+            }
+            Err(err) => {
+                rec.status = RecordingStatus::Failed;
+                let earlier = rec.error.take().map(|e| format!("{e}; ")).unwrap_or_default();
+                rec.error = Some(format!("{earlier}recovery: {err}"));
+                tracing::error!(recording_id = id, code = err.code(), error = %err, "cannot finalize from the store");
+                self.touch(id, "recovery_failed", serde_json::json!({"code": err.code(), "message": err.to_string()}));
+            }
+        }
     }
 
     fn bot_exited(&mut self, exit: Exited) {
@@ -526,19 +615,24 @@ impl Manager {
         }
     }
 
-    /// A recording whose bot died before `Finished`.
+    /// A recording whose bot died before `Finished`: what it stored is finalized without it.
     fn mark_crashed(&mut self, id: &str, why: &str) {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         if rec.status.is_terminal() {
             return;
         }
-        rec.status = RecordingStatus::Failed;
         rec.sub_code = Some(SubCode::BotCrashed);
-        rec.partial = rec.recording_started_at.is_some();
         rec.error = Some(why.to_string());
-        rec.completed_at = Some(OffsetDateTime::now_utc());
+        let started = rec.recording_started_at.is_some();
+        if !started {
+            rec.status = RecordingStatus::Failed;
+            rec.completed_at = Some(OffsetDateTime::now_utc());
+        }
         self.touch(id, "bot_crashed", serde_json::json!({"reason": why}));
+        if started {
+            self.start_recovery(id);
+        }
     }
 
     fn assign_queued(&mut self) {
@@ -617,7 +711,8 @@ impl Manager {
             bot_id: bot_id.clone(),
             token: token.clone(),
             controller_url: format!("{}?bot_id={bot_id}", self.cfg.controller_url),
-            out_root: self.cfg.out_root.clone(),
+            spool_root: self.cfg.spool_root.clone(),
+            env: self.cfg.bot_env.clone(),
         };
         match self.runtime.launch(&spec) {
             Ok(()) => {
@@ -652,9 +747,12 @@ mod tests {
             min_idle: 1,
             max: 2,
             controller_url: "ws://127.0.0.1:1/v1/bots/connect".into(),
-            out_root: dir.join("recordings"),
+            spool_root: dir.join("spool"),
+            bot_env: Vec::new(),
             public_url: "http://127.0.0.1:1".into(),
             keep_bots_on_exit: false,
+            objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),
+            scratch_root: dir.join("recovery"),
         };
         let store = Store::open(&dir.join("state.db")).await.unwrap();
         let (webhooks, _) = mpsc::unbounded_channel();
@@ -695,6 +793,7 @@ mod tests {
                 segments: 3,
                 paths,
                 capture: None,
+                upload: None,
             },
         }
     }
@@ -729,5 +828,25 @@ mod tests {
         let view = &m.recordings[&id].stored.view;
         assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
         assert!(view.error.as_deref().unwrap().contains("SIGKILL"));
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_recording_started_is_finalized_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        let (id, bot_id) = assigned(&mut m).await;
+        m.recordings.get_mut(&id).unwrap().stored.view.recording_started_at = Some(OffsetDateTime::now_utc());
+        m.bot_exited(Exited { bot_id, detail: "signal: 9 (SIGKILL)".into() });
+        m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
+        m.settle_orphans();
+        let view = &m.recordings[&id].stored.view;
+        assert_eq!((view.status, view.sub_code, view.partial), (RecordingStatus::Finalizing, Some(SubCode::BotCrashed), true));
+        // The store holds nothing of it: the recovery says so and the recording fails.
+        let (rid, result) = m.recovered_rx.as_mut().unwrap().recv().await.unwrap();
+        assert!(matches!(result, Err(RecoveryError::NothingStored)));
+        m.recovered(&rid, result);
+        let view = &m.recordings[&id].stored.view;
+        assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
+        assert!(view.error.as_deref().unwrap().contains("nothing usable"), "{:?}", view.error);
     }
 }

@@ -18,8 +18,10 @@ pub struct LaunchSpec {
     pub token: String,
     /// `ws://host:port/v1/bots/connect`
     pub controller_url: String,
-    /// Recordings go to `<out_root>/<recording_id>/`.
-    pub out_root: PathBuf,
+    /// Recordings are spooled in `<spool_root>/<recording_id>/`.
+    pub spool_root: PathBuf,
+    /// More environment for the bot (the store's settings).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,8 @@ impl Runtime for ProcessRuntime {
             .env("RECFLEET_CONTROLLER_URL", &spec.controller_url)
             .env("RECFLEET_BOT_ID", &spec.bot_id)
             .env("RECFLEET_BOT_TOKEN", &spec.token)
-            .env("RECFLEET_OUT_ROOT", &spec.out_root)
+            .env("RECFLEET_SPOOL_DIR", &spec.spool_root)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

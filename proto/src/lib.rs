@@ -14,6 +14,6 @@ pub mod url;
 
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{
-    CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError,
+    CaptureStats, UploadStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError,
 };
 pub use timeline::{Event, EventKind, Timeline};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::recording::{CaptureStats, ManifestSegment, Summary};
+use crate::recording::{CaptureStats, ManifestSegment, Summary, UploadStats};
 use crate::timeline::Event;
 use crate::{Recipe, RecordingStatus, SubCode};
 
@@ -24,15 +24,27 @@ pub enum BotMessage {
         recording_id: Option<String>,
     },
     /// Every few seconds; silence means the bot is lost.
-    Heartbeat { capture: Option<CaptureStats>, cpu_cores: Option<f64>, rss_bytes: Option<u64> },
+    Heartbeat {
+        capture: Option<CaptureStats>,
+        cpu_cores: Option<f64>,
+        rss_bytes: Option<u64>,
+        #[serde(default)]
+        upload: Option<UploadStats>,
+    },
     /// The environment came up (or failed to) after `Hello`.
     Ready,
     /// The recording's status moved.
     StateChanged { recording_id: String, status: RecordingStatus, sub_code: Option<SubCode> },
     /// A timeline event, as written to `events.json`.
     Timeline { recording_id: String, event: Event },
-    /// A segment is closed and stored.
-    SegmentStored { recording_id: String, segment: ManifestSegment },
+    /// A file of the recording reached the object store.
+    SegmentStored {
+        recording_id: String,
+        segment: ManifestSegment,
+        /// Closed on the bot's disk → stored.
+        #[serde(default)]
+        upload_lag_ms: Option<u64>,
+    },
     /// A warn or error event of the bot's own log, with its fields.
     Log { level: LogLevel, message: String, fields: serde_json::Map<String, serde_json::Value> },
     /// The bot is done with its recording and about to exit.

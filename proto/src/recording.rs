@@ -215,6 +215,30 @@ pub struct Summary {
     pub paths: OutputPaths,
     /// Encoder health over the whole recording.
     pub capture: Option<CaptureStats>,
+    /// What reached the object store, when there is one.
+    #[serde(default)]
+    pub upload: Option<UploadStats>,
+}
+
+/// The uploader's progress: how much reached the store, what waits, how long it took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UploadStats {
+    /// Files stored (segments, the MP4), not counting the playlist and manifest updates.
+    pub stored: u64,
+    /// Files closed and waiting for the store.
+    pub backlog: u64,
+    pub backlog_bytes: u64,
+    /// The longest the backlog got.
+    pub peak_backlog: u64,
+    /// Requests that failed (each is retried).
+    pub failed_attempts: u64,
+    /// Segment closed → stored.
+    pub lag_ms_p50: Option<u64>,
+    pub lag_ms_p99: Option<u64>,
+    pub lag_ms_max: Option<u64>,
+    /// At the end: files left only on the bot's disk (the drain deadline passed first).
+    #[serde(default)]
+    pub not_uploaded: Vec<String>,
 }
 
 /// What the encoder reported: the figures that tell a starved bot from a healthy one.

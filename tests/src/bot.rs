@@ -34,12 +34,18 @@ pub struct BotRun {
 
 /// Starts `recfleet-bot record --out <out_dir> <args>`.
 pub fn spawn_record(out_dir: &Path, args: &[&str]) -> BotProcess {
+    spawn_record_with_env(out_dir, args, &[])
+}
+
+/// Starts `recfleet-bot record --out <out_dir> <args>` with more environment (an S3 endpoint).
+pub fn spawn_record_with_env(out_dir: &Path, args: &[&str], env: &[(&str, String)]) -> BotProcess {
     let tag = format!("t{}-{}", std::process::id(), unique());
     let mut cmd = Command::new(crate::binary("recfleet-bot"));
     cmd.arg("record")
         .arg("--out")
         .arg(out_dir)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env(TAG_VAR, &tag)
         .env("RUST_LOG", "info,recfleet_bot=debug,chromiumoxide=error")
         .stdin(Stdio::null())

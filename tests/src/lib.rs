@@ -5,6 +5,7 @@ pub mod bot;
 pub mod media;
 pub use recfleet_meeting as meeting;
 pub mod procs;
+pub mod s3;
 
 use std::path::PathBuf;
 

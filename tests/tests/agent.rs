@@ -72,11 +72,14 @@ async fn agent_records_an_assignment_and_obeys_stop() {
     let app = Router::new().route("/v1/bots/connect", get(connect)).with_state(ep);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let out = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
     let mut bot = tokio::process::Command::new(recfleet_tests::binary("recfleet-bot"))
         .args(["agent", "--controller-url", &format!("ws://{addr}/v1/bots/connect"), "--bot-id", "bot-1"])
-        .args(["--token", TOKEN, "--out-root"])
-        .arg(out.path())
+        .args(["--token", TOKEN, "--spool-dir"])
+        .arg(spool.path())
+        .arg("--store")
+        .arg(format!("file://{}", store.path().display()))
         .env("RUST_LOG", "info,chromiumoxide=error")
         .kill_on_drop(true)
         .spawn()
@@ -144,7 +147,11 @@ async fn agent_records_an_assignment_and_obeys_stop() {
     }
     // init.mp4 and every segment were reported.
     assert_eq!(segments, summary.segments + 1, "every segment and the init segment are reported");
-    let mp4 = out.path().join("rec-agent-1").join("recording.mp4");
+    let upload = summary.upload.as_ref().expect("upload stats");
+    assert!(upload.not_uploaded.is_empty() && upload.stored as usize == summary.segments + 2, "{upload:?}");
+    // Everything is in the store; the spool, no longer needed, is gone.
+    assert!(!spool.path().join("rec-agent-1").exists(), "the spool folder is removed once all is stored");
+    let mp4 = store.path().join("recordings/rec-agent-1/recording.mp4");
     let p = recfleet_tests::media::probe(&mp4);
     assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
     assert!(p.duration_secs >= 4.0, "{p:?}");

@@ -31,6 +31,9 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         bot_binary: recfleet_tests::binary("recfleet-bot"),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         keep_bots_on_exit,
+        store: None,
+        s3_path_style: false,
+        presign_expiry: Duration::from_secs(3600),
     }
 }
 
@@ -356,15 +359,127 @@ async fn a_silent_bot_is_declared_lost_and_replaced() {
     let id = rec["id"].as_str().unwrap().to_string();
     let path = format!("/v1/recordings/{id}");
     c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
+    // A few segments reach the store first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     // The pool refills at once; the busy bot is the one whose child is FFmpeg.
     let busy = bot_pids(&c.base).into_iter().find(|pid| has_child(*pid, "ffmpeg")).expect("the busy bot's process");
     // SAFETY: SIGSTOP to our own descendant: it stops heartbeating without exiting.
     unsafe { libc::kill(busy as libc::pid_t, libc::SIGSTOP) };
 
-    let lost = c.wait_for("declared lost", Duration::from_secs(30), |r| r["status"] == "failed", &path).await;
+    let lost = c.wait_for("declared lost", Duration::from_secs(45), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
     assert_eq!(lost["sub_code"], "bot_crashed", "{lost:#}");
+    // What it stored before it froze is the recording, finalized without it.
+    assert_eq!(lost["status"], "completed", "{lost:#}");
     assert_eq!(lost["partial"], true, "it had started recording");
     c.wait_for("a replacement warm bot", Duration::from_secs(60), |p| p["idle"] == 1 && p["busy"] == 0, "/v1/pool").await;
     // SAFETY: let the frozen bot run again so the controller's stop can end it.
     unsafe { libc::kill(busy as libc::pid_t, libc::SIGCONT) };
+}
+
+/// SIGKILL to every process of a bot: the bot and all its children at once.
+fn kill_tree(root: u32) -> usize {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for pid in std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        i += 1;
+    }
+    for pid in &pids {
+        // SAFETY: SIGKILL to our own descendants.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    pids.len()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Against s3s-fs, which checks every request's signature: segments reach the bucket while
+/// the meeting runs; a bot killed with all its children loses at most its last segment, and
+/// the controller finalizes a playable MP4 from the bucket on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_bot_is_finalized_from_the_bucket() {
+    use recfleet_storage::ObjectStore;
+    let server = recfleet_tests::s3::S3Server::s3s_fs().await;
+    recfleet_tests::s3::use_endpoint(&server.endpoint);
+    let bucket = "recfleet-crash";
+    recfleet_tests::s3::create_bucket(bucket).await;
+    let meeting = MeetingServer::start().await.unwrap();
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = Controller::serve(
+        listener,
+        data.clone(),
+        Box::new(move |d| recfleet::ServeConfig {
+            store: Some(format!("s3://{bucket}/fleet").parse().unwrap()),
+            s3_path_style: true,
+            presign_expiry: Duration::from_secs(600),
+            ..config(d, 1, 2, false)
+        }),
+    );
+    c.wait_for("a warm bot", Duration::from_secs(60), |p| p["idle"] == 1, "/v1/pool").await;
+    let body = json!({"meeting_url": meeting.url("/m/killed?end=0"), "recipe_name": "recfleet-test-meeting"});
+    let (_, rec) = c.post("/v1/recordings", &body, None).await;
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
+
+    // After 9 s of recording, at least 3 segments are in the bucket.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let store = recfleet_tests::s3::store(bucket, "fleet").await;
+    let prefix = recfleet_storage::recording_key(&id, "");
+    let is_segment = |n: &str| n.starts_with("seg_") && n.ends_with(".m4s");
+    let stored_early = store.list(&prefix).await.unwrap().into_iter().filter(|o| is_segment(&o.name)).count();
+    assert!(stored_early >= 3, "only {stored_early} segments in the bucket after 9 s of recording");
+    let live: recfleet_proto::Manifest = serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    assert!(!live.complete && live.segments.len() >= 2, "the live manifest: {live:?}");
+    let live_playlist = String::from_utf8(store.get(&format!("{prefix}index.m3u8")).await.unwrap().unwrap()).unwrap();
+    assert!(live_playlist.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !live_playlist.contains("ENDLIST"), "{live_playlist}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy = bot_pids(&c.base).into_iter().find(|pid| has_child(*pid, "ffmpeg")).expect("the busy bot's process");
+    let killed = kill_tree(busy);
+    assert!(killed >= 5, "the bot and its children (Xvfb, PulseAudio, Chromium, FFmpeg): {killed}");
+
+    let done = c.wait_for("finalized from the bucket", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
+    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("bot_crashed"), Some(true)), "{done:#}");
+
+    // The download link is a presigned URL that expires, and s3s-fs checks its signature.
+    let mp4_url = done["outputs"]["mp4_url"].as_str().unwrap();
+    assert!(mp4_url.contains("X-Amz-Signature=") && mp4_url.contains("X-Amz-Expires=600"), "{mp4_url}");
+    let resp = c.http.get(mp4_url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "presigned GET");
+    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
+    let p = recfleet_tests::media::probe(file.path());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
+    assert!(recfleet_tests::media::moov_before_mdat(file.path()), "faststart");
+    let tampered = mp4_url.replace("X-Amz-Signature=", "X-Amz-Signature=0");
+    let refused = c.http.get(&tampered).send().await.unwrap().status();
+    assert!(refused == 403 || refused == 400, "a tampered link is refused, not {refused}");
+
+    // Every stored segment is in the final manifest with its sha256.
+    let manifest: recfleet_proto::Manifest = serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    assert!(manifest.complete);
+    let stored: Vec<String> = store.list(&prefix).await.unwrap().into_iter().map(|o| o.name).filter(|n| is_segment(n)).collect();
+    assert_eq!(manifest.segments.iter().map(|s| s.name.clone()).collect::<Vec<_>>(), stored);
+    for seg in &manifest.segments {
+        let bytes = store.get(&format!("{prefix}{}", seg.name)).await.unwrap().unwrap();
+        assert_eq!((bytes.len() as u64, sha256_hex(&bytes)), (seg.bytes, seg.sha256.clone()), "{}", seg.name);
+    }
+    // At most one segment lost: the bot's spool shows every segment FFmpeg closed.
+    let spool = data.path().join("spool").join(&id);
+    let closed = std::fs::read_dir(&spool).unwrap().flatten().filter(|e| is_segment(&e.file_name().to_string_lossy())).count();
+    assert!(stored.len() + 1 >= closed, "{} stored of {closed} closed", stored.len());
+    let duration = done["duration_secs"].as_f64().unwrap();
+    assert!((duration - p.duration_secs).abs() < 0.5 && duration >= 9.0, "duration {duration}, probe {}", p.duration_secs);
 }

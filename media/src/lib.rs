@@ -1,20 +1,27 @@
-//! Finalizing: seal the playlist (VOD, `EXT-X-ENDLIST`), make one `recording.mp4` from the
-//! segments by stream copy with `+faststart`, and check it with ffprobe before anyone is told
-//! it exists.
+//! A recording's files, the same on a bot's disk and in the store: the playlist, the
+//! manifest, and the one `recording.mp4` made from the segments by stream copy with
+//! `+faststart`, checked with ffprobe before anyone is told it exists.
 //!
-//! Works from the files alone, so the same code finalizes a recording whose bot died. It must
-//! not delete or rewrite a segment: the segments are the recording.
+//! Works from the files alone, so the bot finalizing its own recording and the controller
+//! recovering a dead bot's recording from the store run the same code. It must not delete or
+//! rewrite a segment: the segments are the recording.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use recfleet_proto::{Manifest, ManifestSegment};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
-use crate::capture::PLAYLIST;
-use crate::spool::write_atomically;
-
+pub const PLAYLIST: &str = "index.m3u8";
+pub const INIT_SEGMENT: &str = "init.mp4";
+pub const MANIFEST: &str = "manifest.json";
+pub const EVENTS: &str = "events.json";
+/// Target segment length, in seconds.
+pub const SEGMENT_SECS: u32 = 2;
 pub const MP4: &str = "recording.mp4";
 /// Remuxing is I/O-bound: 1.7 s for an hour here. A generous bound still catches a hang.
 const REMUX_TIMEOUT: Duration = Duration::from_secs(600);
@@ -74,11 +81,16 @@ pub fn sealed_text(text: &str) -> String {
 
 /// Stream-copies the segments of `dir` into `dir/recording.mp4` and checks the result.
 pub async fn make_mp4(dir: &Path) -> Result<Mp4Info, FinalizeError> {
+    make_mp4_from(dir, PLAYLIST).await
+}
+
+/// Stream-copies the segments `playlist` (a file in `dir`) names into `dir/recording.mp4`.
+pub async fn make_mp4_from(dir: &Path, playlist: &str) -> Result<Mp4Info, FinalizeError> {
     let out = dir.join(MP4);
     let part = dir.join(format!("{MP4}.part"));
     let mut cmd = Command::new("ffmpeg");
     cmd.current_dir(dir)
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", PLAYLIST])
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", playlist])
         .args(["-map", "0", "-c", "copy", "-movflags", "+faststart", "-f", "mp4"])
         .arg(&part)
         .stdin(Stdio::null())
@@ -135,6 +147,83 @@ pub fn check_probe(json: &Value) -> Result<Mp4Info, FinalizeError> {
     Ok(info)
 }
 
+/// `seg_000042.m4s` → 42.
+pub fn sequence_of(name: &str) -> Option<u64> {
+    name.strip_prefix("seg_")?.strip_suffix(".m4s")?.parse().ok()
+}
+
+/// Size and sha256 of a file, streamed (segments can be large at high bitrates).
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
+/// sha256 of bytes in memory, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename, so a reader never sees half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("part")
+    ));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Pure: an HLS playlist (fMP4, `init.mp4`) of exactly the manifest's segments, in order:
+/// EVENT while the recording goes on, VOD with `EXT-X-ENDLIST` once it is over.
+pub fn playlist_text(manifest: &Manifest, ended: bool) -> String {
+    use m3u8_rs::{Map, MediaPlaylist, MediaPlaylistType, MediaSegment};
+    let target = manifest.segments.iter().map(|s| s.duration_secs.ceil() as u64).max().unwrap_or(0).max(u64::from(SEGMENT_SECS));
+    let segments = manifest
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, seg)| MediaSegment {
+            uri: seg.name.clone(),
+            duration: seg.duration_secs as f32,
+            // The gap a lost segment leaves is marked, so players do not splice across it.
+            discontinuity: i > 0 && manifest.segments[i - 1].sequence + 1 != seg.sequence,
+            map: (i == 0).then(|| Map { uri: INIT_SEGMENT.to_string(), ..Map::default() }),
+            ..MediaSegment::default()
+        })
+        .collect();
+    let playlist = MediaPlaylist {
+        version: Some(7),
+        target_duration: target,
+        media_sequence: manifest.segments.first().map_or(1, |s| s.sequence),
+        playlist_type: Some(if ended { MediaPlaylistType::Vod } else { MediaPlaylistType::Event }),
+        independent_segments: true,
+        end_list: ended,
+        segments,
+        ..MediaPlaylist::default()
+    };
+    let mut out = Vec::new();
+    playlist.write_to(&mut out).expect("writing to memory cannot fail");
+    String::from_utf8(out).expect("playlists are UTF-8")
+}
+
+/// Pure: the segment a manifest should list for a file, from its name, bytes and hash.
+pub fn describe(name: &str, duration_secs: f64, bytes: u64, sha256: String) -> ManifestSegment {
+    ManifestSegment { name: name.to_string(), sequence: sequence_of(name).unwrap_or(0), duration_secs, bytes, sha256 }
+}
+
 async fn run(mut cmd: Command, tool: &'static str, limit: Duration) -> Result<std::process::Output, FinalizeError> {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|source| FinalizeError::Spawn { tool, source })?;
     match tokio::time::timeout(limit, child.wait_with_output()).await {
@@ -155,6 +244,22 @@ mod tests {
         assert!(sealed.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"));
         assert!(sealed.ends_with("#EXT-X-ENDLIST\n"));
         assert_eq!(sealed_text(&sealed), sealed, "sealing twice changes nothing");
+    }
+
+    #[test]
+    fn playlists_list_exactly_the_manifest() {
+        let seg = |n: u64| describe(&format!("seg_{n:06}.m4s"), 2.0, 10, "00".into());
+        let manifest = Manifest { recording_id: "r".into(), init: None, segments: vec![seg(1), seg(2), seg(4)], complete: false };
+        let live = playlist_text(&manifest, false);
+        assert!(live.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{live}");
+        assert!(live.contains("#EXT-X-MAP:URI=\"init.mp4\""), "{live}");
+        assert!(!live.contains("ENDLIST"));
+        assert_eq!(live.matches("#EXT-X-DISCONTINUITY").count(), 1, "one gap: {live}");
+        let parsed = m3u8_rs::parse_media_playlist_res(live.as_bytes()).unwrap();
+        let uris: Vec<&str> = parsed.segments.iter().map(|s| s.uri.as_str()).collect();
+        assert_eq!(uris, ["seg_000001.m4s", "seg_000002.m4s", "seg_000004.m4s"]);
+        let vod = playlist_text(&manifest, true);
+        assert!(vod.contains("#EXT-X-PLAYLIST-TYPE:VOD") && vod.contains("#EXT-X-ENDLIST"), "{vod}");
     }
 
     #[test]
