@@ -16,6 +16,7 @@ test: build
 bench: build
 	python3 bench/record_bench.py
 	python3 bench/controller_bench.py
+	python3 bench/upload_bench.py
 
 clean:
 	rm -rf target demo-output

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome, PROTOCOL_VERSION};
-use recfleet_proto::{Event, ManifestSegment, RecordingStatus, SubCode, UploadStats};
+use recfleet_proto::{CaptureStats, Event, ManifestSegment, RecordingStatus, SubCode, UploadStats};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub upload: Option<UploadSettings>,
     pub min_free_bytes: u64,
     pub video: VideoConfig,
+    /// Where the bot's own warn and error events are forwarded from.
+    pub logs: crate::forward_log::LogForward,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +63,14 @@ pub enum AgentError {
 struct Forward {
     recording_id: String,
     outbox: mpsc::UnboundedSender<BotMessage>,
-    /// The uploader's latest progress, sent with each heartbeat.
-    upload: Arc<std::sync::Mutex<Option<UploadStats>>>,
+    live: Arc<std::sync::Mutex<Live>>,
+}
+
+/// What the heartbeats report besides the bot's own CPU and memory.
+#[derive(Debug, Default)]
+struct Live {
+    upload: Option<UploadStats>,
+    capture: Option<Arc<std::sync::Mutex<CaptureStats>>>,
 }
 
 impl Reporter for Forward {
@@ -77,7 +85,10 @@ impl Reporter for Forward {
         });
     }
     fn upload(&self, stats: &UploadStats) {
-        *self.upload.lock().expect("upload stats lock") = Some(stats.clone());
+        self.live.lock().expect("live stats lock").upload = Some(stats.clone());
+    }
+    fn capture(&self, stats: Arc<std::sync::Mutex<CaptureStats>>) {
+        self.live.lock().expect("live stats lock").capture = Some(stats);
     }
     fn status(&self, status: RecordingStatus, sub_code: Option<SubCode>) {
         let _ = self.outbox.send(BotMessage::StateChanged { recording_id: self.recording_id.clone(), status, sub_code });
@@ -86,10 +97,17 @@ impl Reporter for Forward {
 
 /// Runs the agent until its one recording is finished (or it is stopped while idle).
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("bot", bot_id = %cfg.bot_id);
+    run_in_span(cfg, shutdown).instrument(span).await
+}
+
+async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     if !(cfg.controller_url.starts_with("ws://") || cfg.controller_url.starts_with("wss://")) {
         return Err(AgentError::BadUrl(cfg.controller_url));
     }
     let (outbox, outbox_rx) = mpsc::unbounded_channel::<BotMessage>();
+    cfg.logs.connect(&cfg.bot_id, outbox.clone());
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<ControllerMessage>();
     let hello = BotMessage::Hello { bot_id: cfg.bot_id.clone(), protocol: PROTOCOL_VERSION, ready: false, recording_id: None };
     let (hello_tx, hello_rx) = watch::channel(hello);
@@ -105,6 +123,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                 message: err.to_string(),
                 fields: serde_json::Map::new(),
             });
+            cfg.logs.disconnect();
             drop(outbox);
             flush(link).await;
             return Err(err.into());
@@ -116,8 +135,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }
     });
     let _ = outbox.send(BotMessage::Ready);
-    let upload_stats = Arc::new(std::sync::Mutex::new(None));
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), upload_stats.clone()));
+    let live = Arc::new(std::sync::Mutex::new(Live::default()));
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), live.clone()));
 
     let assignment = tokio::select! {
         a = next_assignment(&mut inbox) => a,
@@ -126,6 +145,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let Some(assignment) = assignment else {
         heartbeat.abort();
         session.shutdown().await;
+        cfg.logs.disconnect();
         drop(outbox);
         flush(link).await;
         return Err(AgentError::StoppedIdle);
@@ -162,8 +182,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         })
     };
     let record_cfg = to_record_config(&cfg, &assignment);
-    let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), upload: upload_stats });
-    let result = record_on(session, &record_cfg, &stop, SubCode::StoppedByApi, reporter).await;
+    let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), live });
+    cfg.logs.recording(&recording_id);
+    let span = tracing::info_span!("recording", recording_id = %recording_id);
+    let result = tracing::Instrument::instrument(record_on(session, &record_cfg, &stop, SubCode::StoppedByApi, reporter), span).await;
     if let Ok(summary) = &result {
         // Everything is in the store: the spool has done its job. Otherwise it stays, for
         // `recfleet-bot upload` (nothing recorded is deleted before it is stored).
@@ -180,6 +202,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         Err(err) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
     };
     let _ = outbox.send(BotMessage::Finished { recording_id, outcome });
+    cfg.logs.disconnect();
     drop(outbox);
     flush(link).await;
     result.map(|_| ()).map_err(AgentError::from)
@@ -216,12 +239,17 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
     None
 }
 
-async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, upload: Arc<std::sync::Mutex<Option<UploadStats>>>) {
+async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, live: Arc<std::sync::Mutex<Live>>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut vitals = crate::vitals::Vitals::default();
     loop {
         tick.tick().await;
-        let upload = upload.lock().expect("upload stats lock").clone();
-        if outbox.send(BotMessage::Heartbeat { capture: None, cpu_cores: None, rss_bytes: None, upload }).is_err() {
+        let (cpu_cores, rss_bytes) = vitals.sample();
+        let (upload, capture) = {
+            let live = live.lock().expect("live stats lock");
+            (live.upload.clone(), live.capture.as_ref().map(|c| c.lock().expect("capture stats lock").clone()))
+        };
+        if outbox.send(BotMessage::Heartbeat { capture, cpu_cores, rss_bytes, upload }).is_err() {
             return;
         }
     }

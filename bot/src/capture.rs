@@ -240,6 +240,11 @@ impl Capture {
         "did not exit after SIGKILL".into()
     }
 
+    /// The live statistics, for whoever reports them while the capture runs.
+    pub fn stats_handle(&self) -> Arc<Mutex<CaptureStats>> {
+        self.stats.clone()
+    }
+
     pub fn stats(&self) -> CaptureStats {
         self.stats.lock().expect("stats lock").clone()
     }

@@ -20,6 +20,8 @@ pub trait Reporter: Send + Sync + std::fmt::Debug {
     fn segment(&self, _segment: &ManifestSegment, _upload_lag_ms: Option<u64>) {}
     /// The uploader's progress changed.
     fn upload(&self, _stats: &recfleet_proto::UploadStats) {}
+    /// The capture started; its statistics can be read from `stats` while it runs.
+    fn capture(&self, _stats: Arc<Mutex<recfleet_proto::CaptureStats>>) {}
     fn status(&self, _status: RecordingStatus, _sub_code: Option<SubCode>) {}
 }
 

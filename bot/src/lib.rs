@@ -11,6 +11,7 @@ pub mod capture;
 pub mod child;
 pub mod config;
 pub mod display;
+pub mod forward_log;
 pub mod join;
 pub mod journal;
 pub mod page_js;
@@ -18,6 +19,7 @@ pub mod record;
 pub mod session;
 pub mod spool;
 pub mod upload;
+pub mod vitals;
 pub mod watch;
 
 pub use config::RecordConfig;

@@ -161,14 +161,15 @@ struct RecordArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let logs = recfleet_bot::forward_log::LogForward::default();
+    init_logging(cli.log_format, matches!(cli.command, Command::Agent(_)).then(|| logs.layer()));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => return fail_plain("environment_failed", &format!("cannot start the async runtime: {err}"), 5),
     };
     let args = match cli.command {
         Command::Record(args) => args,
-        Command::Agent(args) => return runtime.block_on(agent(args)),
+        Command::Agent(args) => return runtime.block_on(agent(args, logs)),
         Command::Upload(args) => return runtime.block_on(upload_again(args)),
     };
     runtime.block_on(async move {
@@ -178,7 +179,8 @@ fn main() -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signals(shutdown.clone()));
-        match recfleet_bot::record(&cfg, shutdown).await {
+        let span = tracing::info_span!("recording", recording_id = %cfg.recording_id);
+        match tracing::Instrument::instrument(recfleet_bot::record(&cfg, shutdown), span).await {
             Ok(summary) => {
                 println!("{}", serde_json::to_string(&summary).expect("the summary serializes"));
                 match &summary.upload {
@@ -213,7 +215,7 @@ async fn upload_again(args: UploadArgs) -> ExitCode {
     }
 }
 
-async fn agent(args: AgentArgs) -> ExitCode {
+async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> ExitCode {
     let video = VideoConfig::from(args.video);
     if let Err(err) = video.validate() {
         return fail(&RecordError::Config(err));
@@ -229,6 +231,7 @@ async fn agent(args: AgentArgs) -> ExitCode {
         },
         min_free_bytes: args.store.min_free_disk_mb * MB,
         video,
+        logs,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone()));
@@ -300,14 +303,18 @@ fn fail_plain(code: &str, message: &str, exit: u8) -> ExitCode {
     ExitCode::from(exit)
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr (one JSON object per line with `--log-format json`); under a controller,
+/// warn and error events are also forwarded to it.
+fn init_logging(format: LogFormat, forward: Option<recfleet_bot::forward_log::ForwardLayer>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Pretty => builder.compact().init(),
-    }
+    let (json, pretty) = match format {
+        LogFormat::Json => (Some(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).with_writer(std::io::stderr)), None),
+        LogFormat::Pretty => (None, Some(fmt::layer().compact().with_writer(std::io::stderr))),
+    };
+    tracing_subscriber::registry().with(filter).with(json).with(pretty).with(forward).init();
 }
 
 /// chromiumoxide warns about every event of a newer CDP revision that it cannot parse; those

@@ -230,6 +230,7 @@ impl Job<'_> {
             .await
             .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
+        self.journal.reporter().capture(capture.stats_handle());
         *status = self.advance(*status, RecordingEvent::RecordingStarted, None);
 
         let uploader = self.upload.clone().map(|cfg| Uploader::start(self.out_dir, cfg, self.journal.reporter_arc()));

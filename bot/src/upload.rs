@@ -54,8 +54,22 @@ pub struct UploadConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum JournalLine {
-    Closed { segment: ManifestSegment },
-    Stored { name: String, lag_ms: Option<u64> },
+    Closed {
+        segment: ManifestSegment,
+        /// Unix time in ms, for benchmarks and post-mortems.
+        #[serde(default)]
+        at_ms: u64,
+    },
+    Stored {
+        name: String,
+        lag_ms: Option<u64>,
+        #[serde(default)]
+        at_ms: u64,
+    },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What an earlier uploader of this folder did, read back from its journal.
@@ -73,7 +87,7 @@ fn replay(path: &Path) -> Replayed {
     for line in text.lines() {
         // A line cut short by a crash is the last one; it is skipped.
         match serde_json::from_str::<JournalLine>(line) {
-            Ok(JournalLine::Closed { segment }) => {
+            Ok(JournalLine::Closed { segment, .. }) => {
                 closed.insert(segment.name.clone(), segment);
             }
             Ok(JournalLine::Stored { name, .. }) => {
@@ -182,7 +196,7 @@ impl Uploader {
             manifest,
             finishing: finishing_rx,
         };
-        let task = tokio::spawn(worker.run(rx));
+        let task = tokio::spawn(tracing::Instrument::in_current_span(worker.run(rx)));
         Uploader { dir: dir.to_path_buf(), cfg, tx, progress, journal, already: earlier.names, finishing, task }
     }
 
@@ -196,7 +210,7 @@ impl Uploader {
         if self.already.contains(&segment.name) {
             return;
         }
-        self.journal.append(&JournalLine::Closed { segment: segment.clone() });
+        self.journal.append(&JournalLine::Closed { segment: segment.clone(), at_ms: now_ms() });
         self.enqueue(Item { segment: segment.clone(), closed_at: Instant::now(), listed: true });
     }
 
@@ -231,7 +245,7 @@ impl Uploader {
             match recfleet_media::hash_file(&path) {
                 Ok((bytes, sha256)) => {
                     let segment = recfleet_media::describe(name, 0.0, bytes, sha256);
-                    self.journal.append(&JournalLine::Closed { segment: segment.clone() });
+                    self.journal.append(&JournalLine::Closed { segment: segment.clone(), at_ms: now_ms() });
                     self.enqueue(Item { segment, closed_at: Instant::now(), listed: false });
                 }
                 Err(err) => tracing::warn!(error = %err, file = %path.display(), "cannot read a file to upload"),
@@ -457,7 +471,7 @@ impl Worker {
 
     fn stored(&mut self, item: &Item) {
         let lag_ms = item.closed_at.elapsed().as_millis() as u64;
-        self.journal.append(&JournalLine::Stored { name: item.segment.name.clone(), lag_ms: Some(lag_ms) });
+        self.journal.append(&JournalLine::Stored { name: item.segment.name.clone(), lag_ms: Some(lag_ms), at_ms: now_ms() });
         let stats = {
             let mut p = self.progress.lock().expect("progress lock");
             p.stats.stored += 1;
@@ -582,8 +596,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seg = recfleet_media::describe("seg_000001.m4s", 2.0, 3, "ab".into());
         let lines = [
-            serde_json::to_string(&JournalLine::Closed { segment: seg }).unwrap(),
-            serde_json::to_string(&JournalLine::Stored { name: "seg_000001.m4s".into(), lag_ms: Some(5) }).unwrap(),
+            serde_json::to_string(&JournalLine::Closed { segment: seg, at_ms: 1 }).unwrap(),
+            serde_json::to_string(&JournalLine::Stored { name: "seg_000001.m4s".into(), lag_ms: Some(5), at_ms: 2 }).unwrap(),
             "{\"state\":\"stor".to_string(),
         ];
         std::fs::write(dir.path().join(JOURNAL), lines.join("\n")).unwrap();

@@ -40,6 +40,7 @@ pub struct AppState {
     pub objects: recfleet_storage::Store,
     /// How long presigned download links stay valid (S3).
     pub presign_expiry: std::time::Duration,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -58,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bots/connect", get(bot_connect))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -101,6 +104,24 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// Counts and times every routed request by its route template (never by id).
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.api_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    m.api_requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
+    resp
+}
+
+/// Prometheus' text format. Not behind the API key: it holds no ids and no secrets, and
+/// scrapers run inside the deployment's network.
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod demo;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod pool;
 pub mod recovery;
@@ -88,7 +89,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let store = store::Store::open(&cfg.data_dir.join("recfleet.db")).await?;
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &cfg.data_dir)
         .map_err(|source| ServeError::DataDir { path: cfg.data_dir.clone(), source })?;
-    let webhooks = webhook::spawn(&secret, store.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime = Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx));
     let manager_cfg = manager::ManagerConfig {
@@ -99,6 +101,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         bot_env,
         objects: objects.clone(),
         scratch_root: cfg.data_dir.join("recovery"),
+        metrics: metrics.clone(),
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
     };
@@ -123,6 +126,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         allowed_hosts: cfg.allowed_hosts,
         objects,
         presign_expiry: cfg.presign_expiry,
+        metrics,
         shutdown: close.clone(),
     };
     tracing::info!(%addr, "controller listening");

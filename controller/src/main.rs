@@ -92,6 +92,10 @@ fn start() -> anyhow::Result<()> {
         // environment) too. Set before any thread starts.
         std::env::set_var("RUST_LOG", "warn,chromiumoxide=off");
     }
+    if matches!(&cli.command, Command::Serve(a) if a.log_format == "json") {
+        // The bots inherit the environment and share the controller's stderr: one format.
+        std::env::set_var("RECFLEET_LOG_FORMAT", "json");
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
 }
 

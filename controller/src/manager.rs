@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome};
+use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, LogLevel, Outcome};
 use recfleet_proto::{EventKind, RecordingEvent, RecordingStatus, SubCode};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
+use crate::metrics::{status_name, Metrics, ACTIVE_STATUSES};
 use crate::recovery::{Recovered, RecoveryError};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::runtime::{Exited, LaunchSpec, Runtime};
@@ -86,6 +87,17 @@ struct Bot {
     recording: Option<String>,
     tx: Option<mpsc::UnboundedSender<ControllerMessage>>,
     last_seen: Instant,
+    /// The last heartbeat's cumulative figures, to turn them into rates and deltas.
+    vitals: Vitals,
+}
+
+#[derive(Debug, Default)]
+struct Vitals {
+    frames: Option<(Instant, u64)>,
+    dropped: u64,
+    failed_uploads: u64,
+    backlog_files: u64,
+    backlog_bytes: u64,
 }
 
 /// Settings the manager needs.
@@ -107,6 +119,7 @@ pub struct ManagerConfig {
     pub objects: recfleet_storage::Store,
     /// Scratch space for recoveries (`<scratch>/<recording_id>/`).
     pub scratch_root: PathBuf,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug)]
@@ -114,6 +127,10 @@ struct Entry {
     stored: StoredRecording,
     /// The status the last webhook announced.
     notified: Option<RecordingStatus>,
+    /// When a bot took it (for the join-duration metric; not persisted).
+    assigned_at: Option<OffsetDateTime>,
+    /// Its first segment is in the store (time-to-view was observed).
+    viewable: bool,
 }
 
 #[derive(Debug)]
@@ -135,6 +152,19 @@ pub struct Manager {
     /// Recoveries under way report here.
     recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
     recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
+}
+
+/// A heartbeat's figures.
+#[derive(Debug)]
+struct Heartbeat {
+    capture: Option<recfleet_proto::CaptureStats>,
+    cpu_cores: Option<f64>,
+    rss_bytes: Option<u64>,
+    upload: Option<recfleet_proto::UploadStats>,
+}
+
+fn seconds_since(t: OffsetDateTime) -> f64 {
+    (OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0)
 }
 
 /// Download links as the API serves them (`/v1/recordings/{id}/files/...`).
@@ -183,7 +213,7 @@ impl Manager {
             }
             m.order.push(id.clone());
             let notified = Some(stored.view.status);
-            m.recordings.insert(id, Entry { stored, notified });
+            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true });
         }
         for b in m.store.load_bots().await? {
             let bot = Bot {
@@ -192,6 +222,7 @@ impl Manager {
                 recording: b.recording_id,
                 tx: None,
                 last_seen: Instant::now(),
+                vitals: Vitals::default(),
             };
             m.bots.insert(b.id, bot);
         }
@@ -229,9 +260,60 @@ impl Manager {
                 _ = tick.tick() => {
                     self.find_lost_bots();
                     self.settle_orphans();
+                    self.update_gauges();
                 }
             }
             self.settle().await;
+        }
+    }
+
+    /// The pool and backlog gauges, from the state as it is now.
+    fn update_gauges(&self) {
+        let m = &self.cfg.metrics;
+        let o = self.observed();
+        m.pool_bots.with_label_values(&["starting"]).set(o.starting as i64);
+        m.pool_bots.with_label_values(&["idle"]).set(o.idle as i64);
+        m.pool_bots.with_label_values(&["busy"]).set(o.busy as i64);
+        m.pool_max_bots.set(self.cfg.max as i64);
+        m.pool_queued.set(self.queue.len() as i64);
+        for status in ACTIVE_STATUSES {
+            let n = self.recordings.values().filter(|e| e.stored.view.status == status).count();
+            m.recordings_active.with_label_values(&[status_name(status)]).set(n as i64);
+        }
+        m.upload_backlog_segments.set(self.bots.values().map(|b| b.vitals.backlog_files).sum::<u64>() as i64);
+        m.upload_backlog_bytes.set(self.bots.values().map(|b| b.vitals.backlog_bytes).sum::<u64>() as i64);
+    }
+
+    /// Turns a heartbeat's cumulative figures into metrics.
+    fn on_heartbeat(&mut self, bot_id: &str, hb: Heartbeat) {
+        let m = self.cfg.metrics.clone();
+        let Some(bot) = self.bots.get_mut(bot_id) else { return };
+        if let Some(cpu) = hb.cpu_cores {
+            m.bot_cpu.observe(cpu);
+        }
+        if let Some(rss) = hb.rss_bytes {
+            m.bot_rss.observe(rss as f64);
+        }
+        if let Some(capture) = hb.capture {
+            let now = Instant::now();
+            if let Some((at, frames)) = bot.vitals.frames {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.5 && capture.frames >= frames {
+                    m.capture_fps.observe((capture.frames - frames) as f64 / secs);
+                }
+            }
+            bot.vitals.frames = Some((now, capture.frames));
+            if let Some(speed) = capture.last_speed {
+                m.capture_speed.observe(speed);
+            }
+            m.capture_dropped.inc_by(capture.dropped_frames.saturating_sub(bot.vitals.dropped));
+            bot.vitals.dropped = bot.vitals.dropped.max(capture.dropped_frames);
+        }
+        if let Some(upload) = hb.upload {
+            m.upload_failed_requests.inc_by(upload.failed_attempts.saturating_sub(bot.vitals.failed_uploads));
+            bot.vitals.failed_uploads = bot.vitals.failed_uploads.max(upload.failed_attempts);
+            bot.vitals.backlog_files = upload.backlog;
+            bot.vitals.backlog_bytes = upload.backlog_bytes;
         }
     }
 
@@ -331,6 +413,9 @@ impl Manager {
             let status = entry.stored.view.status;
             if entry.notified != Some(status) {
                 entry.notified = Some(status);
+                if status.is_terminal() {
+                    self.cfg.metrics.finished(status, entry.stored.view.sub_code);
+                }
                 if let Some(url) = &entry.stored.webhook_url {
                     let _ = self.webhooks.send(Delivery {
                         recording_id: id.clone(),
@@ -394,7 +479,7 @@ impl Manager {
             error: None,
         };
         let stored = StoredRecording { view: view.clone(), idempotency_key: key.clone(), recipe: req.recipe, webhook_url: req.webhook_url };
-        self.recordings.insert(id.clone(), Entry { stored, notified: None });
+        self.recordings.insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false });
         self.order.push(id.clone());
         if let Some(k) = key {
             self.idempotency.insert(k, id.clone());
@@ -457,24 +542,69 @@ impl Manager {
                 }
             }
             BotMessage::Hello { .. } => {}
-            BotMessage::Heartbeat { .. } | BotMessage::StateChanged { .. } => {}
-            BotMessage::SegmentStored { recording_id, segment, .. } => {
+            BotMessage::Heartbeat { capture, cpu_cores, rss_bytes, upload } => {
+                self.on_heartbeat(bot_id, Heartbeat { capture, cpu_cores, rss_bytes, upload });
+            }
+            BotMessage::StateChanged { .. } => {}
+            BotMessage::SegmentStored { recording_id, segment, upload_lag_ms } => {
+                let m = &self.cfg.metrics;
+                if let Some(lag) = upload_lag_ms {
+                    m.upload_lag.observe(lag as f64 / 1000.0);
+                }
+                if segment.sequence > 0 {
+                    m.segments_stored.inc();
+                    if let Some(entry) = self.recordings.get_mut(&recording_id).filter(|e| !e.viewable) {
+                        entry.viewable = true;
+                        m.time_to_view.observe(seconds_since(entry.stored.view.created_at));
+                    }
+                }
                 self.touch(&recording_id, "segment_stored", serde_json::to_value(&segment).expect("serializes"));
             }
-            BotMessage::Log { level, message, .. } => tracing::warn!(bot_id, ?level, "bot: {message}"),
+            BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
             BotMessage::Timeline { recording_id, event } => self.apply_event(&recording_id, &event),
             BotMessage::Finished { recording_id, outcome } => self.finish(&recording_id, outcome),
         }
     }
 
+    /// A bot's warn or error event: logged again with the bot's ids, and counted (alerts fire
+    /// from the counts).
+    fn on_bot_log(&mut self, bot_id: &str, level: LogLevel, message: &str, fields: serde_json::Map<String, serde_json::Value>) {
+        let recording_id = fields
+            .get("recording_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or_else(|| self.bots.get(bot_id).and_then(|b| b.recording.clone()))
+            .unwrap_or_default();
+        let fields = serde_json::Value::Object(fields).to_string();
+        match level {
+            LogLevel::Warn => {
+                self.cfg.metrics.bot_log_events.with_label_values(&["warn"]).inc();
+                tracing::warn!(bot_id, recording_id = %recording_id, bot_fields = %fields, "bot: {message}");
+            }
+            LogLevel::Error => {
+                self.cfg.metrics.bot_log_events.with_label_values(&["error"]).inc();
+                tracing::error!(bot_id, recording_id = %recording_id, bot_fields = %fields, "bot: {message}");
+            }
+        }
+    }
+
     fn apply_event(&mut self, id: &str, event: &recfleet_proto::Event) {
+        let metrics = self.cfg.metrics.clone();
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         let stopping = rec.status == RecordingStatus::Stopping;
         match &event.kind {
             EventKind::WaitingRoom if !stopping => rec.status = RecordingStatus::WaitingRoom,
-            EventKind::Joined => rec.joined_at = Some(event.at),
+            EventKind::Joined => {
+                rec.joined_at = Some(event.at);
+                if let Some(assigned) = entry.assigned_at {
+                    metrics.join_duration.observe((event.at - assigned).as_seconds_f64().max(0.0));
+                }
+            }
             EventKind::RecordingStarted => {
+                if rec.recording_started_at.is_none() {
+                    metrics.start_latency.observe((event.at - rec.created_at).as_seconds_f64().max(0.0));
+                }
                 rec.recording_started_at = Some(event.at);
                 if !stopping {
                     rec.status = RecordingStatus::Recording;
@@ -560,6 +690,7 @@ impl Manager {
                 rec.duration_secs = Some((r.duration_secs * 1000.0).round() / 1000.0);
                 rec.outputs = Some(outputs(&public, id));
                 tracing::info!(recording_id = id, segments = r.segments, duration_secs = r.duration_secs, "partial recording finalized from the store");
+                self.cfg.metrics.recoveries.with_label_values(&["completed"]).inc();
                 self.touch(id, "recovered", serde_json::json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}));
             }
             Err(err) => {
@@ -567,6 +698,7 @@ impl Manager {
                 let earlier = rec.error.take().map(|e| format!("{e}; ")).unwrap_or_default();
                 rec.error = Some(format!("{earlier}recovery: {err}"));
                 tracing::error!(recording_id = id, code = err.code(), error = %err, "cannot finalize from the store");
+                self.cfg.metrics.recoveries.with_label_values(&["failed"]).inc();
                 self.touch(id, "recovery_failed", serde_json::json!({"code": err.code(), "message": err.to_string()}));
             }
         }
@@ -592,6 +724,7 @@ impl Manager {
             .collect();
         for (id, detail) in due {
             self.orphaned.remove(&id);
+            self.cfg.metrics.bots_lost.inc();
             self.mark_crashed(&id, &format!("the bot exited before finishing: {detail}"));
         }
     }
@@ -605,6 +738,7 @@ impl Manager {
         let lost: Vec<String> = self.bots.iter().filter(|(_, b)| b.last_seen.elapsed() > limit(b)).map(|(id, _)| id.clone()).collect();
         for id in lost {
             tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
+            self.cfg.metrics.bots_lost.inc();
             self.runtime.stop(&id);
             self.dirty_bots.push(id.clone());
             if let Some(bot) = self.bots.remove(&id) {
@@ -661,6 +795,7 @@ impl Manager {
             bot.state = BotState::Busy;
             bot.recording = Some(id.clone());
             rec.status = RecordingStatus::Joining;
+            entry.assigned_at = Some(OffsetDateTime::now_utc());
             let bot_id = bot_id.clone();
             self.queue.pop_front();
             self.dirty_bots.push(bot_id.clone());
@@ -717,7 +852,14 @@ impl Manager {
         match self.runtime.launch(&spec) {
             Ok(()) => {
                 tracing::info!(bot_id = %bot_id, "bot launched");
-                let bot = Bot { token_sha256: token_hash(&token), state: BotState::Starting, recording: None, tx: None, last_seen: Instant::now() };
+                let bot = Bot {
+                    token_sha256: token_hash(&token),
+                    state: BotState::Starting,
+                    recording: None,
+                    tx: None,
+                    last_seen: Instant::now(),
+                    vitals: Vitals::default(),
+                };
                 self.bots.insert(bot_id.clone(), bot);
                 self.dirty_bots.push(bot_id);
             }
@@ -753,6 +895,7 @@ mod tests {
             keep_bots_on_exit: false,
             objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),
             scratch_root: dir.join("recovery"),
+            metrics: Arc::new(Metrics::new()),
         };
         let store = Store::open(&dir.join("state.db")).await.unwrap();
         let (webhooks, _) = mpsc::unbounded_channel();

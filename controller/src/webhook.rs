@@ -50,19 +50,29 @@ pub fn load_or_create_secret(given: Option<String>, data_dir: &Path) -> std::io:
 }
 
 /// Starts the deliverer; send it deliveries.
-pub fn spawn(secret: &str, store: Store) -> Result<mpsc::UnboundedSender<Delivery>, standardwebhooks::WebhookError> {
+pub fn spawn(
+    secret: &str,
+    store: Store,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> Result<mpsc::UnboundedSender<Delivery>, standardwebhooks::WebhookError> {
     let signer = std::sync::Arc::new(Webhook::new(secret)?);
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("an HTTP client builds");
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     tokio::spawn(async move {
         while let Some(delivery) = rx.recv().await {
-            tokio::spawn(deliver(signer.clone(), client.clone(), store.clone(), delivery));
+            tokio::spawn(deliver(signer.clone(), client.clone(), store.clone(), metrics.clone(), delivery));
         }
     });
     Ok(tx)
 }
 
-async fn deliver(signer: std::sync::Arc<Webhook>, client: reqwest::Client, store: Store, d: Delivery) {
+async fn deliver(
+    signer: std::sync::Arc<Webhook>,
+    client: reqwest::Client,
+    store: Store,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    d: Delivery,
+) {
     let message_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     let body = serde_json::json!({
         "type": d.event_type,
@@ -101,6 +111,8 @@ async fn deliver(signer: std::sync::Arc<Webhook>, client: reqwest::Client, store
         if let Err(err) = store.record_delivery(&record).await {
             tracing::warn!(error = %err, "cannot record a webhook delivery");
         }
+        let result = if error.is_none() { "delivered" } else { "failed" };
+        metrics.webhook_deliveries.with_label_values(&[result]).inc();
         match error {
             None => Ok(()),
             Some(e) => Err(e),
@@ -108,7 +120,8 @@ async fn deliver(signer: std::sync::Arc<Webhook>, client: reqwest::Client, store
     };
     let backoff = ExponentialBuilder::default().with_min_delay(FIRST_RETRY).with_max_times(MAX_ATTEMPTS - 1).with_jitter();
     if let Err(err) = once.retry(backoff).sleep(tokio::time::sleep).await {
-        tracing::warn!(recording_id = %d.recording_id, url = %d.url, error = %err, "webhook not delivered after {MAX_ATTEMPTS} attempts");
+        metrics.webhook_deliveries.with_label_values(&["gave_up"]).inc();
+        tracing::error!(recording_id = %d.recording_id, url = %d.url, error = %err, "webhook not delivered after {MAX_ATTEMPTS} attempts");
     }
 }
 

@@ -35,7 +35,7 @@ fn free_port() -> u16 {
 }
 
 /// A tool `scripts/setup.sh` installs: in the project's tools virtualenv, or on PATH.
-fn tool(name: &str) -> PathBuf {
+pub fn tool_path(name: &str) -> PathBuf {
     let venv = std::env::var_os("RECFLEET_TOOLS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/recfleet/venv"));
@@ -69,7 +69,7 @@ impl S3Server {
     /// moto's server on a free port.
     pub async fn moto() -> S3Server {
         let port = free_port();
-        let mut child = Command::new(tool("moto_server"))
+        let mut child = Command::new(tool_path("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,7 +86,7 @@ impl S3Server {
     pub async fn s3s_fs() -> S3Server {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(tool("s3s-fs"))
+        let mut child = Command::new(tool_path("s3s-fs"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(dir.path())
             .stdin(Stdio::null())

@@ -1,0 +1,273 @@
+//! The controller's Prometheus metrics, served at `/metrics`. Every name lives in `names` and
+//! nowhere else, following `recfleet_<subsystem>_<name>_<unit>[_total]`; dashboards, alert rules
+//! and their tests refer to these names. Ids (recording, bot) are never label values: labels
+//! are small closed sets (state, status, sub_code, level, result, route).
+//!
+//! This module defines and renders metrics; the manager, the API and the webhook sender
+//! observe them.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use recfleet_proto::{RecordingStatus, SubCode};
+
+/// Every metric name the controller exports (histograms add `_bucket`, `_sum`, `_count`).
+pub mod names {
+    pub const POOL_BOTS: &str = "recfleet_pool_bots";
+    pub const POOL_MAX_BOTS: &str = "recfleet_pool_max_bots";
+    pub const POOL_QUEUED_RECORDINGS: &str = "recfleet_pool_queued_recordings";
+    pub const POOL_BOTS_LOST_TOTAL: &str = "recfleet_pool_bots_lost_total";
+    pub const RECORDINGS_ACTIVE: &str = "recfleet_recordings_active";
+    pub const RECORDINGS_FINISHED_TOTAL: &str = "recfleet_recordings_finished_total";
+    pub const RECORDING_START_LATENCY_SECONDS: &str = "recfleet_recording_start_latency_seconds";
+    pub const RECORDING_JOIN_DURATION_SECONDS: &str = "recfleet_recording_join_duration_seconds";
+    pub const RECORDING_TIME_TO_VIEW_SECONDS: &str = "recfleet_recording_time_to_view_seconds";
+    pub const RECOVERY_RUNS_TOTAL: &str = "recfleet_recovery_runs_total";
+    pub const UPLOAD_SEGMENTS_STORED_TOTAL: &str = "recfleet_upload_segments_stored_total";
+    pub const UPLOAD_FAILED_REQUESTS_TOTAL: &str = "recfleet_upload_failed_requests_total";
+    pub const UPLOAD_LAG_SECONDS: &str = "recfleet_upload_lag_seconds";
+    pub const UPLOAD_BACKLOG_SEGMENTS: &str = "recfleet_upload_backlog_segments";
+    pub const UPLOAD_BACKLOG_BYTES: &str = "recfleet_upload_backlog_bytes";
+    pub const CAPTURE_FRAME_RATE_FPS: &str = "recfleet_capture_frame_rate_fps";
+    pub const CAPTURE_ENCODER_SPEED_RATIO: &str = "recfleet_capture_encoder_speed_ratio";
+    pub const CAPTURE_DROPPED_FRAMES_TOTAL: &str = "recfleet_capture_dropped_frames_total";
+    pub const BOT_CPU_CORES: &str = "recfleet_bot_cpu_cores";
+    pub const BOT_RSS_BYTES: &str = "recfleet_bot_rss_bytes";
+    pub const BOT_LOG_EVENTS_TOTAL: &str = "recfleet_bot_log_events_total";
+    pub const WEBHOOK_DELIVERIES_TOTAL: &str = "recfleet_webhook_deliveries_total";
+    pub const API_REQUESTS_TOTAL: &str = "recfleet_api_requests_total";
+    pub const API_REQUEST_DURATION_SECONDS: &str = "recfleet_api_request_duration_seconds";
+
+    /// All of them, for checks that dashboards and rules name only what exists.
+    pub const ALL: &[&str] = &[
+        POOL_BOTS,
+        POOL_MAX_BOTS,
+        POOL_QUEUED_RECORDINGS,
+        POOL_BOTS_LOST_TOTAL,
+        RECORDINGS_ACTIVE,
+        RECORDINGS_FINISHED_TOTAL,
+        RECORDING_START_LATENCY_SECONDS,
+        RECORDING_JOIN_DURATION_SECONDS,
+        RECORDING_TIME_TO_VIEW_SECONDS,
+        RECOVERY_RUNS_TOTAL,
+        UPLOAD_SEGMENTS_STORED_TOTAL,
+        UPLOAD_FAILED_REQUESTS_TOTAL,
+        UPLOAD_LAG_SECONDS,
+        UPLOAD_BACKLOG_SEGMENTS,
+        UPLOAD_BACKLOG_BYTES,
+        CAPTURE_FRAME_RATE_FPS,
+        CAPTURE_ENCODER_SPEED_RATIO,
+        CAPTURE_DROPPED_FRAMES_TOTAL,
+        BOT_CPU_CORES,
+        BOT_RSS_BYTES,
+        BOT_LOG_EVENTS_TOTAL,
+        WEBHOOK_DELIVERIES_TOTAL,
+        API_REQUESTS_TOTAL,
+        API_REQUEST_DURATION_SECONDS,
+    ];
+}
+
+/// Bot states as the pool counts them.
+pub const BOT_STATES: [&str; 3] = ["starting", "idle", "busy"];
+/// Non-terminal statuses (terminal ones are counted by `recordings_finished_total`).
+pub const ACTIVE_STATUSES: [RecordingStatus; 6] = [
+    RecordingStatus::Queued,
+    RecordingStatus::Joining,
+    RecordingStatus::WaitingRoom,
+    RecordingStatus::Recording,
+    RecordingStatus::Stopping,
+    RecordingStatus::Finalizing,
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub pool_bots: IntGaugeVec,
+    pub pool_max_bots: IntGauge,
+    pub pool_queued: IntGauge,
+    pub bots_lost: IntCounter,
+    pub recordings_active: IntGaugeVec,
+    pub recordings_finished: IntCounterVec,
+    pub start_latency: Histogram,
+    pub join_duration: Histogram,
+    pub time_to_view: Histogram,
+    pub recoveries: IntCounterVec,
+    pub segments_stored: IntCounter,
+    pub upload_failed_requests: IntCounter,
+    pub upload_lag: Histogram,
+    pub upload_backlog_segments: IntGauge,
+    pub upload_backlog_bytes: IntGauge,
+    pub capture_fps: Histogram,
+    pub capture_speed: Histogram,
+    pub capture_dropped: IntCounter,
+    pub bot_cpu: Histogram,
+    pub bot_rss: Histogram,
+    pub bot_log_events: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram");
+    registry.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid gauge");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        use names::*;
+        let r = Registry::new();
+        let seconds = vec![0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+        let m = Metrics {
+            pool_bots: gauge_vec(&r, POOL_BOTS, "Bots in the pool by state (starting, idle, busy).", &["state"]),
+            pool_max_bots: gauge(&r, POOL_MAX_BOTS, "The most bots the pool may run."),
+            pool_queued: gauge(&r, POOL_QUEUED_RECORDINGS, "Recordings waiting for a bot."),
+            bots_lost: counter(&r, POOL_BOTS_LOST_TOTAL, "Bots declared lost (silent too long) or that exited before finishing."),
+            recordings_active: gauge_vec(&r, RECORDINGS_ACTIVE, "Recordings not yet finished, by status.", &["status"]),
+            recordings_finished: counter_vec(
+                &r,
+                RECORDINGS_FINISHED_TOTAL,
+                "Recordings that reached completed or failed, by status and sub_code.",
+                &["status", "sub_code"],
+            ),
+            start_latency: histogram(&r, RECORDING_START_LATENCY_SECONDS, "API call to the recording's first frame.", seconds.clone()),
+            join_duration: histogram(&r, RECORDING_JOIN_DURATION_SECONDS, "Assignment to a bot until the bot is in the call.", seconds.clone()),
+            time_to_view: histogram(
+                &r,
+                RECORDING_TIME_TO_VIEW_SECONDS,
+                "API call until the first segment is in the store (the live playlist plays).",
+                seconds.clone(),
+            ),
+            recoveries: counter_vec(&r, RECOVERY_RUNS_TOTAL, "Recordings finalized from the store without their bot, by result.", &["result"]),
+            segments_stored: counter(&r, UPLOAD_SEGMENTS_STORED_TOTAL, "Media segments the bots stored."),
+            upload_failed_requests: counter(&r, UPLOAD_FAILED_REQUESTS_TOTAL, "Store requests that failed (each is retried)."),
+            upload_lag: histogram(&r, UPLOAD_LAG_SECONDS, "Segment closed on a bot's disk until stored.", vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+            upload_backlog_segments: gauge(&r, UPLOAD_BACKLOG_SEGMENTS, "Files recorded but not yet stored, over all bots."),
+            upload_backlog_bytes: gauge(&r, UPLOAD_BACKLOG_BYTES, "Bytes recorded but not yet stored, over all bots."),
+            capture_fps: histogram(&r, CAPTURE_FRAME_RATE_FPS, "Frames encoded per second, each bot each heartbeat.", vec![1.0, 5.0, 10.0, 15.0, 20.0, 24.0, 27.0, 29.0, 30.0, 31.0, 45.0, 60.0]),
+            capture_speed: histogram(
+                &r,
+                CAPTURE_ENCODER_SPEED_RATIO,
+                "FFmpeg's speed (1.0 is realtime), each bot each heartbeat.",
+                vec![0.5, 0.8, 0.9, 0.95, 0.98, 1.0, 1.02, 1.1, 1.5],
+            ),
+            capture_dropped: counter(&r, CAPTURE_DROPPED_FRAMES_TOTAL, "Frames FFmpeg dropped because the encoder fell behind."),
+            bot_cpu: histogram(&r, BOT_CPU_CORES, "CPU cores a bot (all its processes) used, each heartbeat.", vec![0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]),
+            bot_rss: histogram(
+                &r,
+                BOT_RSS_BYTES,
+                "Resident memory of a bot (all its processes), each heartbeat.",
+                vec![256e6, 512e6, 768e6, 1e9, 1.5e9, 2e9, 3e9, 4e9, 8e9],
+            ),
+            bot_log_events: counter_vec(&r, BOT_LOG_EVENTS_TOTAL, "Warn and error events the bots forwarded.", &["level"]),
+            webhook_deliveries: counter_vec(
+                &r,
+                WEBHOOK_DELIVERIES_TOTAL,
+                "Webhook delivery attempts by result (delivered, failed, gave_up).",
+                &["result"],
+            ),
+            api_requests: counter_vec(&r, API_REQUESTS_TOTAL, "API requests by route, method and status.", &["route", "method", "status"]),
+            api_duration: {
+                let opts = HistogramOpts::new(API_REQUEST_DURATION_SECONDS, "API request latency by route and method.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+                let h = HistogramVec::new(opts, &["route", "method"]).expect("valid histogram");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            registry: r,
+        };
+        // Closed label sets start at zero, so rules and panels see them before the first event.
+        for state in BOT_STATES {
+            m.pool_bots.with_label_values(&[state]).set(0);
+        }
+        for status in ACTIVE_STATUSES {
+            m.recordings_active.with_label_values(&[status_name(status)]).set(0);
+        }
+        for level in ["warn", "error"] {
+            m.bot_log_events.with_label_values(&[level]).inc_by(0);
+        }
+        for result in ["delivered", "failed", "gave_up"] {
+            m.webhook_deliveries.with_label_values(&[result]).inc_by(0);
+        }
+        for result in ["completed", "failed"] {
+            m.recoveries.with_label_values(&[result]).inc_by(0);
+        }
+        m.recordings_finished.with_label_values(&["failed", "bot_crashed"]).inc_by(0);
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub fn finished(&self, status: RecordingStatus, sub_code: Option<SubCode>) {
+        let sub = sub_code.map_or("none", |s| s.as_str());
+        self.recordings_finished.with_label_values(&[status_name(status), sub]).inc();
+    }
+}
+
+/// The status as the API spells it.
+pub fn status_name(status: RecordingStatus) -> &'static str {
+    match status {
+        RecordingStatus::Queued => "queued",
+        RecordingStatus::Joining => "joining",
+        RecordingStatus::WaitingRoom => "waiting_room",
+        RecordingStatus::Recording => "recording",
+        RecordingStatus::Stopping => "stopping",
+        RecordingStatus::Finalizing => "finalizing",
+        RecordingStatus::Completed => "completed",
+        RecordingStatus::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_all_are_exported() {
+        let m = Metrics::new();
+        m.start_latency.observe(0.3);
+        m.finished(RecordingStatus::Completed, Some(SubCode::MeetingEnded));
+        m.api_requests.with_label_values(&["/v1/pool", "GET", "200"]).inc();
+        m.api_duration.with_label_values(&["/v1/pool", "GET"]).observe(0.001);
+        let text = m.render();
+        for name in names::ALL {
+            assert!(name.starts_with("recfleet_"), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not exported:\n{text}");
+        }
+        assert!(text.contains(r#"recfleet_recordings_finished_total{status="completed",sub_code="meeting_ended"} 1"#), "{text}");
+    }
+}

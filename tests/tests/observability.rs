@@ -1,0 +1,256 @@
+//! Observability, checked with the real tools: promtool checks the rules and runs their unit
+//! tests and lints the controller's `/metrics`; amtool checks the Alertmanager example; the
+//! Grafana dashboards validate against Grafana's schema; no dashboard or rule names a metric
+//! the controller does not export; a real Prometheus scrapes a controller (`recfleet serve
+//! --log-format json`) during a recording and answers for the start latency and the bot's
+//! capture frame rate; the controller's log is JSON lines and the bot's forwarded warning
+//! carries the recording's id.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use recfleet::metrics::names;
+use recfleet_tests::meeting::MeetingServer;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn dashboards() -> PathBuf {
+    repo().join("dashboards")
+}
+
+/// Runs a tool `scripts/setup.sh` installs; a missing tool fails loudly.
+fn run(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): run scripts/setup.sh (make test does)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_checks_the_rules_and_runs_their_tests() {
+    let dir = dashboards();
+    let checked = run("promtool", &["check", "rules", "alerts.yml"], &dir);
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    let tested = run("promtool", &["test", "rules", "alerts.test.yml"], &dir);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    run("promtool", &["check", "config", "prometheus.yml"], &dir);
+    run("amtool", &["check-config", "alertmanager.yml"], &dir);
+    // Every alert has a runbook entry and a unit test.
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let runbook = std::fs::read_to_string(repo().join("docs/RUNBOOK.md")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts.test.yml")).unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(runbook.contains(&format!("## {alert}")), "{alert} has no section in docs/RUNBOOK.md");
+        assert!(tests.contains(&format!("alertname: {alert}")), "{alert} has no promtool test");
+    }
+}
+
+#[test]
+fn dashboards_validate_against_the_grafana_schema() {
+    let python = recfleet_tests::s3::tool_path("python");
+    let schema = dashboards().join("schema/grafana-dashboard.schema.json");
+    let check = "import json,jsonschema,sys; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1])))";
+    let mut n = 0;
+    for entry in std::fs::read_dir(dashboards().join("grafana")).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            run(python.to_str().unwrap(), &["-c", check, schema.to_str().unwrap(), path.to_str().unwrap()], &repo());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "the fleet overview and recording health dashboards");
+}
+
+/// The `recfleet_…` names a text mentions.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("recfleet_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        found.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    found
+}
+
+/// An exported series name: a metric's own name, or a histogram's `_bucket`/`_sum`/`_count`.
+fn exported(name: &str) -> bool {
+    names::ALL.contains(&name)
+        || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s).is_some_and(|base| names::ALL.contains(&base)))
+}
+
+#[test]
+fn dashboards_and_rules_name_only_exported_metrics() {
+    let mut files = vec![dashboards().join("alerts.yml"), dashboards().join("alerts.test.yml")];
+    files.extend(std::fs::read_dir(dashboards().join("grafana")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")));
+    let mut used = BTreeSet::new();
+    for file in &files {
+        let names_here = metric_names(&std::fs::read_to_string(file).unwrap());
+        for name in &names_here {
+            assert!(exported(name), "{} names {name}, which the controller does not export", file.display());
+        }
+        used.extend(names_here);
+    }
+    // The check itself can fail: an unknown name is caught.
+    assert!(!exported("recfleet_capture_fps"));
+    assert!(used.len() >= 15, "the dashboards use most metrics: {used:?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_http(http: &reqwest::Client, url: &str, what: &str) {
+    let started = Instant::now();
+    while !http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} not up at {url}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
+    let v: Value = http.get(format!("{prom}/api/v1/query")).query(&[("query", q)]).send().await.ok()?.json().await.ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+const KEY: &str = "obs-key";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
+    let meeting = MeetingServer::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log_path = tmp.path().join("controller.log");
+    let mut controller = tokio::process::Command::new(recfleet_tests::binary("recfleet"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"])
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("RUST_LOG", "info,chromiumoxide=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let prom_port = free_port();
+    let prom = format!("http://127.0.0.1:{prom_port}");
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: recfleet\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
+            dashboards().join("alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (Debian's `prometheus` package; scripts/setup.sh installs it)");
+
+    let http = reqwest::Client::new();
+    wait_http(&http, &format!("{base}/healthz"), "the controller").await;
+    wait_http(&http, &format!("{prom}/-/ready"), "Prometheus").await;
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move { http.get(url).bearer_auth(KEY).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let started = Instant::now();
+    while get("/v1/pool".into()).await["idle"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no warm bot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The first load fails (503): the bot warns, and the warning is forwarded.
+    let body = json!({"meeting_url": meeting.url("/m/obs?end=8&fail_loads=1"), "recipe_name": "recfleet-test-meeting"});
+    let rec: Value = http.post(format!("{base}/v1/recordings")).bearer_auth(KEY).json(&body).send().await.unwrap().json().await.unwrap();
+    let id = rec["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let done = loop {
+        let r = get(format!("/v1/recordings/{id}")).await;
+        if r["status"] == "completed" || r["status"] == "failed" {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "the recording did not finish: {r}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done:#}");
+
+    // Prometheus has scraped the recording: its start latency and the bot's frame rate.
+    let started = Instant::now();
+    let (latency_count, fps) = loop {
+        let count = query(&http, &prom, "sum(recfleet_recording_start_latency_seconds_count)").await;
+        let fps = query(&http, &prom, "sum(recfleet_capture_frame_rate_fps_sum) / sum(recfleet_capture_frame_rate_fps_count)").await;
+        if let (Some(c), Some(f)) = (count, fps) {
+            if c >= 1.0 {
+                break (c, f);
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "Prometheus has no start latency or fps: {count:?} {fps:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(latency_count, 1.0);
+    assert!((20.0..=31.0).contains(&fps), "capture fps {fps}");
+    let p50 = query(&http, &prom, "histogram_quantile(0.5, sum by (le) (recfleet_recording_start_latency_seconds_bucket))").await.unwrap();
+    assert!(p50 > 0.0 && p50 < 60.0, "start latency p50 {p50}");
+    assert_eq!(query(&http, &prom, r#"up{job="recfleet"}"#).await, Some(1.0));
+    let stored = query(&http, &prom, "sum(recfleet_upload_segments_stored_total)").await.unwrap();
+    assert!(stored >= 3.0, "segments stored {stored}");
+    let warned = query(&http, &prom, r#"sum(recfleet_bot_log_events_total{level="warn"})"#).await.unwrap();
+    assert!(warned >= 1.0, "the bot's warning is counted: {warned}");
+
+    // /metrics passes promtool's lint and exports every name the code declares.
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in names::ALL {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is not exported");
+    }
+    assert!(!text.contains(&id), "ids are never label values");
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(lint.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+
+    // Stop the controller; its log (and its bots', which share its stderr) is JSON lines.
+    // SAFETY: SIGINT to our own child.
+    unsafe { libc::kill(controller.id().unwrap() as libc::pid_t, libc::SIGINT) };
+    let _ = tokio::time::timeout(Duration::from_secs(30), controller.wait()).await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 10, "{log}");
+    let forwarded = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("bot: join attempt failed")))
+        .unwrap_or_else(|| panic!("the controller did not log the bot's forwarded warning:\n{log}"));
+    assert_eq!(forwarded["recording_id"], id.as_str(), "{forwarded}");
+    assert_eq!(forwarded["level"], "WARN");
+    assert!(forwarded["bot_id"].as_str().is_some_and(|b| b.starts_with("bot_")), "{forwarded}");
+}
