@@ -1,5 +1,5 @@
 # The two commands a user needs: `make demo` and `make test`. Both install what is missing.
-.PHONY: setup build demo test bench clean
+.PHONY: setup build images demo test bench clean
 
 setup:
 	scripts/setup.sh
@@ -7,10 +7,14 @@ setup:
 build: setup
 	cargo build --workspace --release
 
+# The bot and controller images (recfleet-bot:dev, recfleet:dev), from nothing if need be.
+images: build
+	container/build.sh
+
 demo: build
 	target/release/recfleet demo
 
-test: build
+test: build images
 	cargo nextest run --workspace --release
 
 bench: build

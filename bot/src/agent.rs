@@ -242,8 +242,15 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
 async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, live: Arc<std::sync::Mutex<Live>>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut vitals = crate::vitals::Vitals::default();
+    // A container's HEALTHCHECK looks at this file's age (see container/Dockerfile.bot).
+    let health_file = std::env::var_os("RECFLEET_HEALTH_FILE").map(std::path::PathBuf::from);
     loop {
         tick.tick().await;
+        if let Some(path) = &health_file {
+            if let Err(err) = std::fs::write(path, b"ok") {
+                tracing::debug!(error = %err, "cannot touch the health file");
+            }
+        }
         let (cpu_cores, rss_bytes) = vitals.sample();
         let (upload, capture) = {
             let live = live.lock().expect("live stats lock");

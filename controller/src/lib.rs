@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod docker;
 pub mod manager;
 pub mod metrics;
 pub mod model;
@@ -41,6 +42,10 @@ pub struct ServeConfig {
     pub s3_path_style: bool,
     /// How long presigned S3 download links stay valid.
     pub presign_expiry: std::time::Duration,
+    /// `Some`: bots run as Docker containers (`--runtime docker`); `None`: as processes.
+    pub docker: Option<docker::DockerConfig>,
+    /// The base URL bots dial (`ws://host:port`); default: the address the server listens on.
+    pub advertise_url: Option<String>,
 }
 
 impl ServeConfig {
@@ -63,6 +68,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("the recording store cannot be used: {0}")]
     Objects(#[from] recfleet_storage::StoreError),
+    #[error("the runtime cannot start: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
     #[error("invalid webhook secret: {0}")]
     WebhookSecret(String),
     #[error("the server failed: {0}")]
@@ -92,11 +99,28 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let metrics = Arc::new(metrics::Metrics::new());
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-    let runtime = Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx));
+    let runtime: Arc<dyn runtime::Runtime> = match &cfg.docker {
+        None => Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx)),
+        Some(d) => {
+            let mut d = d.clone();
+            if let recfleet_storage::StoreUrl::File(dir) = &store_url {
+                // The bots write a folder store through a mount at the same path.
+                d.binds.push(format!("{0}:{0}", dir.display()));
+            }
+            d.env.extend(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")));
+            let docker = docker::DockerRuntime::connect(d, exits_tx).await?;
+            let known = store.load_bots().await?.into_iter().map(|b| b.id).collect();
+            let removed = docker.adopt_or_remove(&known).await?;
+            if removed > 0 {
+                tracing::info!(removed, "removed orphaned bot containers");
+            }
+            Arc::new(docker)
+        }
+    };
     let manager_cfg = manager::ManagerConfig {
         min_idle: cfg.pool_min_idle,
         max: cfg.pool_max,
-        controller_url: format!("ws://{addr}/v1/bots/connect"),
+        controller_url: format!("{}/v1/bots/connect", cfg.advertise_url.clone().unwrap_or_else(|| format!("ws://{addr}")).trim_end_matches('/')),
         spool_root,
         bot_env,
         objects: objects.clone(),

@@ -52,9 +52,28 @@ struct ServeArgs {
     /// The bot binary (default: `recfleet-bot` next to this one).
     #[arg(long, env = "RECFLEET_BOT_BINARY")]
     bot_binary: Option<PathBuf>,
-    /// Where bots run. Only `process` so far; `docker` and `ecs` come behind the same trait.
-    #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process")]
+    /// Where bots run: `process` (local child processes) or `docker` (a container each).
+    #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process", value_parser = ["process", "docker"])]
     runtime: String,
+    /// The bot image for `--runtime docker`.
+    #[arg(long, env = "RECFLEET_BOT_IMAGE", default_value = "recfleet-bot:dev")]
+    bot_image: String,
+    /// The address bots dial, `ws://host:port` (default: the listen address). With Docker, an
+    /// address the containers reach (e.g. the network's gateway).
+    #[arg(long, env = "RECFLEET_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// The Docker network bot containers join.
+    #[arg(long, env = "RECFLEET_DOCKER_NETWORK", default_value = "bridge")]
+    docker_network: String,
+    /// Names this controller's containers (label `recfleet.pool`); orphans with it are removed at start.
+    #[arg(long, env = "RECFLEET_POOL_NAME", default_value = "default")]
+    pool_name: String,
+    /// CPU limit per bot container, in cores.
+    #[arg(long, env = "RECFLEET_BOT_CPUS", default_value_t = 1.0)]
+    bot_cpus: f64,
+    /// Memory limit per bot container, in MiB.
+    #[arg(long, env = "RECFLEET_BOT_MEMORY_MB", default_value_t = 2048)]
+    bot_memory_mb: i64,
     /// Where recordings are stored: `file:///dir` or `s3://bucket/prefix` (default
     /// `file://<data-dir>`; recordings go under `recordings/<id>/`). S3 credentials, region
     /// and endpoint come from the standard AWS settings (environment, profile, task role,
@@ -114,7 +133,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
     anyhow::ensure!(args.pool_min_idle <= args.pool_max, "invalid --pool-min-idle: must not exceed --pool-max ({})", args.pool_max);
-    anyhow::ensure!(args.runtime == "process", "invalid --runtime {:?}: only `process` is available so far", args.runtime);
+    if let Some(url) = &args.advertise_url {
+        anyhow::ensure!(url.starts_with("ws://") || url.starts_with("wss://"), "invalid --advertise-url {url:?}: use ws://host:port");
+    }
+    anyhow::ensure!(args.bot_cpus > 0.0 && args.bot_memory_mb >= 256, "invalid --bot-cpus/--bot-memory-mb: at least some CPU and 256 MiB");
+    let docker = (args.runtime == "docker").then(|| recfleet::docker::DockerConfig {
+        image: args.bot_image.clone(),
+        pool: args.pool_name.clone(),
+        network: args.docker_network.clone(),
+        cpus: args.bot_cpus,
+        memory_bytes: args.bot_memory_mb * 1024 * 1024,
+        ..Default::default()
+    });
     let store = match &args.store {
         Some(url) => Some(url.parse::<recfleet_storage::StoreUrl>().map_err(|e| anyhow::anyhow!("invalid --store: {e}"))?),
         None => None,
@@ -129,7 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("recfleet: generated API key (shown once): {key}");
         key
     });
-    let bot_binary = bot_binary(args.bot_binary)?;
+    // Containers bring their own bot binary.
+    let bot_binary = if docker.is_some() { args.bot_binary.unwrap_or_default() } else { bot_binary(args.bot_binary)? };
     let cfg = recfleet::ServeConfig {
         data_dir: args.data_dir,
         api_key,
@@ -143,6 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         store,
         s3_path_style: args.s3_path_style,
         presign_expiry: std::time::Duration::from_secs(args.presign_expiry_secs),
+        docker,
+        advertise_url: args.advertise_url,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

@@ -1,5 +1,6 @@
 //! Where bots run. One small trait; the `process` runtime (the default) launches
-//! `recfleet-bot agent` as a child process. Docker and ECS implement the same trait later.
+//! `recfleet-bot agent` as a child process; `docker` (in `docker.rs`) runs each bot in a
+//! container. ECS implements the same trait later.
 //!
 //! A runtime launches and stops; it must not decide how many bots there should be (that is
 //! `pool`) or what they record (that is `manager`).
@@ -28,6 +29,8 @@ pub struct LaunchSpec {
 pub enum RuntimeError {
     #[error("cannot launch bot {bot_id} ({program}): {source}")]
     Launch { bot_id: String, program: String, source: std::io::Error },
+    #[error("{0}")]
+    Docker(String),
 }
 
 /// A launched bot's exit, reported by the runtime.

@@ -82,12 +82,17 @@ impl S3Server {
         S3Server { _child: child, endpoint: format!("http://{addr}"), addr, _dir: None }
     }
 
-    /// s3s-fs on a free port, serving a temporary folder, checking signatures.
+    /// s3s-fs on a free loopback port, serving a temporary folder, checking signatures.
     pub async fn s3s_fs() -> S3Server {
-        let port = free_port();
+        Self::s3s_fs_on("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// s3s-fs on a free port of `ip` (a Docker network's gateway, for bots in containers).
+    pub async fn s3s_fs_on(ip: std::net::IpAddr) -> S3Server {
+        let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(tool_path("s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .args(["--host", &ip.to_string(), "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -95,7 +100,7 @@ impl S3Server {
             .kill_on_drop(true)
             .spawn()
             .expect("start s3s-fs");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = SocketAddr::new(ip, port);
         wait_listening(addr, &mut child, "s3s-fs").await;
         S3Server { _child: child, endpoint: format!("http://{addr}"), addr, _dir: Some(dir) }
     }

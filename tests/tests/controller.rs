@@ -34,6 +34,8 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         store: None,
         s3_path_style: false,
         presign_expiry: Duration::from_secs(3600),
+        docker: None,
+        advertise_url: None,
     }
 }
 

@@ -66,7 +66,12 @@ pub struct MeetingServer {
 impl MeetingServer {
     /// Serves on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Serves on a free port of `ip` (a Docker network's gateway, for bots in containers).
+    pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, router()).await {

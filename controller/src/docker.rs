@@ -1,0 +1,197 @@
+//! The `docker` runtime: each bot in a container of its own (the `recfleet-bot` image), through
+//! the engine's API (bollard). Containers get CPU and memory limits, 1 GiB of `/dev/shm` for
+//! Chromium, labels naming the pool and the bot, and the controller's URL and the bot's token in
+//! their environment. A bot is stopped with SIGTERM, a grace, then SIGKILL (the engine's stop);
+//! its exit is reported like a process's, and the container is removed after.
+//!
+//! Like every runtime, it launches and stops; it must not decide how many bots there are.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::runtime::{Exited, LaunchSpec, Runtime, RuntimeError};
+
+/// Labels every bot container carries.
+pub const LABEL_POOL: &str = "recfleet.pool";
+pub const LABEL_BOT: &str = "recfleet.bot_id";
+/// How long a bot gets after SIGTERM to finalize before the engine kills it.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How bot containers are made.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub image: String,
+    /// Names this controller's containers (label `recfleet.pool`).
+    pub pool: String,
+    /// The Docker network the bots join (`bridge` by default).
+    pub network: String,
+    pub cpus: f64,
+    pub memory_bytes: i64,
+    pub shm_bytes: i64,
+    /// Host folders mounted at the same path (a `file://` store).
+    pub binds: Vec<String>,
+    /// More environment for every bot (the AWS settings of an S3 store).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            image: "recfleet-bot:dev".into(),
+            pool: "default".into(),
+            network: "bridge".into(),
+            cpus: 1.0,
+            memory_bytes: 2 << 30,
+            shm_bytes: 1 << 30,
+            binds: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    cfg: DockerConfig,
+    exits: mpsc::UnboundedSender<Exited>,
+}
+
+/// The container name of a bot.
+pub fn container_name(bot_id: &str) -> String {
+    format!("recfleet-{bot_id}")
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine and checks it answers and has the image.
+    pub async fn connect(cfg: DockerConfig, exits: mpsc::UnboundedSender<Exited>) -> Result<Self, RuntimeError> {
+        let err = |e: String| RuntimeError::Docker(e);
+        let docker = Docker::connect_with_local_defaults().map_err(|e| err(format!("cannot reach the Docker engine: {e}")))?;
+        docker.ping().await.map_err(|e| err(format!("the Docker engine does not answer: {e}")))?;
+        docker
+            .inspect_image(&cfg.image)
+            .await
+            .map_err(|e| err(format!("the bot image {} is missing (container/build.sh makes it): {e}", cfg.image)))?;
+        Ok(Self { docker, cfg, exits })
+    }
+
+    /// This pool's bot containers: bot id → container id.
+    pub async fn containers(&self) -> Result<HashMap<String, String>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_POOL}={}", self.cfg.pool)])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .map_err(|e| RuntimeError::Docker(format!("cannot list containers: {e}")))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| Some((c.labels?.get(LABEL_BOT)?.clone(), c.id?)))
+            .collect())
+    }
+
+    /// Removes this pool's containers whose bot the controller does not know (a controller
+    /// that lost its state, or a bot whose removal was interrupted); watches the others again.
+    /// Returns how many were removed.
+    pub async fn adopt_or_remove(&self, known: &HashSet<String>) -> Result<usize, RuntimeError> {
+        let mut removed = 0;
+        for (bot_id, id) in self.containers().await? {
+            if known.contains(&bot_id) {
+                tokio::spawn(watch(self.docker.clone(), bot_id, id, self.exits.clone()));
+            } else {
+                tracing::warn!(bot_id = %bot_id, container = %id, "removing an orphaned bot container");
+                let opts = RemoveContainerOptions { force: true, ..Default::default() };
+                match self.docker.remove_container(&id, Some(opts)).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(bot_id = %bot_id, error = %e, "cannot remove an orphaned container"),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn body(&self, spec: &LaunchSpec) -> ContainerCreateBody {
+        let mut env = vec![
+            format!("RECFLEET_CONTROLLER_URL={}", spec.controller_url),
+            format!("RECFLEET_BOT_ID={}", spec.bot_id),
+            format!("RECFLEET_BOT_TOKEN={}", spec.token),
+        ];
+        env.extend(spec.env.iter().chain(self.cfg.env.iter()).map(|(k, v)| format!("{k}={v}")));
+        let labels = HashMap::from([(LABEL_POOL.to_string(), self.cfg.pool.clone()), (LABEL_BOT.to_string(), spec.bot_id.clone())]);
+        ContainerCreateBody {
+            image: Some(self.cfg.image.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                nano_cpus: Some((self.cfg.cpus * 1e9) as i64),
+                memory: Some(self.cfg.memory_bytes),
+                shm_size: Some(self.cfg.shm_bytes),
+                network_mode: Some(self.cfg.network.clone()),
+                binds: (!self.cfg.binds.is_empty()).then(|| self.cfg.binds.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Waits for a bot's container to exit, reports it, and removes the container.
+async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::UnboundedSender<Exited>) {
+    let mut wait = docker.wait_container(&id, Some(WaitContainerOptions { condition: "not-running".into() }));
+    let detail = match wait.next().await {
+        Some(Ok(r)) => format!("container exit code {}", r.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, error })) => {
+            format!("container exit code {code}{}", if error.is_empty() { String::new() } else { format!(": {error}") })
+        }
+        Some(Err(e)) => format!("lost track of the container: {e}"),
+        None => "the container is gone".into(),
+    };
+    let _ = exits.send(Exited { bot_id: bot_id.clone(), detail });
+    let opts = RemoveContainerOptions { force: true, ..Default::default() };
+    if let Err(e) = docker.remove_container(&id, Some(opts)).await {
+        tracing::debug!(bot_id = %bot_id, error = %e, "container already removed");
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn launch(&self, spec: &LaunchSpec) -> Result<(), RuntimeError> {
+        let (docker, body, exits) = (self.docker.clone(), self.body(spec), self.exits.clone());
+        let bot_id = spec.bot_id.clone();
+        tokio::spawn(async move {
+            let name = container_name(&bot_id);
+            let created = docker
+                .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+                .await;
+            let started = match created {
+                Ok(c) => docker.start_container(&c.id, None::<StartContainerOptions>).await.map(|()| c.id),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(id) => watch(docker, bot_id, id, exits).await,
+                Err(e) => {
+                    tracing::error!(bot_id = %bot_id, error = %e, "cannot start a bot container");
+                    let _ = exits.send(Exited { bot_id, detail: format!("cannot start its container: {e}") });
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn stop(&self, bot_id: &str) {
+        let docker = self.docker.clone();
+        let name = container_name(bot_id);
+        tokio::spawn(async move {
+            let opts = StopContainerOptions { t: Some(STOP_GRACE.as_secs() as i32), ..Default::default() };
+            if let Err(e) = docker.stop_container(&name, Some(opts)).await {
+                tracing::debug!(container = %name, error = %e, "stop: the container is already gone");
+            }
+        });
+    }
+}

@@ -1,0 +1,218 @@
+//! The `docker` runtime with the real images (`container/build.sh`, which `make test` runs
+//! first: on a fresh machine it makes the base image with debootstrap and builds both images
+//! from nothing). Each test gets a Docker network of its own; the controller, the meeting and
+//! the S3 server (s3s-fs) listen on that network's gateway, which the containers reach.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use recfleet_tests::meeting::MeetingServer;
+use recfleet_tests::s3::{create_bucket, use_endpoint, S3Server};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "docker-key";
+const BOT_IMAGE: &str = "recfleet-bot:dev";
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().expect("docker");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Docker network of the test's own, removed at the end.
+struct Net {
+    name: String,
+    gateway: IpAddr,
+}
+
+impl Net {
+    fn create(tag: &str) -> Net {
+        let name = format!("recfleet-test-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("docker").args(["network", "rm", &name]).output();
+        docker(&["network", "create", &name]);
+        let gateway = docker(&["network", "inspect", &name, "--format", "{{(index .IPAM.Config 0).Gateway}}"]).parse().unwrap();
+        Net { name, gateway }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for id in docker(&["ps", "-aq", "--filter", &format!("network={}", self.name)]).split_whitespace() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = std::process::Command::new("docker").args(["network", "rm", &self.name]).output();
+    }
+}
+
+fn pool_containers(pool: &str) -> Vec<String> {
+    docker(&["ps", "-q", "--filter", &format!("label=recfleet.pool={pool}")]).split_whitespace().map(str::to_string).collect()
+}
+
+struct Controller {
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    served: Option<tokio::task::JoinHandle<Result<(), recfleet::ServeError>>>,
+}
+
+impl Controller {
+    async fn start(net: &Net, pool: &str, data: &std::path::Path, bucket: &str, keep: bool) -> Controller {
+        let listener = tokio::net::TcpListener::bind((net.gateway, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = recfleet::ServeConfig {
+            data_dir: data.to_path_buf(),
+            api_key: KEY.into(),
+            pool_min_idle: 1,
+            pool_max: 2,
+            allowed_hosts: None,
+            bot_binary: Default::default(),
+            webhook_secret: None,
+            keep_bots_on_exit: keep,
+            store: Some(format!("s3://{bucket}").parse().unwrap()),
+            s3_path_style: true,
+            presign_expiry: Duration::from_secs(600),
+            docker: Some(recfleet::docker::DockerConfig {
+                image: BOT_IMAGE.into(),
+                pool: pool.into(),
+                network: net.name.clone(),
+                ..Default::default()
+            }),
+            advertise_url: Some(format!("ws://{addr}")),
+        };
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(recfleet::serve(cfg, listener, shutdown.clone()));
+        Controller { base: format!("http://{addr}"), http: reqwest::Client::new(), shutdown, served: Some(served) }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let v = self.get(path).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(started.elapsed() < limit, "{what} not reached within {limit:?}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn record(&self, meeting_url: String) -> String {
+        let body = json!({"meeting_url": meeting_url, "recipe_name": "recfleet-test-meeting"});
+        let rec: Value = self.http.post(format!("{}/v1/recordings", self.base)).bearer_auth(KEY).json(&body).send().await.unwrap().json().await.unwrap();
+        rec["id"].as_str().unwrap_or_else(|| panic!("{rec}")).to_string()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            served.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn assert_images_built() {
+    for image in [BOT_IMAGE, "recfleet:dev"] {
+        let out = std::process::Command::new("docker").args(["image", "inspect", image]).output().expect("docker");
+        assert!(out.status.success(), "{image} is missing: `make test` builds it with container/build.sh");
+    }
+}
+
+async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
+    let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "presigned GET");
+    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
+    let p = recfleet_tests::media::probe(file.path());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
+    assert!(p.faststart);
+    p
+}
+
+/// A warm bot container records the bundled meeting to a playable MP4; killing the next
+/// recording's container mid-meeting leaves a partial recording finalized from the bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_bots_record_and_a_killed_container_is_recovered() {
+    assert_images_built();
+    let net = Net::create("rec");
+    let s3 = S3Server::s3s_fs_on(net.gateway).await;
+    use_endpoint(&s3.endpoint);
+    create_bucket("recfleet-docker").await;
+    let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pool = format!("t{}", std::process::id());
+    let c = Controller::start(&net, &pool, data.path(), "recfleet-docker", false).await;
+
+    c.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    let containers = pool_containers(&pool);
+    assert_eq!(containers.len(), 1, "one warm bot, in its own container");
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &containers[0]])).unwrap();
+    let host = &inspect[0]["HostConfig"];
+    assert_eq!(host["NanoCpus"], 1_000_000_000i64, "a CPU limit");
+    assert_eq!(host["Memory"], 2i64 << 30, "a memory limit");
+    assert_eq!(host["ShmSize"], 1i64 << 30, "room in /dev/shm for Chromium");
+    assert_eq!(inspect[0]["Config"]["User"], "recfleet", "not root");
+
+    let id = c.record(meeting.url("/m/docker?end=8")).await;
+    let path = format!("/v1/recordings/{id}");
+    let done = c.wait_for("completed", Duration::from_secs(120), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("meeting_ended"), Some(false)), "{done:#}");
+    let p = playable(&c.http, &done).await;
+    assert!((p.duration_secs - 8.0).abs() <= 1.5, "duration {}", p.duration_secs);
+
+    // The next recording's container is killed mid-meeting.
+    c.wait_for("a fresh warm bot", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1 && p["busy"] == 0).await;
+    let id = c.record(meeting.url("/m/docker-kill?end=0")).await;
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let busy: Vec<String> = pool_containers(&pool)
+        .into_iter()
+        .filter(|c| std::process::Command::new("docker").args(["exec", c, "pgrep", "-x", "ffmpeg"]).output().is_ok_and(|o| o.status.success()))
+        .collect();
+    assert_eq!(busy.len(), 1, "the recording container");
+    docker(&["kill", &busy[0]]);
+    let done = c.wait_for("finalized from the bucket", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("bot_crashed"), Some(true)), "{done:#}");
+    let p = playable(&c.http, &done).await;
+    assert!(p.duration_secs >= 4.0, "duration {}", p.duration_secs);
+    c.stop().await;
+    // Stopped with its controller (bots not kept): no container of the pool is left.
+    let started = Instant::now();
+    while !pool_containers(&pool).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(45), "containers left: {:?}", pool_containers(&pool));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A controller that starts without the state of the one before (its data folder lost) finds
+/// that one's bot containers by their pool label and removes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_controller_removes_orphaned_containers() {
+    assert_images_built();
+    let net = Net::create("orphans");
+    let s3 = S3Server::s3s_fs_on(net.gateway).await;
+    use_endpoint(&s3.endpoint);
+    create_bucket("recfleet-orphans").await;
+    let pool = format!("o{}", std::process::id());
+    let first_data = tempfile::tempdir().unwrap();
+    let first = Controller::start(&net, &pool, first_data.path(), "recfleet-orphans", true).await;
+    first.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    first.stop().await;
+    let orphans: HashSet<String> = pool_containers(&pool).into_iter().collect();
+    assert_eq!(orphans.len(), 1, "kept on exit (a restart would re-adopt it)");
+
+    let second_data = tempfile::tempdir().unwrap();
+    let second = Controller::start(&net, &pool, second_data.path(), "recfleet-orphans", false).await;
+    second.wait_for("its own warm bot", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    let now: HashSet<String> = pool_containers(&pool).into_iter().collect();
+    assert!(now.is_disjoint(&orphans), "the orphan is removed: {orphans:?} still in {now:?}");
+    assert_eq!(now.len(), 1);
+    second.stop().await;
+}
