@@ -17,10 +17,11 @@ demo: build
 test: build images
 	cargo nextest run --workspace --release
 
-bench: build
+bench: build images
 	python3 bench/record_bench.py
 	python3 bench/controller_bench.py
 	python3 bench/upload_bench.py
+	python3 bench/docker_bench.py
 
 clean:
 	rm -rf target demo-output

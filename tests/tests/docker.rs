@@ -216,3 +216,16 @@ async fn a_restarted_controller_removes_orphaned_containers() {
     assert_eq!(now.len(), 1);
     second.stop().await;
 }
+
+/// The single-host deployment file is valid for the Compose tool on this machine.
+#[test]
+fn the_compose_file_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../container");
+    let out = std::process::Command::new("docker-compose")
+        .args(["-f", "compose.yaml", "config", "-q"])
+        .current_dir(&dir)
+        .env("RECFLEET_API_KEY", "check")
+        .output()
+        .expect("docker-compose (Debian's docker-compose package)");
+    assert!(out.status.success(), "compose.yaml: {}", String::from_utf8_lossy(&out.stderr));
+}
