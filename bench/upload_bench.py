@@ -29,6 +29,8 @@ RECIPE = ROOT / "tests" / "meeting" / "recipe.json"
 VENV = Path(os.environ.get("RECFLEET_TOOLS_VENV", Path.home() / ".cache" / "recfleet" / "venv"))
 BUCKET = "recfleet-bench"
 
+from record_bench import start_meeting  # noqa: E402  (the same bundled meeting server)
+
 
 def free_port():
     with socket.socket() as s:
@@ -111,14 +113,6 @@ def aws_env(endpoint):
         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     })
     return env
-
-
-def start_meeting():
-    proc = subprocess.Popen([str(BIN / "recfleet-meeting")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://"):
-        sys.exit("bench: the test meeting did not start")
-    return proc, url
 
 
 def journal(out):

@@ -4,8 +4,8 @@
 set -euo pipefail
 
 APT_PACKAGES=(chromium ffmpeg xvfb pulseaudio pulseaudio-utils fonts-dejavu-core procps ca-certificates
-  prometheus prometheus-alertmanager debootstrap python3-venv)
-NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap)
+  prometheus prometheus-alertmanager debootstrap python3-venv docker-compose binutils)
+NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap docker-compose strip)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -244,6 +244,7 @@ async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, live: Arc<std::sy
     let mut vitals = crate::vitals::Vitals::default();
     // A container's HEALTHCHECK looks at this file's age (see container/Dockerfile.bot).
     let health_file = std::env::var_os("RECFLEET_HEALTH_FILE").map(std::path::PathBuf::from);
+    let mut last_progress: Option<(u64, u64)> = None;
     loop {
         tick.tick().await;
         if let Some(path) = &health_file {
@@ -252,10 +253,24 @@ async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, live: Arc<std::sy
             }
         }
         let (cpu_cores, rss_bytes) = vitals.sample();
-        let (upload, capture) = {
+        let (upload, mut capture) = {
             let live = live.lock().expect("live stats lock");
             (live.upload.clone(), live.capture.as_ref().map(|c| c.lock().expect("capture stats lock").clone()))
         };
+        if let Some(c) = capture.as_mut() {
+            // Frames over the time between the two progress reports they come from: exact,
+            // whatever the heartbeat's own timing.
+            if let (Some((frames, ms)), Some(now_ms)) = (last_progress, c.progress_ms) {
+                if now_ms >= ms + 1000 && c.frames >= frames {
+                    c.fps = Some((c.frames - frames) as f64 * 1000.0 / (now_ms - ms) as f64);
+                }
+            }
+            if let Some(ms) = c.progress_ms {
+                if last_progress.is_none_or(|(_, last)| ms >= last + 1000) {
+                    last_progress = Some((c.frames, ms));
+                }
+            }
+        }
         if outbox.send(BotMessage::Heartbeat { capture, cpu_cores, rss_bytes, upload }).is_err() {
             return;
         }

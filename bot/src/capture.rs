@@ -278,6 +278,7 @@ fn consume(
     tx: &mpsc::UnboundedSender<Update>,
 ) {
     let mut started = false;
+    let began = std::time::Instant::now();
     let mut last_report = std::time::Instant::now();
     let mut last_slow_warning: Option<std::time::Instant> = None;
     for event in events {
@@ -287,6 +288,7 @@ fn consume(
                 let (dup, dropped) = parse_dup_drop(&p.raw_log_message);
                 let mut s = stats.lock().expect("stats lock");
                 s.frames = u64::from(p.frame);
+                s.progress_ms = Some(began.elapsed().as_millis() as u64);
                 s.duplicated_frames = dup;
                 s.dropped_frames = dropped;
                 if p.speed > 0.0 {

@@ -93,7 +93,6 @@ struct Bot {
 
 #[derive(Debug, Default)]
 struct Vitals {
-    frames: Option<(Instant, u64)>,
     dropped: u64,
     failed_uploads: u64,
     backlog_files: u64,
@@ -295,14 +294,9 @@ impl Manager {
             m.bot_rss.observe(rss as f64);
         }
         if let Some(capture) = hb.capture {
-            let now = Instant::now();
-            if let Some((at, frames)) = bot.vitals.frames {
-                let secs = now.duration_since(at).as_secs_f64();
-                if secs > 0.5 && capture.frames >= frames {
-                    m.capture_fps.observe((capture.frames - frames) as f64 / secs);
-                }
+            if let Some(fps) = capture.fps {
+                m.capture_fps.observe(fps);
             }
-            bot.vitals.frames = Some((now, capture.frames));
             if let Some(speed) = capture.last_speed {
                 m.capture_speed.observe(speed);
             }
@@ -386,7 +380,21 @@ impl Manager {
                 };
                 let _ = reply.send(ok);
             }
-            Command::FromBot { bot_id, msg } => self.on_bot_message(&bot_id, msg),
+            Command::FromBot { bot_id, msg } => {
+                // Whatever the manager logs about this message carries the bot's and the
+                // recording's ids.
+                let recording_id = match &msg {
+                    BotMessage::StateChanged { recording_id, .. }
+                    | BotMessage::Timeline { recording_id, .. }
+                    | BotMessage::SegmentStored { recording_id, .. }
+                    | BotMessage::Finished { recording_id, .. } => Some(recording_id.clone()),
+                    BotMessage::Hello { recording_id, .. } => recording_id.clone(),
+                    _ => self.bots.get(&bot_id).and_then(|b| b.recording.clone()),
+                };
+                let span = tracing::info_span!("bot_message", bot_id = %bot_id, recording_id = recording_id.as_deref().unwrap_or(""));
+                let _entered = span.enter();
+                self.on_bot_message(&bot_id, msg)
+            }
             Command::Shutdown { reply } => {
                 self.shut_down();
                 let _ = reply.send(());

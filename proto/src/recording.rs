@@ -250,6 +250,12 @@ pub struct CaptureStats {
     /// Lowest speed seen after the first seconds (1.0 = realtime).
     pub min_speed: Option<f64>,
     pub last_speed: Option<f64>,
+    /// When `frames` was last updated, in ms since the capture started (the bot's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_ms: Option<u64>,
+    /// Frames encoded per second since the previous heartbeat (heartbeats only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
 }
 
 #[cfg(test)]

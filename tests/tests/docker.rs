@@ -123,6 +123,34 @@ fn assert_images_built() {
     }
 }
 
+/// The controller image remuxes segments into a playable MP4 (what recovery does) with its
+/// slimmed FFmpeg, and its binary runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_image_can_finalize_a_recording() {
+    assert_images_built();
+    let dir = tempfile::tempdir().unwrap();
+    // A short HLS fMP4 recording like a bot's, made on the host.
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=4"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=4", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "60", "-c:a", "aac"])
+        .args(["-f", "hls", "-hls_time", "2", "-hls_segment_type", "fmp4", "-hls_playlist_type", "vod", "index.m3u8"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mount = format!("{}:/work", dir.path().display());
+    docker(&[
+        "run", "--rm", "-v", &mount, "-w", "/work", "--entrypoint", "ffmpeg", "recfleet:dev",
+        "-hide_banner", "-loglevel", "error", "-i", "index.m3u8", "-c", "copy", "-movflags", "+faststart", "recording.mp4",
+    ]);
+    let p = recfleet_tests::media::probe(&dir.path().join("recording.mp4"));
+    assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
+    assert!(p.faststart && (p.duration_secs - 4.0).abs() < 0.5, "{p:?}");
+    let help = docker(&["run", "--rm", "recfleet:dev", "--help"]);
+    assert!(help.contains("--runtime"), "{help}");
+}
+
 async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
     let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
     let resp = http.get(url).send().await.unwrap();
