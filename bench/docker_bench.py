@@ -92,7 +92,10 @@ def main():
         gateway = sh("docker", "network", "inspect", net, "--format", "{{(index .IPAM.Config 0).Gateway}}")
         times = [one_run(net, gateway, f"bench{os.getpid()}-{i}") for i in range(args.runs)]
     finally:
-        subprocess.run(["docker", "network", "rm", net], capture_output=True)
+        # The last bots are still stopping (their containers remove themselves): wait for them.
+        deadline = time.time() + 60
+        while time.time() < deadline and subprocess.run(["docker", "network", "rm", net], capture_output=True).returncode != 0:
+            time.sleep(0.5)
     print(f"\nContainer create -> idle, warm bot ({args.runs} runs)")
     print(f"{'p50 s':>7} {'min s':>7} {'max s':>7}")
     print(f"{statistics.median(times):>7.2f} {min(times):>7.2f} {max(times):>7.2f}")

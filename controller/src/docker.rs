@@ -135,6 +135,9 @@ impl DockerRuntime {
                 shm_size: Some(self.cfg.shm_bytes),
                 network_mode: Some(self.cfg.network.clone()),
                 binds: (!self.cfg.binds.is_empty()).then(|| self.cfg.binds.clone()),
+                // The engine removes a bot's container when it exits, even if this controller
+                // is gone by then (it stopped and did not keep its bots).
+                auto_remove: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -142,9 +145,10 @@ impl DockerRuntime {
     }
 }
 
-/// Waits for a bot's container to exit, reports it, and removes the container.
+/// Waits for a bot's container to exit (and be removed: containers are auto-removed) and
+/// reports it.
 async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::UnboundedSender<Exited>) {
-    let mut wait = docker.wait_container(&id, Some(WaitContainerOptions { condition: "not-running".into() }));
+    let mut wait = docker.wait_container(&id, Some(WaitContainerOptions { condition: "removed".into() }));
     let detail = match wait.next().await {
         Some(Ok(r)) => format!("container exit code {}", r.status_code),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, error })) => {
@@ -154,9 +158,10 @@ async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::Unbounde
         None => "the container is gone".into(),
     };
     let _ = exits.send(Exited { bot_id: bot_id.clone(), detail });
+    // Normally gone already (auto-remove); a container that was not created that way is removed.
     let opts = RemoveContainerOptions { force: true, ..Default::default() };
-    if let Err(e) = docker.remove_container(&id, Some(opts)).await {
-        tracing::debug!(bot_id = %bot_id, error = %e, "container already removed");
+    if docker.remove_container(&id, Some(opts)).await.is_ok() {
+        tracing::debug!(bot_id = %bot_id, "removed the bot's container");
     }
 }
 
