@@ -145,7 +145,7 @@ impl DockerRuntime {
     }
 }
 
-/// Waits for a bot's container to exit (and be removed: containers are auto-removed) and
+/// Waits for a bot's container to exit and be removed (containers are auto-removed), and
 /// reports it.
 async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::UnboundedSender<Exited>) {
     let mut wait = docker.wait_container(&id, Some(WaitContainerOptions { condition: "removed".into() }));
@@ -157,12 +157,7 @@ async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::Unbounde
         Some(Err(e)) => format!("lost track of the container: {e}"),
         None => "the container is gone".into(),
     };
-    let _ = exits.send(Exited { bot_id: bot_id.clone(), detail });
-    // Normally gone already (auto-remove); a container that was not created that way is removed.
-    let opts = RemoveContainerOptions { force: true, ..Default::default() };
-    if docker.remove_container(&id, Some(opts)).await.is_ok() {
-        tracing::debug!(bot_id = %bot_id, "removed the bot's container");
-    }
+    let _ = exits.send(Exited { bot_id, detail });
 }
 
 impl Runtime for DockerRuntime {

@@ -275,9 +275,14 @@ impl Manager {
         m.pool_bots.with_label_values(&["busy"]).set(o.busy as i64);
         m.pool_max_bots.set(self.cfg.max as i64);
         m.pool_queued.set(self.queue.len() as i64);
-        for status in ACTIVE_STATUSES {
-            let n = self.recordings.values().filter(|e| e.stored.view.status == status).count();
-            m.recordings_active.with_label_values(&[status_name(status)]).set(n as i64);
+        let mut active = [0i64; ACTIVE_STATUSES.len()];
+        for entry in self.recordings.values() {
+            if let Some(i) = ACTIVE_STATUSES.iter().position(|s| *s == entry.stored.view.status) {
+                active[i] += 1;
+            }
+        }
+        for (status, n) in ACTIVE_STATUSES.iter().zip(active) {
+            m.recordings_active.with_label_values(&[status_name(*status)]).set(n);
         }
         m.upload_backlog_segments.set(self.bots.values().map(|b| b.vitals.backlog_files).sum::<u64>() as i64);
         m.upload_backlog_bytes.set(self.bots.values().map(|b| b.vitals.backlog_bytes).sum::<u64>() as i64);

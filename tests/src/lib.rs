@@ -25,6 +25,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A free loopback port (for a server that takes its port as a flag).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tool `scripts/setup.sh` installs: in the project's tools virtualenv, in cargo's bin
+/// folder, or on PATH. A missing one fails the test loudly.
+pub fn tool(name: &str) -> PathBuf {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let venv = std::env::var_os("RECFLEET_TOOLS_VENV").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/recfleet/venv"));
+    let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    [venv.join("bin"), home.join(".cargo/bin")]
+        .into_iter()
+        .chain(path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is missing: run `scripts/setup.sh` (make test does) to install it"))
+}
+
 /// Where the bundled test meeting's files are.
 pub fn meeting_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("meeting")

@@ -7,7 +7,6 @@
 //! free loopback port and dies with its handle.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,27 +29,6 @@ pub struct S3Server {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A tool `scripts/setup.sh` installs: in the project's tools virtualenv, or on PATH.
-pub fn tool_path(name: &str) -> PathBuf {
-    let venv = std::env::var_os("RECFLEET_TOOLS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/recfleet/venv"));
-    let candidates = [venv.join("bin").join(name), PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin").join(name)];
-    if let Some(found) = candidates.iter().find(|p| p.exists()) {
-        return found.clone();
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.exists());
-    on_path.unwrap_or_else(|| panic!("{name} is missing: run `scripts/setup.sh` (make test does) to install it"))
-}
-
 async fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
     let started = Instant::now();
     loop {
@@ -68,8 +46,8 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) {
 impl S3Server {
     /// moto's server on a free port.
     pub async fn moto() -> S3Server {
-        let port = free_port();
-        let mut child = Command::new(tool_path("moto_server"))
+        let port = crate::free_port();
+        let mut child = Command::new(crate::tool("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -91,7 +69,7 @@ impl S3Server {
     pub async fn s3s_fs_on(ip: std::net::IpAddr) -> S3Server {
         let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(tool_path("s3s-fs"))
+        let mut child = Command::new(crate::tool("s3s-fs"))
             .args(["--host", &ip.to_string(), "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(dir.path())
             .stdin(Stdio::null())

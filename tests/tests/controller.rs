@@ -344,11 +344,7 @@ fn bot_pids(base: &str) -> Vec<u32> {
 }
 
 fn has_child(parent: u32, comm: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).any(|pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-        ppid == Some(parent) && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-    })
+    recfleet_tests::procs::children(parent).into_iter().any(|pid| recfleet_tests::procs::comm(pid).as_deref() == Some(comm))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,29 +376,12 @@ async fn a_silent_bot_is_declared_lost_and_replaced() {
 
 /// SIGKILL to every process of a bot: the bot and all its children at once.
 fn kill_tree(root: u32) -> usize {
-    let mut pids = vec![root];
-    let mut i = 0;
-    while i < pids.len() {
-        let parent = pids[i];
-        for pid in std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()) {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !pids.contains(&pid) {
-                pids.push(pid);
-            }
-        }
-        i += 1;
-    }
+    let pids = recfleet_tests::procs::descendants(root);
     for pid in &pids {
         // SAFETY: SIGKILL to our own descendants.
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
     }
     pids.len()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Against s3s-fs, which checks every request's signature: segments reach the bucket while
@@ -476,7 +455,7 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     assert_eq!(manifest.segments.iter().map(|s| s.name.clone()).collect::<Vec<_>>(), stored);
     for seg in &manifest.segments {
         let bytes = store.get(&format!("{prefix}{}", seg.name)).await.unwrap().unwrap();
-        assert_eq!((bytes.len() as u64, sha256_hex(&bytes)), (seg.bytes, seg.sha256.clone()), "{}", seg.name);
+        assert_eq!((bytes.len() as u64, recfleet_media::sha256_hex(&bytes)), (seg.bytes, seg.sha256.clone()), "{}", seg.name);
     }
     // At most one segment lost: the bot's spool shows every segment FFmpeg closed.
     let spool = data.path().join("spool").join(&id);

@@ -151,6 +151,16 @@ async fn the_controller_image_can_finalize_a_recording() {
     assert!(help.contains("--runtime"), "{help}");
 }
 
+/// The images, a network of the test's own, and s3s-fs with `bucket` on its gateway.
+async fn network_with_bucket(tag: &str, bucket: &str) -> (Net, S3Server) {
+    assert_images_built();
+    let net = Net::create(tag);
+    let s3 = S3Server::s3s_fs_on(net.gateway).await;
+    use_endpoint(&s3.endpoint);
+    create_bucket(bucket).await;
+    (net, s3)
+}
+
 async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
     let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
     let resp = http.get(url).send().await.unwrap();
@@ -167,11 +177,7 @@ async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media
 /// recording's container mid-meeting leaves a partial recording finalized from the bucket.
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_bots_record_and_a_killed_container_is_recovered() {
-    assert_images_built();
-    let net = Net::create("rec");
-    let s3 = S3Server::s3s_fs_on(net.gateway).await;
-    use_endpoint(&s3.endpoint);
-    create_bucket("recfleet-docker").await;
+    let (net, _s3) = network_with_bucket("rec", "recfleet-docker").await;
     let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let pool = format!("t{}", std::process::id());
@@ -225,11 +231,7 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
 /// that one's bot containers by their pool label and removes them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_controller_removes_orphaned_containers() {
-    assert_images_built();
-    let net = Net::create("orphans");
-    let s3 = S3Server::s3s_fs_on(net.gateway).await;
-    use_endpoint(&s3.endpoint);
-    create_bucket("recfleet-orphans").await;
+    let (net, _s3) = network_with_bucket("orphans", "recfleet-orphans").await;
     let pool = format!("o{}", std::process::id());
     let first_data = tempfile::tempdir().unwrap();
     let first = Controller::start(&net, &pool, first_data.path(), "recfleet-orphans", true).await;

@@ -56,7 +56,7 @@ fn promtool_checks_the_rules_and_runs_their_tests() {
 
 #[test]
 fn dashboards_validate_against_the_grafana_schema() {
-    let python = recfleet_tests::s3::tool_path("python");
+    let python = recfleet_tests::tool("python");
     let schema = dashboards().join("schema/grafana-dashboard.schema.json");
     let check = "import json,jsonschema,sys; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1])))";
     let mut n = 0;
@@ -106,10 +106,6 @@ fn dashboards_and_rules_name_only_exported_metrics() {
     assert!(used.len() >= 15, "the dashboards use most metrics: {used:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 async fn wait_http(http: &reqwest::Client, url: &str, what: &str) {
     let started = Instant::now();
     while !http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -129,7 +125,7 @@ const KEY: &str = "obs-key";
 async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
     let meeting = MeetingServer::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = recfleet_tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log_path = tmp.path().join("controller.log");
     let mut controller = tokio::process::Command::new(recfleet_tests::binary("recfleet"))
@@ -144,7 +140,7 @@ async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
         .spawn()
         .unwrap();
 
-    let prom_port = free_port();
+    let prom_port = recfleet_tests::free_port();
     let prom = format!("http://127.0.0.1:{prom_port}");
     let config = tmp.path().join("prometheus.yml");
     std::fs::write(

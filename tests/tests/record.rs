@@ -77,7 +77,7 @@ fn assert_manifest_matches_files(run: &BotRun) {
         let path = run.out_dir.join(seg["name"].as_str().unwrap());
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(seg["bytes"].as_u64().unwrap(), bytes.len() as u64, "{}", path.display());
-        assert_eq!(seg["sha256"].as_str().unwrap(), sha256_hex(&bytes), "{}", path.display());
+        assert_eq!(seg["sha256"].as_str().unwrap(), recfleet_media::sha256_hex(&bytes), "{}", path.display());
     }
     for seg in &segments[..segments.len() - 1] {
         let d = seg["duration_secs"].as_f64().unwrap();
@@ -88,10 +88,6 @@ fn assert_manifest_matches_files(run: &BotRun) {
     assert!(playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{playlist}");
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
 
 fn assert_no_leftovers(run: &BotRun) {
     let left = run.leftovers();

@@ -10,10 +10,6 @@ use recfleet_tests::bot::{spawn_record_with_env, BotRun};
 use recfleet_tests::meeting::MeetingServer;
 use recfleet_tests::s3::{aws_env, create_bucket, store, use_endpoint, Proxy, S3Server};
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
 
 fn recipe_path() -> String {
     recfleet_tests::meeting_dir().join("recipe.json").to_string_lossy().into_owned()
@@ -35,7 +31,7 @@ async fn assert_all_stored(run: &BotRun, store: &Store, prefix: &str) -> usize {
     for seg in local {
         let name = seg["name"].as_str().unwrap();
         let bytes = store.get(&format!("{prefix}{name}")).await.unwrap().unwrap_or_else(|| panic!("{name} is not in the bucket"));
-        assert_eq!(sha256_hex(&bytes), seg["sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(recfleet_media::sha256_hex(&bytes), seg["sha256"].as_str().unwrap(), "{name}");
     }
     local.len()
 }
