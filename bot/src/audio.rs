@@ -162,8 +162,8 @@ impl Audio {
 }
 
 fn start_keeper(server: &str) -> Result<Supervised, ChildError> {
-    let zero = std::fs::File::open("/dev/zero")
-        .map_err(|source| ChildError::Spawn { name: "pacat", program: "/dev/zero".into(), source })?;
+    let zero =
+        std::fs::File::open("/dev/zero").map_err(|source| ChildError::Spawn { name: "pacat", program: "/dev/zero".into(), source })?;
     let mut cmd = Command::new("pacat");
     cmd.args(keeper_args()).env("PULSE_SERVER", server).stderr(std::process::Stdio::piped()).stdin(zero);
     Supervised::spawn_configured("pacat", cmd, None)

@@ -155,8 +155,7 @@ impl Chromium {
             }
             tokio::time::sleep(PAGE_POLL).await;
         };
-        let (browser, handler) =
-            Browser::connect(ws_url.clone()).await.map_err(|source| BrowserError::Connect { url: ws_url, source })?;
+        let (browser, handler) = Browser::connect(ws_url.clone()).await.map_err(|source| BrowserError::Connect { url: ws_url, source })?;
         let handler = tokio::spawn(drive(handler));
         let page = loop {
             let pages = browser.pages().await.map_err(|source| BrowserError::Cdp { call: "pages", source })?;
@@ -187,10 +186,7 @@ impl Chromium {
         if size != (width, height) {
             tracing::debug!(got = ?size, want = ?(width, height), "pinning the viewport");
             let params = SetDeviceMetricsOverrideParams::new(width as i64, height as i64, 1.0, false);
-            self.page
-                .execute(params)
-                .await
-                .map_err(|source| BrowserError::Cdp { call: "Emulation.setDeviceMetricsOverride", source })?;
+            self.page.execute(params).await.map_err(|source| BrowserError::Cdp { call: "Emulation.setDeviceMetricsOverride", source })?;
         }
         Ok(())
     }

@@ -167,10 +167,7 @@ impl Capture {
     pub async fn start(cfg: &CaptureConfig, first_frame_within: Duration) -> Result<(Self, OffsetDateTime), CaptureError> {
         let mut cmd = FfmpegCommand::new();
         cmd.args(ffmpeg_args(cfg));
-        cmd.as_inner_mut()
-            .current_dir(&cfg.out_dir)
-            .env("PULSE_SERVER", &cfg.pulse_server)
-            .env("DISPLAY", &cfg.display);
+        cmd.as_inner_mut().current_dir(&cfg.out_dir).env("PULSE_SERVER", &cfg.pulse_server).env("DISPLAY", &cfg.display);
         set_parent_death_signal(cmd.as_inner_mut());
         let mut child = cmd.spawn().map_err(CaptureError::Spawn)?;
         let events = child.iter().map_err(|e| CaptureError::Spawn(std::io::Error::other(e.to_string())))?;
@@ -347,12 +344,8 @@ fn consume(
 
 /// `dup=` and `drop=` from FFmpeg's stats line (the sidecar does not parse them).
 pub fn parse_dup_drop(line: &str) -> (u64, u64) {
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|tok| tok.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field =
+        |name: &str| -> u64 { line.split_whitespace().find_map(|tok| tok.strip_prefix(name)).and_then(|v| v.parse().ok()).unwrap_or(0) };
     (field("dup="), field("drop="))
 }
 

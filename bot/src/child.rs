@@ -46,11 +46,8 @@ impl Supervised {
     /// Like `spawn`, for a command whose stdio the caller has already set (stderr must be piped).
     pub fn spawn_configured(name: &'static str, mut cmd: Command, hook: Option<LineHook>) -> Result<Self, ChildError> {
         set_parent_death_signal(&mut cmd);
-        let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
-            name,
-            program: cmd.get_program().to_string_lossy().into_owned(),
-            source,
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|source| ChildError::Spawn { name, program: cmd.get_program().to_string_lossy().into_owned(), source })?;
         if let Some(stderr) = child.stderr.take() {
             relog_stderr(name, stderr, hook);
         }

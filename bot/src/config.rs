@@ -180,7 +180,8 @@ mod tests {
         for ok in ["http://a", "https://meet.example.com/x?y=1", "HTTP://10.0.0.1:99/"] {
             validate_meeting_url(ok).unwrap();
         }
-        for bad in ["", "meet.example.com", "file:///etc/passwd", "javascript:alert(1)", "http://", "http:///x", "ftp://a/b", "http://a b"] {
+        for bad in ["", "meet.example.com", "file:///etc/passwd", "javascript:alert(1)", "http://", "http:///x", "ftp://a/b", "http://a b"]
+        {
             let err = validate_meeting_url(bad).unwrap_err();
             assert_eq!(err.field, "url", "{bad}");
         }

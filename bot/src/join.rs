@@ -129,8 +129,7 @@ async fn join_once(
     }
     // The last step may land in a waiting room that shows a moment later: sit it out.
     if recipe.waiting_room_when.is_some() {
-        gate.wait_for(page, Target::None, recipe.steps.len(), &Step::WaitFor { selector: String::new(), timeout_secs: None })
-            .await?;
+        gate.wait_for(page, Target::None, recipe.steps.len(), &Step::WaitFor { selector: String::new(), timeout_secs: None }).await?;
     }
     Ok(())
 }

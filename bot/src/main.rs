@@ -250,8 +250,7 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
     let recipe = match &args.recipe {
         None => None,
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| RecordError::Recipe(format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| RecordError::Recipe(format!("cannot read {}: {e}", path.display())))?;
             Some(Recipe::from_json(&text).map_err(|e| RecordError::Recipe(format!("{}: {e}", path.display())))?)
         }
     };
@@ -311,7 +310,9 @@ fn init_logging(format: LogFormat, forward: Option<recfleet_bot::forward_log::Fo
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let (json, pretty) = match format {
-        LogFormat::Json => (Some(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).with_writer(std::io::stderr)), None),
+        LogFormat::Json => {
+            (Some(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false).with_writer(std::io::stderr)), None)
+        }
         LogFormat::Pretty => (None, Some(fmt::layer().compact().with_writer(std::io::stderr))),
     };
     tracing_subscriber::registry().with(filter).with(json).with(pretty).with(forward).init();

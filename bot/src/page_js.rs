@@ -92,8 +92,7 @@ pub fn probe(target: Target<'_>, waiting_room_when: Option<&str>, ended_when: Op
 }
 
 /// Pure: selects the focused field's text, so typing replaces what was there.
-pub const SELECT_FOCUSED_TEXT: &str =
-    "(() => { const el = document.activeElement; if (el && el.select) el.select(); return !!el; })()";
+pub const SELECT_FOCUSED_TEXT: &str = "(() => { const el = document.activeElement; if (el && el.select) el.select(); return !!el; })()";
 
 /// Pure: the page's navigation result, to tell an error page from the meeting.
 pub const NAVIGATION_STATUS: &str = "(() => { const n = performance.getEntriesByType('navigation')[0]; \
@@ -107,8 +106,7 @@ pub struct NavigationStatus {
 
 /// Pure: evaluates to the list of `[place, message]` for selectors the browser cannot parse.
 pub fn compile_selectors(selectors: &[(String, &str)]) -> String {
-    let list = serde_json::to_string(&selectors.iter().map(|(p, s)| [p.as_str(), s]).collect::<Vec<_>>())
-        .expect("strings serialize");
+    let list = serde_json::to_string(&selectors.iter().map(|(p, s)| [p.as_str(), s]).collect::<Vec<_>>()).expect("strings serialize");
     format!(
         "(() => {{ const bad = []; for (const [place, sel] of {list}) {{ \
            try {{ document.createDocumentFragment().querySelector(sel); }} catch (e) {{ bad.push([place, String(e.message)]); }} \
@@ -120,10 +118,7 @@ pub fn compile_selectors(selectors: &[(String, &str)]) -> String {
 /// elements with a stylesheet and notes a `RECFLEET_END` log line, the page's way of asking
 /// the recorder to finish.
 pub fn init_script(hide_selectors: &[String]) -> String {
-    let css: String = hide_selectors
-        .iter()
-        .map(|s| format!("{s} {{ visibility: hidden !important; }}\n"))
-        .collect();
+    let css: String = hide_selectors.iter().map(|s| format!("{s} {{ visibility: hidden !important; }}\n")).collect();
     format!(
         r#"(() => {{
   const state = window.__recfleet = {{endRequested: false}};

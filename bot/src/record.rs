@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Capture, CaptureConfig, PLAYLIST};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
-use recfleet_media::{self as finalize, MP4};
 use crate::join::{self, Identity, JoinError};
 use crate::journal::{Journal, Reporter, Silent};
 use crate::page_js;
@@ -23,6 +22,7 @@ use crate::session::{Session, SessionError};
 use crate::spool::{Spool, MANIFEST};
 use crate::upload::{self, UploadConfig, Uploader};
 use crate::watch::{self, End, Limits};
+use recfleet_media::{self as finalize, MP4};
 
 /// How often the spool looks for newly closed segments.
 const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
@@ -226,9 +226,8 @@ impl Job<'_> {
             video: self.cfg.video.clone(),
             out_dir: self.out_dir.to_path_buf(),
         };
-        let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT)
-            .await
-            .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
+        let (mut capture, first_frame_at) =
+            Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT).await.map_err(|e| RecordError::Capture { reason: e.to_string() })?;
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
         self.journal.reporter().capture(capture.stats_handle());
         *status = self.advance(*status, RecordingEvent::RecordingStarted, None);

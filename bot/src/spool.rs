@@ -53,8 +53,8 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(SpoolError::Read { path, source }),
         };
-        let playlist = m3u8_rs::parse_media_playlist_res(&bytes)
-            .map_err(|e| SpoolError::Playlist { path: path.clone(), reason: e.to_string() })?;
+        let playlist =
+            m3u8_rs::parse_media_playlist_res(&bytes).map_err(|e| SpoolError::Playlist { path: path.clone(), reason: e.to_string() })?;
         let mut new = Vec::new();
         if self.manifest.init.is_none() && !playlist.segments.is_empty() {
             let init = self.describe(INIT_SEGMENT, 0, 0.0)?;

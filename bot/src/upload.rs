@@ -314,11 +314,7 @@ pub async fn resume(
 pub fn disk_check(dir: &Path, backlog_bytes: u64, budget_bytes: u64, min_free_bytes: u64) -> Option<String> {
     const MB: u64 = 1024 * 1024;
     if backlog_bytes > budget_bytes {
-        return Some(format!(
-            "the upload backlog ({} MB) outgrew the disk budget ({} MB)",
-            backlog_bytes / MB,
-            budget_bytes / MB
-        ));
+        return Some(format!("the upload backlog ({} MB) outgrew the disk budget ({} MB)", backlog_bytes / MB, budget_bytes / MB));
     }
     match free_bytes(dir) {
         Some(free) if free < min_free_bytes => {

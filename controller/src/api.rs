@@ -1,7 +1,6 @@
 //! The REST API and the bots' WebSocket endpoint. Handlers parse and validate, then hand a
 //! command to the manager; they never touch state themselves.
 
-
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -210,7 +209,9 @@ async fn with_links(state: &AppState, mut rec: Recording) -> Recording {
     };
     match (sign(recfleet_media::MP4).await, sign(recfleet_media::PLAYLIST).await, sign(recfleet_media::MANIFEST).await) {
         (Ok(Some(mp4_url)), Ok(Some(hls_url)), Ok(Some(manifest_url))) => rec.outputs = Some(Outputs { mp4_url, hls_url, manifest_url }),
-        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => tracing::warn!(recording_id = %rec.id, error = %err, "cannot presign the download links"),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            tracing::warn!(recording_id = %rec.id, error = %err, "cannot presign the download links")
+        }
         _ => {}
     }
     rec
@@ -268,12 +269,8 @@ struct BotQuery {
 
 /// Bots dial here with their launch token as a bearer token and their id in the query.
 async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_string();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let accepted = ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await;
     if accepted != Ok(true) {

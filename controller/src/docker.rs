@@ -91,10 +91,7 @@ impl DockerRuntime {
             .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
             .await
             .map_err(|e| RuntimeError::Docker(format!("cannot list containers: {e}")))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|c| Some((c.labels?.get(LABEL_BOT)?.clone(), c.id?)))
-            .collect())
+        Ok(list.into_iter().filter_map(|c| Some((c.labels?.get(LABEL_BOT)?.clone(), c.id?))).collect())
     }
 
     /// Removes this pool's containers whose bot the controller does not know (a controller
@@ -166,9 +163,8 @@ impl Runtime for DockerRuntime {
         let bot_id = spec.bot_id.clone();
         tokio::spawn(async move {
             let name = container_name(&bot_id);
-            let created = docker
-                .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
-                .await;
+            let created =
+                docker.create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body).await;
             let started = match created {
                 Ok(c) => docker.start_container(&c.id, None::<StartContainerOptions>).await.map(|()| c.id),
                 Err(e) => Err(e),

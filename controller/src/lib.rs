@@ -82,11 +82,9 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let spool_root = absolute(&cfg.data_dir.join("spool"));
     std::fs::create_dir_all(&spool_root).map_err(|source| ServeError::DataDir { path: spool_root.clone(), source })?;
     let store_url = cfg.store_url();
-    let objects = recfleet_storage::Store::open(
-        &store_url,
-        &recfleet_storage::StoreOptions { path_style: cfg.s3_path_style, ..Default::default() },
-    )
-    .await?;
+    let objects =
+        recfleet_storage::Store::open(&store_url, &recfleet_storage::StoreOptions { path_style: cfg.s3_path_style, ..Default::default() })
+            .await?;
     // A wrong bucket or credentials fail here, at start, not in the middle of a meeting.
     objects.check().await?;
     let mut bot_env = vec![("RECFLEET_STORE".to_string(), store_url.to_string())];
@@ -120,7 +118,10 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let manager_cfg = manager::ManagerConfig {
         min_idle: cfg.pool_min_idle,
         max: cfg.pool_max,
-        controller_url: format!("{}/v1/bots/connect", cfg.advertise_url.clone().unwrap_or_else(|| format!("ws://{addr}")).trim_end_matches('/')),
+        controller_url: format!(
+            "{}/v1/bots/connect",
+            cfg.advertise_url.clone().unwrap_or_else(|| format!("ws://{addr}")).trim_end_matches('/')
+        ),
         spool_root,
         bot_env,
         objects: objects.clone(),

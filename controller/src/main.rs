@@ -198,11 +198,8 @@ fn bot_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let cfg = recfleet::demo::DemoConfig {
-        data_dir: args.data_dir,
-        bot_binary: bot_binary(args.bot_binary)?,
-        meeting_secs: args.meeting_secs,
-    };
+    let cfg =
+        recfleet::demo::DemoConfig { data_dir: args.data_dir, bot_binary: bot_binary(args.bot_binary)?, meeting_secs: args.meeting_secs };
     println!("recfleet demo: a {} s meeting with a lobby and a waiting room, recorded by a warm bot", cfg.meeting_secs);
     let result = recfleet::demo::run(cfg).await?;
     let r = &result.recording;
@@ -218,9 +215,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn started_after(r: &serde_json::Value) -> String {
-    let parse = |k: &str| {
-        r[k].as_str().and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
-    };
+    let parse = |k: &str| r[k].as_str().and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok());
     match (parse("created_at"), parse("recording_started_at")) {
         (Some(a), Some(b)) => format!("{} ms", (b - a).whole_milliseconds()),
         _ => "?".into(),

@@ -16,10 +16,10 @@ use recfleet_proto::{EventKind, RecordingEvent, RecordingStatus, SubCode};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
 use crate::metrics::{status_name, Metrics, ACTIVE_STATUSES};
-use crate::recovery::{Recovered, RecoveryError};
+use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
 use crate::pool::{self, Action, Desired, Observed};
+use crate::recovery::{Recovered, RecoveryError};
 use crate::runtime::{Exited, LaunchSpec, Runtime};
 use crate::store::{token_hash, Store, StoredBot, StoredRecording};
 use crate::webhook::Delivery;
@@ -39,20 +39,52 @@ const TICK: Duration = Duration::from_secs(1);
 /// What the manager is asked to do.
 #[derive(Debug)]
 pub enum Command {
-    Create { req: CreateRecording, idempotency_key: Option<String>, reply: oneshot::Sender<Result<(Recording, bool), ApiError>> },
-    Get { id: String, reply: oneshot::Sender<Option<Recording>> },
+    Create {
+        req: CreateRecording,
+        idempotency_key: Option<String>,
+        reply: oneshot::Sender<Result<(Recording, bool), ApiError>>,
+    },
+    Get {
+        id: String,
+        reply: oneshot::Sender<Option<Recording>>,
+    },
     /// Newest first; `after` is the last id of the previous page.
-    List { status: Option<RecordingStatus>, limit: usize, after: Option<String>, reply: oneshot::Sender<Vec<Recording>> },
-    Stop { id: String, reply: oneshot::Sender<Result<Recording, ApiError>> },
-    Delete { id: String, reply: oneshot::Sender<Result<(), ApiError>> },
-    Pool { reply: oneshot::Sender<PoolView> },
+    List {
+        status: Option<RecordingStatus>,
+        limit: usize,
+        after: Option<String>,
+        reply: oneshot::Sender<Vec<Recording>>,
+    },
+    Stop {
+        id: String,
+        reply: oneshot::Sender<Result<Recording, ApiError>>,
+    },
+    Delete {
+        id: String,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Pool {
+        reply: oneshot::Sender<PoolView>,
+    },
     /// A bot's WebSocket opened with `token`; on success its messages follow.
-    BotConnected { bot_id: String, token: String, tx: mpsc::UnboundedSender<ControllerMessage>, reply: oneshot::Sender<bool> },
-    FromBot { bot_id: String, msg: BotMessage },
-    BotDisconnected { bot_id: String },
+    BotConnected {
+        bot_id: String,
+        token: String,
+        tx: mpsc::UnboundedSender<ControllerMessage>,
+        reply: oneshot::Sender<bool>,
+    },
+    FromBot {
+        bot_id: String,
+        msg: BotMessage,
+    },
+    BotDisconnected {
+        bot_id: String,
+    },
     /// The controller is stopping: retire the bots (unless they are kept for a restart) while
     /// their connections are still open, then reply.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,7 +404,8 @@ impl Manager {
             }
             Command::Pool { reply } => {
                 let o = self.observed();
-                let _ = reply.send(PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len() });
+                let _ =
+                    reply.send(PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len() });
             }
             Command::BotConnected { bot_id, token, tx, reply } => {
                 let ok = match self.bots.get_mut(&bot_id) {
@@ -463,7 +496,8 @@ impl Manager {
             return Ok((existing.stored.view.clone(), false));
         }
         if !req.allow_concurrent {
-            let active = self.recordings.values().map(|e| &e.stored.view).find(|r| r.meeting_url == req.meeting_url && !r.status.is_terminal());
+            let active =
+                self.recordings.values().map(|e| &e.stored.view).find(|r| r.meeting_url == req.meeting_url && !r.status.is_terminal());
             if let Some(active) = active {
                 return Err(ApiError::Conflict(format!(
                     "recording {} of this meeting is {}; set allow_concurrent to record it twice",
@@ -684,7 +718,8 @@ impl Manager {
         rec.status = RecordingStatus::Finalizing;
         rec.partial = true;
         self.touch(id, "recovery_started", serde_json::json!({}));
-        let (store, scratch, tx, id) = (self.cfg.objects.clone(), self.cfg.scratch_root.join(id), self.recovered_tx.clone(), id.to_string());
+        let (store, scratch, tx, id) =
+            (self.cfg.objects.clone(), self.cfg.scratch_root.join(id), self.recovered_tx.clone(), id.to_string());
         tracing::info!(recording_id = %id, "finalizing from the store");
         tokio::spawn(async move {
             let result = crate::recovery::recover(&store, &id, &scratch).await;
@@ -702,9 +737,18 @@ impl Manager {
                 rec.status = RecordingStatus::Completed;
                 rec.duration_secs = Some((r.duration_secs * 1000.0).round() / 1000.0);
                 rec.outputs = Some(outputs(&public, id));
-                tracing::info!(recording_id = id, segments = r.segments, duration_secs = r.duration_secs, "partial recording finalized from the store");
+                tracing::info!(
+                    recording_id = id,
+                    segments = r.segments,
+                    duration_secs = r.duration_secs,
+                    "partial recording finalized from the store"
+                );
                 self.cfg.metrics.recoveries.with_label_values(&["completed"]).inc();
-                self.touch(id, "recovered", serde_json::json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}));
+                self.touch(
+                    id,
+                    "recovered",
+                    serde_json::json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}),
+                );
             }
             Err(err) => {
                 rec.status = RecordingStatus::Failed;
@@ -838,7 +882,8 @@ impl Manager {
                     }
                 }
                 Action::Retire(n) => {
-                    let idle: Vec<String> = self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
+                    let idle: Vec<String> =
+                        self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
                     for id in idle {
                         if let Some(tx) = self.bots.get(&id).and_then(|b| b.tx.as_ref()) {
                             let _ = tx.send(ControllerMessage::Retire);

@@ -6,7 +6,9 @@
 //! This module defines and renders metrics; the manager, the API and the webhook sender
 //! observe them.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use recfleet_proto::{RecordingStatus, SubCode};
 
 /// Every metric name the controller exports (histograms add `_bucket`, `_sum`, `_count`).
@@ -160,20 +162,40 @@ impl Metrics {
                 &["status", "sub_code"],
             ),
             start_latency: histogram(&r, RECORDING_START_LATENCY_SECONDS, "API call to the recording's first frame.", seconds.clone()),
-            join_duration: histogram(&r, RECORDING_JOIN_DURATION_SECONDS, "Assignment to a bot until the bot is in the call.", seconds.clone()),
+            join_duration: histogram(
+                &r,
+                RECORDING_JOIN_DURATION_SECONDS,
+                "Assignment to a bot until the bot is in the call.",
+                seconds.clone(),
+            ),
             time_to_view: histogram(
                 &r,
                 RECORDING_TIME_TO_VIEW_SECONDS,
                 "API call until the first segment is in the store (the live playlist plays).",
                 seconds.clone(),
             ),
-            recoveries: counter_vec(&r, RECOVERY_RUNS_TOTAL, "Recordings finalized from the store without their bot, by result.", &["result"]),
+            recoveries: counter_vec(
+                &r,
+                RECOVERY_RUNS_TOTAL,
+                "Recordings finalized from the store without their bot, by result.",
+                &["result"],
+            ),
             segments_stored: counter(&r, UPLOAD_SEGMENTS_STORED_TOTAL, "Media segments the bots stored."),
             upload_failed_requests: counter(&r, UPLOAD_FAILED_REQUESTS_TOTAL, "Store requests that failed (each is retried)."),
-            upload_lag: histogram(&r, UPLOAD_LAG_SECONDS, "Segment closed on a bot's disk until stored.", vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
+            upload_lag: histogram(
+                &r,
+                UPLOAD_LAG_SECONDS,
+                "Segment closed on a bot's disk until stored.",
+                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0],
+            ),
             upload_backlog_segments: gauge(&r, UPLOAD_BACKLOG_SEGMENTS, "Files recorded but not yet stored, over all bots."),
             upload_backlog_bytes: gauge(&r, UPLOAD_BACKLOG_BYTES, "Bytes recorded but not yet stored, over all bots."),
-            capture_fps: histogram(&r, CAPTURE_FRAME_RATE_FPS, "Frames encoded per second, each bot each heartbeat.", vec![1.0, 5.0, 10.0, 15.0, 20.0, 24.0, 27.0, 29.0, 30.0, 31.0, 45.0, 60.0]),
+            capture_fps: histogram(
+                &r,
+                CAPTURE_FRAME_RATE_FPS,
+                "Frames encoded per second, each bot each heartbeat.",
+                vec![1.0, 5.0, 10.0, 15.0, 20.0, 24.0, 27.0, 29.0, 30.0, 31.0, 45.0, 60.0],
+            ),
             capture_speed: histogram(
                 &r,
                 CAPTURE_ENCODER_SPEED_RATIO,
@@ -181,7 +203,12 @@ impl Metrics {
                 vec![0.5, 0.8, 0.9, 0.95, 0.98, 1.0, 1.02, 1.1, 1.5],
             ),
             capture_dropped: counter(&r, CAPTURE_DROPPED_FRAMES_TOTAL, "Frames FFmpeg dropped because the encoder fell behind."),
-            bot_cpu: histogram(&r, BOT_CPU_CORES, "CPU cores a bot (all its processes) used, each heartbeat.", vec![0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]),
+            bot_cpu: histogram(
+                &r,
+                BOT_CPU_CORES,
+                "CPU cores a bot (all its processes) used, each heartbeat.",
+                vec![0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0],
+            ),
             bot_rss: histogram(
                 &r,
                 BOT_RSS_BYTES,

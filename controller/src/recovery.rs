@@ -110,6 +110,11 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
     store.put_file(&key(MP4), &scratch.join(MP4)).await?;
     store.put_bytes(&key(MANIFEST), serde_json::to_vec_pretty(&manifest).expect("the manifest serializes")).await?;
     store.put_bytes(&key(PLAYLIST), playlist.into_bytes()).await?;
-    tracing::info!(recording_id, segments = manifest.segments.len(), duration_secs = info.duration_secs, "recovered the recording from the store");
+    tracing::info!(
+        recording_id,
+        segments = manifest.segments.len(),
+        duration_secs = info.duration_secs,
+        "recovered the recording from the store"
+    );
     Ok(Recovered { segments: manifest.segments.len(), duration_secs: info.duration_secs, corrupt })
 }

@@ -165,10 +165,11 @@ impl Store {
 
     /// Every recording not deleted, oldest first.
     pub async fn load_recordings(&self) -> Result<Vec<StoredRecording>, StoreError> {
-        let rows = sqlx::query("SELECT body, idempotency_key, recipe, webhook_url FROM recordings WHERE deleted = 0 ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("load recordings"))?;
+        let rows =
+            sqlx::query("SELECT body, idempotency_key, recipe, webhook_url FROM recordings WHERE deleted = 0 ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("load recordings"))?;
         rows.into_iter()
             .map(|row| {
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt { what: "recording", reason: e.to_string() };
@@ -221,10 +222,16 @@ impl Store {
     }
 
     pub async fn load_bots(&self) -> Result<Vec<StoredBot>, StoreError> {
-        let rows = sqlx::query("SELECT id, token_sha256, state, recording_id FROM bots").fetch_all(&self.pool).await.map_err(q("load bots"))?;
+        let rows =
+            sqlx::query("SELECT id, token_sha256, state, recording_id FROM bots").fetch_all(&self.pool).await.map_err(q("load bots"))?;
         Ok(rows
             .into_iter()
-            .map(|r| StoredBot { id: r.get("id"), token_sha256: r.get("token_sha256"), state: r.get("state"), recording_id: r.get("recording_id") })
+            .map(|r| StoredBot {
+                id: r.get("id"),
+                token_sha256: r.get("token_sha256"),
+                state: r.get("state"),
+                recording_id: r.get("recording_id"),
+            })
             .collect())
     }
 

@@ -20,7 +20,9 @@ pub fn meeting_url(url: &str, allowed_hosts: Option<&[String]>) -> Result<(), Ap
     if let Ok(ip) = lower.parse::<IpAddr>() {
         let link_local = match ip {
             IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified() || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254],
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified() || v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]
+            }
         };
         if link_local {
             return bad("link-local and metadata addresses are refused");

@@ -108,16 +108,12 @@ pub async fn make_mp4_from(dir: &Path, playlist: &str) -> Result<Mp4Info, Finali
 /// Runs ffprobe on `path` and checks what a player needs: H.264 in yuv420p, AAC, a duration.
 pub async fn probe(path: &Path) -> Result<Mp4Info, FinalizeError> {
     let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]).arg(path).stdin(Stdio::null()).kill_on_drop(true);
     let output = run(cmd, "ffprobe", PROBE_TIMEOUT).await?;
     if !output.status.success() {
         return Err(FinalizeError::Check(format!("ffprobe refused it: {}", String::from_utf8_lossy(&output.stderr).trim())));
     }
-    let json: Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| FinalizeError::Check(format!("ffprobe output: {e}")))?;
+    let json: Value = serde_json::from_slice(&output.stdout).map_err(|e| FinalizeError::Check(format!("ffprobe output: {e}")))?;
     check_probe(&json)
 }
 
@@ -176,10 +172,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` through a temp file and a rename, so a reader never sees half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("part")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("part")));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_data()?;

@@ -14,6 +14,6 @@ pub mod url;
 
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{
-    CaptureStats, UploadStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError,
+    CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError, UploadStats,
 };
 pub use timeline::{Event, EventKind, Timeline};

@@ -92,10 +92,7 @@ impl TryFrom<Map<String, Value>> for Step {
             [one] => (*one).clone(),
             [] => {
                 let found: Vec<&str> = map.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "unknown step {found:?}: a step is one of {}",
-                    STEP_KINDS.join(", ")
-                ));
+                return Err(format!("unknown step {found:?}: a step is one of {}", STEP_KINDS.join(", ")));
             }
             many => return Err(format!("a step has exactly one action, found {many:?}")),
         };
@@ -213,12 +210,8 @@ impl Recipe {
 
     /// Every selector the recipe uses, with where it stands, for the browser's compile check.
     pub fn selectors(&self) -> Vec<(String, &str)> {
-        let mut out: Vec<(String, &str)> = self
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("steps[{i}].{}", s.kind()), s.selector()))
-            .collect();
+        let mut out: Vec<(String, &str)> =
+            self.steps.iter().enumerate().map(|(i, s)| (format!("steps[{i}].{}", s.kind()), s.selector())).collect();
         out.extend(self.waiting_room_when.as_deref().map(|s| ("waiting_room_when".to_string(), s)));
         out.extend(self.ended_when.as_deref().map(|s| ("ended_when".to_string(), s)));
         out.extend(self.hide_selectors.iter().enumerate().map(|(i, s)| (format!("hide_selectors[{i}]"), s.as_str())));
@@ -310,10 +303,7 @@ mod tests {
     fn parses_the_design_example() {
         let r = Recipe::from_json(DESIGN_EXAMPLE).unwrap();
         assert_eq!(r.steps.len(), 3);
-        assert_eq!(
-            r.steps[0],
-            Step::Fill { selector: "#name".into(), text: "{bot_name}".into(), timeout_secs: None }
-        );
+        assert_eq!(r.steps[0], Step::Fill { selector: "#name".into(), text: "{bot_name}".into(), timeout_secs: None });
         assert_eq!(r.steps[1], Step::Click { selector: "#join".into(), timeout_secs: None });
         assert_eq!(r.steps[2].timeout_secs(), 20);
         assert_eq!(r.ended_when.as_deref(), Some(".meeting-ended"));

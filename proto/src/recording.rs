@@ -264,8 +264,7 @@ mod tests {
     use RecordingEvent as E;
     use RecordingStatus as S;
 
-    const ALL_STATES: [S; 8] =
-        [S::Queued, S::Joining, S::WaitingRoom, S::Recording, S::Stopping, S::Finalizing, S::Completed, S::Failed];
+    const ALL_STATES: [S; 8] = [S::Queued, S::Joining, S::WaitingRoom, S::Recording, S::Stopping, S::Finalizing, S::Completed, S::Failed];
     const ALL_EVENTS: [E; 8] = [
         E::Assigned,
         E::WaitingRoomEntered,

@@ -22,8 +22,7 @@ impl FsStore {
 
     /// The path of `key`; keys with `..` or absolute parts are refused.
     pub fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let safe = !key.is_empty()
-            && Path::new(key).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        let safe = !key.is_empty() && Path::new(key).components().all(|c| matches!(c, std::path::Component::Normal(_)));
         if !safe {
             return Err(io_err("resolve", key, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain relative key")));
         }

@@ -62,10 +62,13 @@ impl S3Store {
     }
 
     pub async fn check(&self) -> Result<(), StoreError> {
-        self.client.head_bucket().bucket(&self.bucket).send().await.map(|_| ()).map_err(|e| StoreError::Bucket {
-            bucket: self.bucket.clone(),
-            message: DisplayErrorContext(&e).to_string(),
-        })
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Bucket { bucket: self.bucket.clone(), message: DisplayErrorContext(&e).to_string() })
     }
 
     /// Creates the bucket when it is missing (tests and first deployments).
@@ -73,10 +76,13 @@ impl S3Store {
         if self.check().await.is_ok() {
             return Ok(());
         }
-        self.client.create_bucket().bucket(&self.bucket).send().await.map(|_| ()).map_err(|e| StoreError::Bucket {
-            bucket: self.bucket.clone(),
-            message: DisplayErrorContext(&e).to_string(),
-        })
+        self.client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Bucket { bucket: self.bucket.clone(), message: DisplayErrorContext(&e).to_string() })
     }
 
     pub async fn presigned_get(&self, key: &str, expiry: Duration) -> Result<String, StoreError> {

@@ -102,8 +102,7 @@ impl BotProcess {
         let mut stderr = self.child.stderr.take().expect("stderr piped");
         let (mut out, mut err) = (String::new(), String::new());
         let waited = tokio::time::timeout(limit, async {
-            let (a, b, status) =
-                tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), self.child.wait());
+            let (a, b, status) = tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err), self.child.wait());
             a.and(b).and(status)
         })
         .await;

@@ -24,9 +24,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 pub fn probe(path: &Path) -> Probe {
-    let out = run(Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
-        .arg(path));
+    let out = run(Command::new("ffprobe").args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]).arg(path));
     assert!(out.status.success(), "ffprobe refused {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe prints JSON");
     let streams = json["streams"].as_array().cloned().unwrap_or_default();
@@ -82,10 +80,17 @@ pub const FRAME_W: usize = 160;
 pub const FRAME_H: usize = 90;
 
 pub fn frame_at(path: &Path, at_secs: f64) -> Frame {
-    let out = run(Command::new("ffmpeg")
-        .args(["-v", "error", "-ss", &format!("{at_secs:.3}"), "-i"])
-        .arg(path)
-        .args(["-frames:v", "1", "-vf", &format!("scale={FRAME_W}:{FRAME_H}"), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]));
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-ss", &format!("{at_secs:.3}"), "-i"]).arg(path).args([
+        "-frames:v",
+        "1",
+        "-vf",
+        &format!("scale={FRAME_W}:{FRAME_H}"),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]));
     assert!(out.status.success(), "ffmpeg could not grab a frame at {at_secs}s: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout.len(), FRAME_W * FRAME_H * 3, "no frame at {at_secs}s of {}", path.display());
     Frame { width: FRAME_W, height: FRAME_H, rgb: out.stdout }
@@ -101,11 +106,7 @@ impl Frame {
 
     /// Share of pixels near `rgb` (each channel within `tol`).
     pub fn share_near(&self, rgb: [u8; 3], tol: u8) -> f64 {
-        let near = self
-            .rgb
-            .chunks(3)
-            .filter(|p| (0..3).all(|i| (p[i] as i16 - rgb[i] as i16).unsigned_abs() <= tol as u16))
-            .count();
+        let near = self.rgb.chunks(3).filter(|p| (0..3).all(|i| (p[i] as i16 - rgb[i] as i16).unsigned_abs() <= tol as u16)).count();
         near as f64 / (self.width * self.height) as f64
     }
 

@@ -119,7 +119,12 @@ async fn warm_bot_records_until_the_host_ends_and_the_pool_refills() {
     let id = rec["id"].as_str().unwrap().to_string();
 
     let done = c
-        .wait_for("completed", Duration::from_secs(90), |r| r["status"] == "completed" || r["status"] == "failed", &format!("/v1/recordings/{id}"))
+        .wait_for(
+            "completed",
+            Duration::from_secs(90),
+            |r| r["status"] == "completed" || r["status"] == "failed",
+            &format!("/v1/recordings/{id}"),
+        )
         .await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["sub_code"], "meeting_ended");
@@ -245,7 +250,8 @@ async fn controller_restart_mid_recording_loses_nothing() {
     let (status, same) = second.post("/v1/recordings", &body, Some("restart-key")).await;
     assert_eq!((status, same["id"].as_str()), (200, Some(id.as_str())), "idempotency survives too");
 
-    let done = second.wait_for("completed", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
+    let done =
+        second.wait_for("completed", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["sub_code"], "meeting_ended");
     let duration = done["duration_secs"].as_f64().unwrap();
@@ -421,7 +427,8 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     let is_segment = |n: &str| n.starts_with("seg_") && n.ends_with(".m4s");
     let stored_early = store.list(&prefix).await.unwrap().into_iter().filter(|o| is_segment(&o.name)).count();
     assert!(stored_early >= 3, "only {stored_early} segments in the bucket after 9 s of recording");
-    let live: recfleet_proto::Manifest = serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    let live: recfleet_proto::Manifest =
+        serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
     assert!(!live.complete && live.segments.len() >= 2, "the live manifest: {live:?}");
     let live_playlist = String::from_utf8(store.get(&format!("{prefix}index.m3u8")).await.unwrap().unwrap()).unwrap();
     assert!(live_playlist.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !live_playlist.contains("ENDLIST"), "{live_playlist}");
@@ -431,8 +438,14 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     let killed = kill_tree(busy);
     assert!(killed >= 5, "the bot and its children (Xvfb, PulseAudio, Chromium, FFmpeg): {killed}");
 
-    let done = c.wait_for("finalized from the bucket", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
-    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("bot_crashed"), Some(true)), "{done:#}");
+    let done = c
+        .wait_for("finalized from the bucket", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path)
+        .await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("bot_crashed"), Some(true)),
+        "{done:#}"
+    );
 
     // The download link is a presigned URL that expires, and s3s-fs checks its signature.
     let mp4_url = done["outputs"]["mp4_url"].as_str().unwrap();
@@ -449,7 +462,8 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     assert!(refused == 403 || refused == 400, "a tampered link is refused, not {refused}");
 
     // Every stored segment is in the final manifest with its sha256.
-    let manifest: recfleet_proto::Manifest = serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    let manifest: recfleet_proto::Manifest =
+        serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
     assert!(manifest.complete);
     let stored: Vec<String> = store.list(&prefix).await.unwrap().into_iter().map(|o| o.name).filter(|n| is_segment(n)).collect();
     assert_eq!(manifest.segments.iter().map(|s| s.name.clone()).collect::<Vec<_>>(), stored);

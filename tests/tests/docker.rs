@@ -104,7 +104,8 @@ impl Controller {
 
     async fn record(&self, meeting_url: String) -> String {
         let body = json!({"meeting_url": meeting_url, "recipe_name": "recfleet-test-meeting"});
-        let rec: Value = self.http.post(format!("{}/v1/recordings", self.base)).bearer_auth(KEY).json(&body).send().await.unwrap().json().await.unwrap();
+        let rec: Value =
+            self.http.post(format!("{}/v1/recordings", self.base)).bearer_auth(KEY).json(&body).send().await.unwrap().json().await.unwrap();
         rec["id"].as_str().unwrap_or_else(|| panic!("{rec}")).to_string()
     }
 
@@ -141,8 +142,25 @@ async fn the_controller_image_can_finalize_a_recording() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let mount = format!("{}:/work", dir.path().display());
     docker(&[
-        "run", "--rm", "-v", &mount, "-w", "/work", "--entrypoint", "ffmpeg", "recfleet:dev",
-        "-hide_banner", "-loglevel", "error", "-i", "index.m3u8", "-c", "copy", "-movflags", "+faststart", "recording.mp4",
+        "run",
+        "--rm",
+        "-v",
+        &mount,
+        "-w",
+        "/work",
+        "--entrypoint",
+        "ffmpeg",
+        "recfleet:dev",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        "index.m3u8",
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        "recording.mp4",
     ]);
     let p = recfleet_tests::media::probe(&dir.path().join("recording.mp4"));
     assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
@@ -196,7 +214,11 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
     let id = c.record(meeting.url("/m/docker?end=8")).await;
     let path = format!("/v1/recordings/{id}");
     let done = c.wait_for("completed", Duration::from_secs(120), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
-    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("meeting_ended"), Some(false)), "{done:#}");
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "{done:#}"
+    );
     let p = playable(&c.http, &done).await;
     assert!((p.duration_secs - 8.0).abs() <= 1.5, "duration {}", p.duration_secs);
 
@@ -208,12 +230,20 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let busy: Vec<String> = pool_containers(&pool)
         .into_iter()
-        .filter(|c| std::process::Command::new("docker").args(["exec", c, "pgrep", "-x", "ffmpeg"]).output().is_ok_and(|o| o.status.success()))
+        .filter(|c| {
+            std::process::Command::new("docker").args(["exec", c, "pgrep", "-x", "ffmpeg"]).output().is_ok_and(|o| o.status.success())
+        })
         .collect();
     assert_eq!(busy.len(), 1, "the recording container");
     docker(&["kill", &busy[0]]);
-    let done = c.wait_for("finalized from the bucket", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
-    assert_eq!((done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()), (Some("completed"), Some("bot_crashed"), Some(true)), "{done:#}");
+    let done = c
+        .wait_for("finalized from the bucket", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed")
+        .await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("bot_crashed"), Some(true)),
+        "{done:#}"
+    );
     let p = playable(&c.http, &done).await;
     assert!(p.duration_secs >= 4.0, "duration {}", p.duration_secs);
     c.stop().await;

@@ -92,7 +92,13 @@ fn exported(name: &str) -> bool {
 #[test]
 fn dashboards_and_rules_name_only_exported_metrics() {
     let mut files = vec![dashboards().join("alerts.yml"), dashboards().join("alerts.test.yml")];
-    files.extend(std::fs::read_dir(dashboards().join("grafana")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")));
+    files.extend(
+        std::fs::read_dir(dashboards().join("grafana"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json")),
+    );
     let mut used = BTreeSet::new();
     for file in &files {
         let names_here = metric_names(&std::fs::read_to_string(file).unwrap());
@@ -229,7 +235,12 @@ async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
     use std::io::Write;
     lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let lint = lint.wait_with_output().unwrap();
-    assert!(lint.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    assert!(
+        lint.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // Stop the controller; its log (and its bots', which share its stderr) is JSON lines.
     // SAFETY: SIGINT to our own child.

@@ -66,11 +66,7 @@ fn assert_manifest_matches_files(run: &BotRun) {
     let manifest = run.manifest();
     assert_eq!(manifest["complete"], true);
     let segments = manifest["segments"].as_array().expect("segments");
-    let on_disk = std::fs::read_dir(&run.out_dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".m4s"))
-        .count();
+    let on_disk = std::fs::read_dir(&run.out_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".m4s")).count();
     assert_eq!(segments.len(), on_disk, "manifest lists every segment");
     assert!(segments.len() >= 2, "a few 2 s segments");
     for seg in segments.iter().chain(std::iter::once(&manifest["init"])) {
@@ -87,7 +83,6 @@ fn assert_manifest_matches_files(run: &BotRun) {
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     assert!(playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD"), "{playlist}");
 }
-
 
 fn assert_no_leftovers(run: &BotRun) {
     let left = run.leftovers();

@@ -10,7 +10,6 @@ use recfleet_tests::bot::{spawn_record_with_env, BotRun};
 use recfleet_tests::meeting::MeetingServer;
 use recfleet_tests::s3::{aws_env, create_bucket, store, use_endpoint, Proxy, S3Server};
 
-
 fn recipe_path() -> String {
     recfleet_tests::meeting_dir().join("recipe.json").to_string_lossy().into_owned()
 }
@@ -61,7 +60,19 @@ async fn a_20_s_outage_loses_nothing_and_the_backlog_drains() {
     let url = s.meeting.url("/m/outage?end=30");
     let store_url = format!("s3://{}", s.bucket);
     let recipe = recipe_path();
-    let args = ["--url", &url, "--recipe", &recipe, "--recording-id", "rec_outage", "--store", &store_url, "--s3-path-style", "--max-duration-secs", "60"];
+    let args = [
+        "--url",
+        &url,
+        "--recipe",
+        &recipe,
+        "--recording-id",
+        "rec_outage",
+        "--store",
+        &store_url,
+        "--s3-path-style",
+        "--max-duration-secs",
+        "60",
+    ];
     let mut bot = spawn_record_with_env(&out.path().join("r"), &args, &aws_env(&s.proxy.endpoint()));
     bot.wait_for_event("recording_started", Duration::from_secs(60)).await;
     let prefix = recfleet_storage::recording_key("rec_outage", "");
@@ -87,7 +98,8 @@ async fn a_20_s_outage_loses_nothing_and_the_backlog_drains() {
     let n = assert_all_stored(&run, &s.store, &prefix).await;
     assert!(n >= 13, "30 s of meeting in 2 s segments: {n}");
     // The bucket's playlist and manifest are final, and its MP4 is the recording.
-    let manifest: recfleet_proto::Manifest = serde_json::from_slice(&s.store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    let manifest: recfleet_proto::Manifest =
+        serde_json::from_slice(&s.store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
     assert!(manifest.complete && manifest.segments.len() == n);
     let playlist = String::from_utf8(s.store.get(&format!("{prefix}index.m3u8")).await.unwrap().unwrap()).unwrap();
     assert!(playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD") && playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
@@ -110,8 +122,21 @@ async fn an_outage_past_the_disk_budget_stops_with_disk_full_and_keeps_the_recor
     let store_url = format!("s3://{}", s.bucket);
     let recipe = recipe_path();
     let args = [
-        "--url", &url, "--recipe", &recipe, "--recording-id", "rec_budget", "--store", &store_url, "--s3-path-style",
-        "--disk-budget-mb", "1", "--upload-drain-secs", "2", "--max-duration-secs", "60",
+        "--url",
+        &url,
+        "--recipe",
+        &recipe,
+        "--recording-id",
+        "rec_budget",
+        "--store",
+        &store_url,
+        "--s3-path-style",
+        "--disk-budget-mb",
+        "1",
+        "--upload-drain-secs",
+        "2",
+        "--max-duration-secs",
+        "60",
     ];
     let run = spawn_record_with_env(&dir, &args, &aws_env(&s.proxy.endpoint())).finish(Duration::from_secs(90)).await;
     // The MP4 is made, but the store has none of it: exit 8.
@@ -147,6 +172,7 @@ async fn an_outage_past_the_disk_budget_stops_with_disk_full_and_keeps_the_recor
     assert_all_stored(&run, &s.store, &prefix).await;
     let mp4 = s.store.get(&format!("{prefix}recording.mp4")).await.unwrap().expect("recording.mp4 in the bucket");
     assert_eq!(mp4, std::fs::read(run.mp4()).unwrap());
-    let manifest: recfleet_proto::Manifest = serde_json::from_slice(&s.store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    let manifest: recfleet_proto::Manifest =
+        serde_json::from_slice(&s.store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
     assert!(manifest.complete);
 }
