@@ -1,8 +1,13 @@
 # The two commands a user needs: `make demo` and `make test`. Both install what is missing.
-.PHONY: setup build images demo test bench clean
+.PHONY: setup lint build images demo test bench clean
 
 setup:
 	scripts/setup.sh
+
+# Formatting and lints first, so a slip fails in seconds rather than after the build.
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
 
 build: setup
 	cargo build --workspace --release
@@ -14,7 +19,7 @@ images: build
 demo: build
 	target/release/recfleet demo
 
-test: build images
+test: lint build images
 	cargo nextest run --workspace --release
 
 bench: build images

@@ -27,6 +27,9 @@ use crate::session::Session;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Dial failures this recent are logged at debug only: a bot launched a moment before its
+/// controller listens, or a controller restarting, is not worth a warning.
+const QUIET_DIAL_FAILURES: Duration = Duration::from_secs(5);
 /// How long the last messages get to reach the controller before the bot exits anyway.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -40,6 +43,8 @@ pub struct AgentConfig {
     pub token: String,
     /// Recordings are spooled in `<spool_root>/<recording_id>/`.
     pub spool_root: PathBuf,
+    /// An idle bot that reaches no controller for this long exits.
+    pub orphan_timeout: Duration,
     /// Where segments go as they close.
     pub upload: Option<UploadSettings>,
     pub min_free_bytes: u64,
@@ -54,6 +59,8 @@ pub enum AgentError {
     Record(#[from] RecordError),
     #[error("the bot was stopped before it was assigned a recording")]
     StoppedIdle,
+    #[error("no controller reachable for {0:?} while idle: exiting rather than running forever")]
+    Orphaned(Duration),
     #[error("the controller URL {0:?} is not a ws:// or wss:// URL")]
     BadUrl(String),
 }
@@ -111,7 +118,8 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<ControllerMessage>();
     let hello = BotMessage::Hello { bot_id: cfg.bot_id.clone(), protocol: PROTOCOL_VERSION, ready: false, recording_id: None };
     let (hello_tx, hello_rx) = watch::channel(hello);
-    let link = tokio::spawn(connection(cfg.controller_url.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx));
+    let (offline_tx, offline_rx) = watch::channel(Some(std::time::Instant::now()));
+    let link = tokio::spawn(connection(cfg.controller_url.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx, offline_tx));
 
     // Warm up while the connection comes up; a bot is idle only once this is done.
     let session = match Session::start(&cfg.video).await {
@@ -139,16 +147,23 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let heartbeat = tokio::spawn(heartbeats(outbox.clone(), live.clone()));
 
     let assignment = tokio::select! {
-        a = next_assignment(&mut inbox) => a,
-        _ = shutdown.cancelled() => None,
+        a = next_assignment(&mut inbox) => a.ok_or(AgentError::StoppedIdle),
+        _ = shutdown.cancelled() => Err(AgentError::StoppedIdle),
+        _ = orphaned(offline_rx, cfg.orphan_timeout) => Err(AgentError::Orphaned(cfg.orphan_timeout)),
     };
-    let Some(assignment) = assignment else {
-        heartbeat.abort();
-        session.shutdown().await;
-        cfg.logs.disconnect();
-        drop(outbox);
-        flush(link).await;
-        return Err(AgentError::StoppedIdle);
+    let assignment = match assignment {
+        Ok(a) => a,
+        Err(err) => {
+            if matches!(err, AgentError::Orphaned(_)) {
+                tracing::warn!(timeout_secs = cfg.orphan_timeout.as_secs(), "no controller reachable while idle; exiting");
+            }
+            heartbeat.abort();
+            session.shutdown().await;
+            cfg.logs.disconnect();
+            drop(outbox);
+            flush(link).await;
+            return Err(err);
+        }
     };
     let recording_id = assignment.recording_id.clone();
     tracing::info!(recording_id = %recording_id, "assigned");
@@ -277,6 +292,33 @@ async fn heartbeats(outbox: mpsc::UnboundedSender<BotMessage>, live: Arc<std::sy
     }
 }
 
+/// Resolves once the controller has been unreachable for `limit` without a break
+/// (`offline` holds since when, `None` while connected).
+async fn orphaned(mut offline: watch::Receiver<Option<std::time::Instant>>, limit: Duration) {
+    loop {
+        let since = *offline.borrow_and_update();
+        let change = async {
+            if offline.changed().await.is_err() {
+                // The connection gave up: the state stays as it is.
+                std::future::pending::<()>().await;
+            }
+        };
+        match since {
+            Some(at) => {
+                let left = limit.saturating_sub(at.elapsed());
+                if left.is_zero() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(left) => {}
+                    _ = change => {}
+                }
+            }
+            None => change.await,
+        }
+    }
+}
+
 /// Gives the connection task a bounded time to deliver what is queued.
 async fn flush(link: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(FLUSH_DEADLINE, link).await.is_err() {
@@ -293,9 +335,11 @@ async fn connection(
     hello: watch::Receiver<BotMessage>,
     mut outbox: mpsc::UnboundedReceiver<BotMessage>,
     inbox: mpsc::UnboundedSender<ControllerMessage>,
+    offline: watch::Sender<Option<std::time::Instant>>,
 ) {
     let mut pending: Option<BotMessage> = None;
     let mut delay = Duration::from_millis(100);
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let mut request = match url.as_str().into_client_request() {
             Ok(r) => r,
@@ -310,6 +354,7 @@ async fn connection(
         let mut ws = match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => {
                 delay = Duration::from_millis(100);
+                failing_since = None;
                 ws
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
@@ -319,7 +364,13 @@ async fn connection(
                 return;
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach the controller");
+                let failing_for = failing_since.get_or_insert_with(std::time::Instant::now).elapsed();
+                let retry_in_ms = delay.as_millis() as u64;
+                if failing_for < QUIET_DIAL_FAILURES {
+                    tracing::debug!(error = %err, retry_in_ms, "cannot reach the controller yet");
+                } else {
+                    tracing::warn!(error = %err, retry_in_ms, failing_secs = failing_for.as_secs(), "cannot reach the controller");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 continue;
@@ -329,6 +380,7 @@ async fn connection(
         if send(&mut ws, &greeting).await.is_err() {
             continue;
         }
+        offline.send_replace(None);
         let mut clean_close = false;
         loop {
             let next = match pending.take() {
@@ -367,6 +419,7 @@ async fn connection(
                 }
             }
         }
+        offline.send_replace(Some(std::time::Instant::now()));
         if clean_close {
             tracing::info!("the controller closed the connection; reconnecting");
         } else {

@@ -102,6 +102,10 @@ struct AgentArgs {
     /// Recordings are spooled in `<spool-dir>/<recording_id>/` on their way to the store.
     #[arg(long, env = "RECFLEET_SPOOL_DIR")]
     spool_dir: PathBuf,
+    /// An idle bot that reaches no controller for this long exits (a busy one finishes its
+    /// recording, stores it, then exits).
+    #[arg(long, env = "RECFLEET_ORPHAN_TIMEOUT_SECS", default_value_t = 600)]
+    orphan_timeout_secs: u64,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -225,6 +229,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         bot_id: args.bot_id,
         token: args.token,
         spool_root: args.spool_dir,
+        orphan_timeout: std::time::Duration::from_secs(args.orphan_timeout_secs),
         upload: match args.store.settings() {
             Ok(u) => u,
             Err(err) => return fail(&err),

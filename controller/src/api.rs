@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the drain begins: new recordings are refused, `/readyz` is unready.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -132,12 +134,17 @@ async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Comma
 #[utoipa::path(post, path = "/v1/recordings", request_body = CreateRecording,
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the same recording")),
     responses((status = 201, body = Recording, description = "Created and queued"), (status = 200, body = Recording, description = "Same Idempotency-Key: the existing recording"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`draining`: this controller is about to exit; retry after `Retry-After` seconds"),
+        (status = 500, body = ErrorBody, description = "`internal`: the state could not be written")))]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<CreateRecording>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::Draining);
+    }
     let Json(mut req) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     crate::validate::meeting_url(&req.meeting_url, state.allowed_hosts.as_deref())?;
     match (&req.recipe, req.recipe_name.take()) {
@@ -253,12 +260,16 @@ async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, Str
     Ok((headers, body).into_response())
 }
 
-/// Ready when the manager answers (its state is loaded and it is not stuck).
+/// Ready when the controller is not draining, the manager answers (its state is loaded and it
+/// is not stuck), and its last write to the state database succeeded.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), ask(&state, |reply| Command::Pool { reply })).await;
+    if state.draining.is_cancelled() {
+        return Err(ApiError::Draining);
+    }
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), ask(&state, |reply| Command::Health { reply })).await;
     match answer {
-        Ok(Ok(_)) => Ok("ready"),
-        _ => Err(ApiError::Unavailable),
+        Ok(Ok(true)) => Ok("ready"),
+        Ok(Ok(false)) | Ok(Err(_)) | Err(_) => Err(ApiError::Unavailable),
     }
 }
 
@@ -273,7 +284,7 @@ async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, h
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_string();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let accepted = ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await;
-    if accepted != Ok(true) {
+    if !matches!(accepted, Ok(true)) {
         return ApiError::Unauthorized.into_response();
     }
     let commands = state.commands.clone();

@@ -62,6 +62,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         bot_binary: cfg.bot_binary.clone(),
         webhook_secret: None,
         keep_bots_on_exit: false,
+        drain: std::time::Duration::ZERO,
         store: None,
         s3_path_style: false,
         presign_expiry: Duration::from_secs(3600),

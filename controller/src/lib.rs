@@ -1,11 +1,16 @@
 //! The recfleet controller: REST API, warm pool of bots, runtimes, state, storage and metrics.
 //!
 //! `serve` wires the parts: the manager task owns all state; the API and the bots' WebSocket
-//! endpoint send it commands; the runtime launches bots as the pool plan asks.
+//! endpoint send it commands; the runtime launches bots as the pool plan asks. A shutdown
+//! drains first: new recordings are refused (503 `draining`), `/readyz` turns unready, reads
+//! keep working; then state is flushed and the server stops. Bots are left recording unless
+//! `keep_bots_on_exit` is off.
 
 pub mod api;
 pub mod demo;
 pub mod docker;
+pub mod fleet;
+pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod model;
@@ -35,8 +40,13 @@ pub struct ServeConfig {
     pub bot_binary: PathBuf,
     /// `whsec_…`; generated and kept in the data folder when absent.
     pub webhook_secret: Option<String>,
-    /// Leave bots running on exit (a restart re-adopts them); otherwise retire and stop them.
+    /// Leave bots running on exit (a restart re-adopts them; `process` bots run in their own
+    /// process group, so a terminal's Ctrl-C reaches only the controller); otherwise retire and
+    /// stop them (`--stop-bots-on-exit`, for the demo and tests).
     pub keep_bots_on_exit: bool,
+    /// How long a shutdown drains (new recordings refused, `/readyz` unready, reads served)
+    /// before the state is flushed and the server stops.
+    pub drain: std::time::Duration,
     /// Where recordings are kept; `None` is `file://<data_dir>`.
     pub store: Option<recfleet_storage::StoreUrl>,
     pub s3_path_style: bool,
@@ -76,7 +86,11 @@ pub enum ServeError {
     Serve(std::io::Error),
 }
 
-/// Serves on `listener` until `shutdown`; stops every bot it launched on the way out.
+/// After the drain, how long open connections (downloads, bots' sockets) get to close before
+/// `serve` returns anyway: an exit is never held up by a client.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Serves on `listener` until `shutdown`, then drains (see the module's header) and returns.
 pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
     let addr: SocketAddr = listener.local_addr().map_err(ServeError::Serve)?;
     let spool_root = absolute(&cfg.data_dir.join("spool"));
@@ -98,7 +112,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime: Arc<dyn runtime::Runtime> = match &cfg.docker {
-        None => Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx)),
+        None => Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx, cfg.keep_bots_on_exit)),
         Some(d) => {
             let mut d = d.clone();
             if let recfleet_storage::StoreUrl::File(dir) = &store_url {
@@ -133,12 +147,18 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let (commands, commands_rx) = mpsc::channel(1024);
     let manager = manager::Manager::load(manager_cfg, runtime, store, webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
-    // On shutdown the manager retires the bots first, while their connections are open; then
-    // the connections close and the server stops.
-    let close = CancellationToken::new();
-    let (to_manager, closer) = (commands.clone(), close.clone());
+    // On shutdown: drain (the API refuses new recordings and `/readyz` says unready), then the
+    // manager flushes its state and retires the bots (unless they are kept) while their
+    // connections are open; then the connections close and the server stops.
+    let (draining, close) = (CancellationToken::new(), CancellationToken::new());
+    let (to_manager, closer, drain_started, drain_metrics) = (commands.clone(), close.clone(), draining.clone(), metrics.clone());
+    let drain = cfg.drain;
     tokio::spawn(async move {
         shutdown.cancelled().await;
+        drain_started.cancel();
+        drain_metrics.draining.set(1);
+        tracing::info!(drain_secs = drain.as_secs_f64(), "draining: new recordings are refused, /readyz is unready");
+        tokio::time::sleep(drain).await;
         let (reply, done) = tokio::sync::oneshot::channel();
         if to_manager.send(manager::Command::Shutdown { reply }).await.is_ok() {
             let _ = done.await;
@@ -153,9 +173,21 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         presign_expiry: cfg.presign_expiry,
         metrics,
         shutdown: close.clone(),
+        draining,
     };
     tracing::info!(%addr, "controller listening");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(close.cancelled_owned()).await.map_err(ServeError::Serve)?;
-    let _ = manager.await;
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(close.clone().cancelled_owned());
+    let overdue = async {
+        close.cancelled().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served.map_err(ServeError::Serve)?,
+        _ = overdue => tracing::warn!(grace_secs = CLOSE_GRACE.as_secs(), "connections still open after the drain; stopping anyway"),
+    }
+    // The manager ends when the last sender is gone; a connection task that outlived the grace
+    // may still hold one, so this waits only briefly (the state is flushed already).
+    let _ = tokio::time::timeout(CLOSE_GRACE, manager).await;
+    tracing::info!("controller stopped");
     Ok(())
 }

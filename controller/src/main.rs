@@ -92,7 +92,19 @@ struct ServeArgs {
     /// Webhook signing secret (`whsec_…`); generated and kept in the data folder when unset.
     #[arg(long, env = "RECFLEET_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// On SIGTERM or SIGINT, how long to drain (new recordings get 503 `draining`, `/readyz`
+    /// is unready, reads are served) before the state is flushed and the process exits.
+    #[arg(long, env = "RECFLEET_DRAIN_SECS", default_value_t = 3)]
+    drain_secs: u64,
+    /// Stop the bots when the controller exits (for the demo and tests). By default they keep
+    /// recording and uploading, and reconnect to the controller that comes back.
+    #[arg(long, env = "RECFLEET_STOP_BOTS_ON_EXIT")]
+    stop_bots_on_exit: bool,
 }
+
+/// The drain must leave time to flush and close within the 10 s that `docker stop`, ECS and
+/// systemd give by default before they kill.
+const MAX_DRAIN_SECS: u64 = 5;
 
 fn main() -> std::process::ExitCode {
     match start() {
@@ -137,6 +149,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::ensure!(url.starts_with("ws://") || url.starts_with("wss://"), "invalid --advertise-url {url:?}: use ws://host:port");
     }
     anyhow::ensure!(args.bot_cpus > 0.0 && args.bot_memory_mb >= 256, "invalid --bot-cpus/--bot-memory-mb: at least some CPU and 256 MiB");
+    anyhow::ensure!(
+        args.drain_secs <= MAX_DRAIN_SECS,
+        "invalid --drain-secs {}: at most {MAX_DRAIN_SECS}, so the exit comes within the 10 s a supervisor waits",
+        args.drain_secs
+    );
     let docker = (args.runtime == "docker").then(|| recfleet::docker::DockerConfig {
         image: args.bot_image.clone(),
         pool: args.pool_name.clone(),
@@ -170,7 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bot_binary,
         webhook_secret: args.webhook_secret,
         // A restarted controller re-adopts its bots; busy ones keep recording meanwhile.
-        keep_bots_on_exit: true,
+        keep_bots_on_exit: !args.stop_bots_on_exit,
+        drain: std::time::Duration::from_secs(args.drain_secs),
         store,
         s3_path_style: args.s3_path_style,
         presign_expiry: std::time::Duration::from_secs(args.presign_expiry_secs),
@@ -180,8 +198,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
+    // SIGTERM is how `docker stop`, ECS and systemd stop a service; SIGINT is a terminal's Ctrl-C.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        let name = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        tracing::info!(signal = name, "stopping");
         trigger.cancel();
     });
     recfleet::serve(cfg, listener, shutdown).await?;

@@ -4,7 +4,10 @@
 //! recordings to idle bots, and declares silent bots lost.
 //!
 //! Mutations are plain synchronous code that marks what changed; `flush` then writes the events
-//! and notifies, before any reply that depends on them.
+//! and notifies, before any reply that depends on them. A write that fails fails the request
+//! that caused it (500 `internal`), makes `/readyz` unready, and is retried at the next flush:
+//! nothing is dropped. Statuses change only through `lifecycle::advance`; bot states only
+//! through `BotState::next`.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -13,27 +16,23 @@ use std::time::{Duration, Instant};
 
 use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, LogLevel, Outcome};
 use recfleet_proto::{EventKind, RecordingEvent, RecordingStatus, SubCode};
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{status_name, Metrics, ACTIVE_STATUSES};
-use crate::model::{ApiError, CreateRecording, Outputs, PoolView, Recording};
+use crate::fleet::{BotEvent, BotState, Liveness};
+use crate::lifecycle::{advance, to_finalizing};
+use crate::metrics::{Metrics, ACTIVE_STATUSES};
+use crate::model::{ApiError, CreateRecording, ErrorDetail, Outputs, PoolView, Recording};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::recovery::{Recovered, RecoveryError};
 use crate::runtime::{Exited, LaunchSpec, Runtime};
-use crate::store::{token_hash, Store, StoredBot, StoredRecording};
+use crate::store::{token_hash, LogKind, Store, StoreError, StoredBot, StoredRecording};
 use crate::webhook::Delivery;
 
-/// A bot silent this long is declared lost.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A launched (or re-adopted) bot must connect within this.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a bot's last messages get to arrive after its process exited: the exit and the
 /// bot's `Finished` travel on different channels, and the exit may come first.
 pub const EXIT_GRACE: Duration = Duration::from_secs(3);
-/// A warm or busy bot that lost its connection must be back within this (it keeps recording
-/// meanwhile; its reconnection backoff tops out at 5 s).
-pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_secs(1);
 
 /// What the manager is asked to do.
@@ -66,6 +65,10 @@ pub enum Command {
     Pool {
         reply: oneshot::Sender<PoolView>,
     },
+    /// Whether the last write to the state database succeeded (for `/readyz`).
+    Health {
+        reply: oneshot::Sender<bool>,
+    },
     /// A bot's WebSocket opened with `token`; on success its messages follow.
     BotConnected {
         bot_id: String,
@@ -85,31 +88,6 @@ pub enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BotState {
-    Starting,
-    Idle,
-    Busy,
-}
-
-impl BotState {
-    fn as_str(self) -> &'static str {
-        match self {
-            BotState::Starting => "starting",
-            BotState::Idle => "idle",
-            BotState::Busy => "busy",
-        }
-    }
-
-    fn parse(s: &str) -> BotState {
-        match s {
-            "idle" => BotState::Idle,
-            "busy" => BotState::Busy,
-            _ => BotState::Starting,
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -176,13 +154,15 @@ pub struct Manager {
     queue: VecDeque<String>,
     bots: HashMap<String, Bot>,
     /// Events to persist at the next flush: (recording id, kind, data).
-    dirty: Vec<(String, &'static str, serde_json::Value)>,
+    dirty: VecDeque<(String, LogKind, serde_json::Value)>,
     dirty_bots: Vec<String>,
     /// Recordings whose bot exited before saying `Finished`: when, and how it exited.
     orphaned: HashMap<String, (Instant, String)>,
     /// Recoveries under way report here.
     recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
     recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
+    /// The last write to the state database failed (cleared by the next that succeeds).
+    write_failed: bool,
 }
 
 /// A heartbeat's figures.
@@ -228,11 +208,12 @@ impl Manager {
             idempotency: HashMap::new(),
             queue: VecDeque::new(),
             bots: HashMap::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             dirty_bots: Vec::new(),
             orphaned: HashMap::new(),
             recovered_tx,
             recovered_rx: Some(recovered_rx),
+            write_failed: false,
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -249,7 +230,7 @@ impl Manager {
         for b in m.store.load_bots().await? {
             let bot = Bot {
                 token_sha256: b.token_sha256,
-                state: BotState::parse(&b.state),
+                state: b.state,
                 recording: b.recording_id,
                 tx: None,
                 last_seen: Instant::now(),
@@ -278,7 +259,7 @@ impl Manager {
         for id in unfinished {
             self.start_recovery(&id);
         }
-        self.settle().await;
+        let _ = self.settle().await;
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -294,7 +275,8 @@ impl Manager {
                     self.update_gauges();
                 }
             }
-            self.settle().await;
+            // A failed write is logged and counted there, and retried at the next settle.
+            let _ = self.settle().await;
         }
     }
 
@@ -314,7 +296,7 @@ impl Manager {
             }
         }
         for (status, n) in ACTIVE_STATUSES.iter().zip(active) {
-            m.recordings_active.with_label_values(&[status_name(*status)]).set(n);
+            m.recordings_active.with_label_values(&[status.as_str()]).set(n);
         }
         m.upload_backlog_segments.set(self.bots.values().map(|b| b.vitals.backlog_files).sum::<u64>() as i64);
         m.upload_backlog_bytes.set(self.bots.values().map(|b| b.vitals.backlog_bytes).sum::<u64>() as i64);
@@ -362,19 +344,27 @@ impl Manager {
         }
     }
 
-    /// Assigns, re-plans and persists after a change.
-    async fn settle(&mut self) {
+    /// Assigns, re-plans and persists after a change. An error means the change is not yet
+    /// durable (it stays queued for the next flush).
+    async fn settle(&mut self) -> Result<(), StoreError> {
         self.assign_queued();
         self.reconcile();
-        self.flush().await;
+        self.flush().await
+    }
+
+    /// `result`, unless the change it made could not be written.
+    fn durable<T>(result: Result<T, ApiError>, written: Result<(), StoreError>) -> Result<T, ApiError> {
+        let value = result?;
+        written?;
+        Ok(value)
     }
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Create { req, idempotency_key, reply } => {
                 let result = self.create(req, idempotency_key);
-                self.settle().await;
-                let _ = reply.send(result);
+                let written = self.settle().await;
+                let _ = reply.send(Self::durable(result, written));
             }
             Command::Get { id, reply } => {
                 let _ = reply.send(self.recordings.get(&id).map(|e| e.stored.view.clone()));
@@ -395,8 +385,8 @@ impl Manager {
             }
             Command::Stop { id, reply } => {
                 let result = self.stop(&id);
-                self.settle().await;
-                let _ = reply.send(result);
+                let written = self.settle().await;
+                let _ = reply.send(Self::durable(result, written));
             }
             Command::Delete { id, reply } => {
                 let result = self.delete(&id).await;
@@ -406,6 +396,9 @@ impl Manager {
                 let o = self.observed();
                 let _ =
                     reply.send(PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len() });
+            }
+            Command::Health { reply } => {
+                let _ = reply.send(!self.write_failed);
             }
             Command::BotConnected { bot_id, token, tx, reply } => {
                 let ok = match self.bots.get_mut(&bot_id) {
@@ -427,7 +420,9 @@ impl Manager {
                     | BotMessage::SegmentStored { recording_id, .. }
                     | BotMessage::Finished { recording_id, .. } => Some(recording_id.clone()),
                     BotMessage::Hello { recording_id, .. } => recording_id.clone(),
-                    _ => self.bots.get(&bot_id).and_then(|b| b.recording.clone()),
+                    BotMessage::Ready | BotMessage::Heartbeat { .. } | BotMessage::Log { .. } => {
+                        self.bots.get(&bot_id).and_then(|b| b.recording.clone())
+                    }
                 };
                 let span = tracing::info_span!("bot_message", bot_id = %bot_id, recording_id = recording_id.as_deref().unwrap_or(""));
                 let _entered = span.enter();
@@ -435,6 +430,8 @@ impl Manager {
             }
             Command::Shutdown { reply } => {
                 self.shut_down();
+                // What the drain changed is on disk before the process exits.
+                let _ = self.flush().await;
                 let _ = reply.send(());
             }
             Command::BotDisconnected { bot_id } => {
@@ -445,16 +442,37 @@ impl Manager {
         }
     }
 
-    fn touch(&mut self, id: &str, kind: &'static str, data: serde_json::Value) {
-        self.dirty.push((id.to_string(), kind, data));
+    fn touch(&mut self, id: &str, kind: LogKind, data: serde_json::Value) {
+        self.dirty.push_back((id.to_string(), kind, data));
     }
 
-    /// Writes the marked events with their projections, then announces status changes.
-    async fn flush(&mut self) {
-        for (id, kind, data) in std::mem::take(&mut self.dirty) {
+    /// Writes the marked events with their projections, then announces status changes. On a
+    /// failed write, what is not written stays marked, in order, for the next flush.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let written = self.write_marked().await;
+        match &written {
+            Ok(()) if self.write_failed => {
+                tracing::info!("the state database takes writes again");
+                self.write_failed = false;
+            }
+            Ok(()) => {}
+            Err(err) => {
+                if !self.write_failed {
+                    tracing::error!(error = %err, "cannot write to the state database; changes wait in memory and are retried");
+                }
+                self.write_failed = true;
+                self.cfg.metrics.state_write_failures.inc();
+            }
+        }
+        written
+    }
+
+    async fn write_marked(&mut self) -> Result<(), StoreError> {
+        while let Some((id, kind, data)) = self.dirty.pop_front() {
             let Some(entry) = self.recordings.get_mut(&id) else { continue };
             if let Err(err) = self.store.append(&entry.stored, kind, &data).await {
-                tracing::error!(recording_id = %id, error = %err, "cannot persist a recording event");
+                self.dirty.push_front((id, kind, data));
+                return Err(err);
             }
             let status = entry.stored.view.status;
             if entry.notified != Some(status) {
@@ -466,19 +484,19 @@ impl Manager {
                     let _ = self.webhooks.send(Delivery {
                         recording_id: id.clone(),
                         url: url.clone(),
-                        event_type: format!("recording.{}", serde_json::to_value(status).expect("serializes").as_str().unwrap_or("")),
+                        event_type: format!("recording.{}", status.as_str()),
                         payload: serde_json::to_value(&entry.stored.view).expect("serializes"),
                     });
                 }
             }
         }
-        for id in std::mem::take(&mut self.dirty_bots) {
+        while let Some(id) = self.dirty_bots.pop() {
             let result = match self.bots.get(&id) {
                 Some(bot) => {
                     let stored = StoredBot {
                         id: id.clone(),
                         token_sha256: bot.token_sha256.clone(),
-                        state: bot.state.as_str().into(),
+                        state: bot.state,
                         recording_id: bot.recording.clone(),
                     };
                     self.store.save_bot(&stored).await
@@ -486,9 +504,11 @@ impl Manager {
                 None => self.store.delete_bot(&id).await,
             };
             if let Err(err) = result {
-                tracing::error!(bot_id = %id, error = %err, "cannot persist a bot");
+                self.dirty_bots.push(id);
+                return Err(err);
             }
         }
+        Ok(())
     }
 
     fn create(&mut self, req: CreateRecording, key: Option<String>) -> Result<(Recording, bool), ApiError> {
@@ -532,35 +552,39 @@ impl Manager {
             self.idempotency.insert(k, id.clone());
         }
         self.queue.push_back(id.clone());
-        self.touch(&id, "created", serde_json::json!({"meeting_url": view.meeting_url}));
+        self.touch(&id, LogKind::Created, json!({"meeting_url": view.meeting_url}));
         Ok((view, true))
     }
 
     fn stop(&mut self, id: &str) -> Result<Recording, ApiError> {
         let entry = self.recordings.get_mut(id).ok_or_else(|| ApiError::NotFound(id.to_string()))?;
         let rec = &mut entry.stored.view;
-        if rec.status == RecordingStatus::Queued {
+        let queued = rec.status == RecordingStatus::Queued;
+        advance(rec, RecordingEvent::StopRequested, &self.cfg.metrics);
+        let after_stop = rec.status;
+        if queued {
+            // No bot has it: stopping ends it at once, with nothing recorded.
             self.queue.retain(|q| q != id);
-            rec.status = RecordingStatus::Failed;
             rec.sub_code = Some(SubCode::StoppedByApi);
-            rec.ended_at = Some(OffsetDateTime::now_utc());
-        } else if let Ok(next) = rec.status.next(RecordingEvent::StopRequested) {
-            rec.status = next;
-            if let Some(tx) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)).and_then(|b| b.tx.as_ref()) {
-                let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
+            let now = OffsetDateTime::now_utc();
+            rec.ended_at = Some(now);
+            if advance(rec, RecordingEvent::EndedWithoutMedia, &self.cfg.metrics) {
+                rec.completed_at = Some(now);
             }
+        } else if let Some(tx) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)).and_then(|b| b.tx.as_ref()) {
+            let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
         }
         let view = rec.clone();
-        self.touch(id, "stop_requested", serde_json::json!({}));
+        self.touch(id, LogKind::StopRequested, json!({"queued": queued, "status_after_stop": after_stop}));
         Ok(view)
     }
 
     async fn delete(&mut self, id: &str) -> Result<(), ApiError> {
         let entry = self.recordings.get(id).ok_or_else(|| ApiError::NotFound(id.to_string()))?;
         if !entry.stored.view.status.is_terminal() {
-            return Err(ApiError::Conflict(format!("recording {id} is {:?}: stop it first", entry.stored.view.status)));
+            return Err(ApiError::Conflict(format!("recording {id} is {}: stop it first", entry.stored.view.status.as_str())));
         }
-        self.store.mark_deleted(id).await.map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        self.store.mark_deleted(id).await?;
         self.recordings.remove(id);
         self.order.retain(|o| o != id);
         self.idempotency.retain(|_, v| v != id);
@@ -583,16 +607,28 @@ impl Manager {
         }
         match msg {
             BotMessage::Hello { ready: true, .. } | BotMessage::Ready => {
-                if let Some(bot) = self.bots.get_mut(bot_id).filter(|b| b.state == BotState::Starting) {
-                    bot.state = BotState::Idle;
-                    self.dirty_bots.push(bot_id.to_string());
+                if let Some(bot) = self.bots.get_mut(bot_id) {
+                    match bot.state.next(BotEvent::Ready) {
+                        Ok(next) if next != bot.state => {
+                            bot.state = next;
+                            self.dirty_bots.push(bot_id.to_string());
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "bot state change refused"),
+                    }
                 }
             }
-            BotMessage::Hello { .. } => {}
+            BotMessage::Hello { ready: false, .. } => {}
             BotMessage::Heartbeat { capture, cpu_cores, rss_bytes, upload } => {
                 self.on_heartbeat(bot_id, Heartbeat { capture, cpu_cores, rss_bytes, upload });
             }
-            BotMessage::StateChanged { .. } => {}
+            BotMessage::StateChanged { recording_id, status, .. } => {
+                // The controller applies the bot's events through the same table; the bot's own
+                // word is a cross-check (it may run ahead: its Finished is still on the way).
+                if let Some(entry) = self.recordings.get(&recording_id).filter(|e| e.stored.view.status != status) {
+                    tracing::debug!(bot = status.as_str(), controller = entry.stored.view.status.as_str(), "bot reports another status");
+                }
+            }
             BotMessage::SegmentStored { recording_id, segment, upload_lag_ms } => {
                 let m = &self.cfg.metrics;
                 if let Some(lag) = upload_lag_ms {
@@ -605,7 +641,7 @@ impl Manager {
                         m.time_to_view.observe(seconds_since(entry.stored.view.created_at));
                     }
                 }
-                self.touch(&recording_id, "segment_stored", serde_json::to_value(&segment).expect("serializes"));
+                self.touch(&recording_id, LogKind::SegmentStored, serde_json::to_value(&segment).expect("serializes"));
             }
             BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
             BotMessage::Timeline { recording_id, event } => self.apply_event(&recording_id, &event),
@@ -639,9 +675,10 @@ impl Manager {
         let metrics = self.cfg.metrics.clone();
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
-        let stopping = rec.status == RecordingStatus::Stopping;
         match &event.kind {
-            EventKind::WaitingRoom if !stopping => rec.status = RecordingStatus::WaitingRoom,
+            EventKind::WaitingRoom => {
+                advance(rec, RecordingEvent::WaitingRoomEntered, &metrics);
+            }
             EventKind::Joined => {
                 rec.joined_at = Some(event.at);
                 if let Some(assigned) = entry.assigned_at {
@@ -653,24 +690,26 @@ impl Manager {
                     metrics.start_latency.observe((event.at - rec.created_at).as_seconds_f64().max(0.0));
                 }
                 rec.recording_started_at = Some(event.at);
-                if !stopping {
-                    rec.status = RecordingStatus::Recording;
-                }
+                advance(rec, RecordingEvent::RecordingStarted, &metrics);
             }
             EventKind::Ended { sub_code, .. } => {
                 rec.ended_at = Some(event.at);
                 rec.sub_code = Some(*sub_code);
+                // Without media the end is decided by the bot's `Finished`, which says why.
                 if rec.recording_started_at.is_some() {
-                    rec.status = RecordingStatus::Finalizing;
+                    to_finalizing(rec, &metrics);
                 }
             }
-            _ => {}
+            EventKind::PageLoaded { .. }
+            | EventKind::JoinAttemptFailed { .. }
+            | EventKind::FirstSegment { .. }
+            | EventKind::Finalized { .. } => {}
         }
-        self.touch(id, "timeline", serde_json::to_value(event).expect("serializes"));
+        self.touch(id, LogKind::Timeline, serde_json::to_value(event).expect("serializes"));
     }
 
     fn finish(&mut self, id: &str, outcome: Outcome) {
-        let public = self.cfg.public_url.clone();
+        let (public, metrics) = (self.cfg.public_url.clone(), self.cfg.metrics.clone());
         let Some(entry) = self.recordings.get_mut(id) else { return };
         if entry.stored.view.status.is_terminal() {
             return; // a repeated Finished after a reconnect changes nothing
@@ -683,28 +722,29 @@ impl Manager {
                 rec.duration_secs = Some(summary.duration_secs);
                 let left = summary.upload.as_ref().map(|u| u.not_uploaded.clone()).unwrap_or_default();
                 if left.is_empty() {
-                    rec.status = RecordingStatus::Completed;
-                    rec.completed_at = Some(OffsetDateTime::now_utc());
-                    rec.outputs = Some(outputs(&public, id));
+                    if to_finalizing(rec, &metrics) && advance(rec, RecordingEvent::Finalized, &metrics) {
+                        rec.completed_at = Some(OffsetDateTime::now_utc());
+                        rec.outputs = Some(outputs(&public, id));
+                    }
                 } else {
                     // The MP4 goes last, so it is among what was left: make it from what is stored.
-                    rec.error = Some(format!("{} files did not reach the store (first: {})", left.len(), left[0]));
+                    let message = format!("{} files did not reach the store (first: {})", left.len(), left[0]);
+                    rec.error = Some(ErrorDetail::new("upload_incomplete", message));
                     recover = true;
                 }
             }
-            Outcome::Failed { sub_code, message, .. } => {
+            Outcome::Failed { sub_code, code, message } => {
                 rec.sub_code = sub_code.or(rec.sub_code);
-                rec.error = Some(message.clone());
+                rec.error = Some(ErrorDetail::new(code, message.clone()));
                 if rec.recording_started_at.is_some() {
                     recover = true;
-                } else {
-                    rec.status = RecordingStatus::Failed;
+                } else if advance(rec, RecordingEvent::EndedWithoutMedia, &metrics) {
                     rec.completed_at = Some(OffsetDateTime::now_utc());
                 }
             }
         }
-        tracing::info!(recording_id = id, status = ?rec.status, sub_code = ?rec.sub_code, recover, "recording finished by its bot");
-        self.touch(id, "finished", serde_json::to_value(&outcome).expect("serializes"));
+        tracing::info!(recording_id = id, status = rec.status.as_str(), sub_code = ?rec.sub_code, recover, "recording finished by its bot");
+        self.touch(id, LogKind::Finished, serde_json::to_value(&outcome).expect("serializes"));
         if recover {
             self.start_recovery(id);
         }
@@ -715,9 +755,11 @@ impl Manager {
     fn start_recovery(&mut self, id: &str) {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
-        rec.status = RecordingStatus::Finalizing;
+        if !to_finalizing(rec, &self.cfg.metrics) {
+            return;
+        }
         rec.partial = true;
-        self.touch(id, "recovery_started", serde_json::json!({}));
+        self.touch(id, LogKind::RecoveryStarted, json!({}));
         let (store, scratch, tx, id) =
             (self.cfg.objects.clone(), self.cfg.scratch_root.join(id), self.recovered_tx.clone(), id.to_string());
         tracing::info!(recording_id = %id, "finalizing from the store");
@@ -728,35 +770,34 @@ impl Manager {
     }
 
     fn recovered(&mut self, id: &str, result: Result<Recovered, RecoveryError>) {
-        let public = self.cfg.public_url.clone();
+        let (public, metrics) = (self.cfg.public_url.clone(), self.cfg.metrics.clone());
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
-        rec.completed_at = Some(OffsetDateTime::now_utc());
         match &result {
             Ok(r) => {
-                rec.status = RecordingStatus::Completed;
-                rec.duration_secs = Some((r.duration_secs * 1000.0).round() / 1000.0);
-                rec.outputs = Some(outputs(&public, id));
+                if advance(rec, RecordingEvent::Finalized, &metrics) {
+                    rec.completed_at = Some(OffsetDateTime::now_utc());
+                    rec.duration_secs = Some((r.duration_secs * 1000.0).round() / 1000.0);
+                    rec.outputs = Some(outputs(&public, id));
+                }
                 tracing::info!(
                     recording_id = id,
                     segments = r.segments,
                     duration_secs = r.duration_secs,
                     "partial recording finalized from the store"
                 );
-                self.cfg.metrics.recoveries.with_label_values(&["completed"]).inc();
-                self.touch(
-                    id,
-                    "recovered",
-                    serde_json::json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}),
-                );
+                metrics.recoveries.with_label_values(&["completed"]).inc();
+                self.touch(id, LogKind::Recovered, json!({"segments": r.segments, "duration_secs": r.duration_secs, "corrupt": r.corrupt}));
             }
             Err(err) => {
-                rec.status = RecordingStatus::Failed;
-                let earlier = rec.error.take().map(|e| format!("{e}; ")).unwrap_or_default();
-                rec.error = Some(format!("{earlier}recovery: {err}"));
+                if advance(rec, RecordingEvent::FinalizeFailed, &metrics) {
+                    rec.completed_at = Some(OffsetDateTime::now_utc());
+                }
+                let earlier = rec.error.take().map(|e| format!("{}; ", e.message)).unwrap_or_default();
+                rec.error = Some(ErrorDetail::new(err.code(), format!("{earlier}recovery: {err}")));
                 tracing::error!(recording_id = id, code = err.code(), error = %err, "cannot finalize from the store");
-                self.cfg.metrics.recoveries.with_label_values(&["failed"]).inc();
-                self.touch(id, "recovery_failed", serde_json::json!({"code": err.code(), "message": err.to_string()}));
+                metrics.recoveries.with_label_values(&["failed"]).inc();
+                self.touch(id, LogKind::RecoveryFailed, json!({"code": err.code(), "message": err.to_string()}));
             }
         }
     }
@@ -782,17 +823,18 @@ impl Manager {
         for (id, detail) in due {
             self.orphaned.remove(&id);
             self.cfg.metrics.bots_lost.inc();
-            self.mark_crashed(&id, &format!("the bot exited before finishing: {detail}"));
+            self.mark_crashed(&id, "bot_crashed", &format!("the bot exited before finishing: {detail}"));
         }
     }
 
     fn find_lost_bots(&mut self) {
-        let limit = |b: &Bot| match (b.state, b.tx.is_some()) {
-            (BotState::Starting, _) => STARTUP_TIMEOUT,
-            (_, false) => RECONNECT_TIMEOUT,
-            (_, true) => HEARTBEAT_TIMEOUT,
-        };
-        let lost: Vec<String> = self.bots.iter().filter(|(_, b)| b.last_seen.elapsed() > limit(b)).map(|(id, _)| id.clone()).collect();
+        let now = Instant::now();
+        let lost: Vec<String> = self
+            .bots
+            .iter()
+            .filter(|(_, b)| crate::fleet::is_lost(Liveness { state: b.state, connected: b.tx.is_some(), last_seen: b.last_seen }, now))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in lost {
             tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
             self.cfg.metrics.bots_lost.inc();
@@ -800,27 +842,26 @@ impl Manager {
             self.dirty_bots.push(id.clone());
             if let Some(bot) = self.bots.remove(&id) {
                 if let Some(rec) = bot.recording {
-                    self.mark_crashed(&rec, "the bot stopped heartbeating");
+                    self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
                 }
             }
         }
     }
 
     /// A recording whose bot died before `Finished`: what it stored is finalized without it.
-    fn mark_crashed(&mut self, id: &str, why: &str) {
+    fn mark_crashed(&mut self, id: &str, code: &str, why: &str) {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         if rec.status.is_terminal() {
             return;
         }
         rec.sub_code = Some(SubCode::BotCrashed);
-        rec.error = Some(why.to_string());
+        rec.error = Some(ErrorDetail::new(code, why));
         let started = rec.recording_started_at.is_some();
-        if !started {
-            rec.status = RecordingStatus::Failed;
+        if !started && advance(rec, RecordingEvent::EndedWithoutMedia, &self.cfg.metrics) {
             rec.completed_at = Some(OffsetDateTime::now_utc());
         }
-        self.touch(id, "bot_crashed", serde_json::json!({"reason": why}));
+        self.touch(id, LogKind::BotCrashed, json!({"code": code, "reason": why}));
         if started {
             self.start_recovery(id);
         }
@@ -836,6 +877,10 @@ impl Manager {
                 continue;
             };
             let rec = &mut entry.stored.view;
+            if rec.status != RecordingStatus::Queued {
+                self.queue.pop_front();
+                continue;
+            }
             let assignment = Assignment {
                 recording_id: id.clone(),
                 meeting_url: rec.meeting_url.clone(),
@@ -849,14 +894,14 @@ impl Manager {
                 continue;
             }
             tracing::info!(recording_id = %id, bot_id = %bot_id, "assigned");
-            bot.state = BotState::Busy;
+            bot.state = bot.state.next(BotEvent::Assigned).expect("only idle bots are picked");
             bot.recording = Some(id.clone());
-            rec.status = RecordingStatus::Joining;
+            advance(rec, RecordingEvent::Assigned, &self.cfg.metrics);
             entry.assigned_at = Some(OffsetDateTime::now_utc());
             let bot_id = bot_id.clone();
             self.queue.pop_front();
             self.dirty_bots.push(bot_id.clone());
-            self.touch(&id, "assigned", serde_json::json!({"bot_id": bot_id}));
+            self.touch(&id, LogKind::Assigned, json!({"bot_id": bot_id}));
         }
     }
 
@@ -960,6 +1005,74 @@ mod tests {
         Manager::load(cfg, Arc::new(NoRuntime), store, webhooks).await.unwrap()
     }
 
+    fn request(meeting_url: &str) -> CreateRecording {
+        CreateRecording {
+            meeting_url: meeting_url.into(),
+            bot_name: None,
+            recipe: None,
+            recipe_name: None,
+            max_duration_secs: None,
+            webhook_url: None,
+            metadata: None,
+            allow_concurrent: false,
+        }
+    }
+
+    fn refused_total(m: &Manager) -> u64 {
+        let text = m.cfg.metrics.render();
+        text.lines()
+            .filter(|l| l.starts_with(crate::metrics::names::RECORDING_TRANSITIONS_REFUSED_TOTAL))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    #[tokio::test]
+    async fn a_queued_stop_goes_through_stopping_to_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        let (rec, _) = m.create(request("https://m.example.com/q"), None).unwrap();
+        let view = m.stop(&rec.id).unwrap();
+        assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::StoppedByApi)));
+        assert!(view.completed_at.is_some() && !m.queue.contains(&rec.id));
+        let (_, kind, data) = m.dirty.back().unwrap();
+        assert_eq!((*kind, &data["status_after_stop"]), (LogKind::StopRequested, &json!("stopping")));
+        assert_eq!(refused_total(&m), 0, "nothing refused on the way");
+        // A second stop is harmless and changes nothing.
+        assert_eq!(m.stop(&rec.id).unwrap().status, RecordingStatus::Failed);
+        assert_eq!(refused_total(&m), 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_event_the_table_refuses_is_counted_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        let (id, bot_id) = assigned(&mut m).await;
+        started(&mut m, &id);
+        m.on_bot_message(&bot_id, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+        assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+        let late = recfleet_proto::Event { at: OffsetDateTime::now_utc(), elapsed_ms: 0, kind: EventKind::WaitingRoom };
+        m.apply_event(&id, &late);
+        assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed, "never applied");
+        assert_eq!(refused_total(&m), 1, "counted once");
+    }
+
+    #[tokio::test]
+    async fn a_failed_state_write_fails_the_request_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        m.store.close().await;
+        let (tx, rx) = oneshot::channel();
+        m.handle(Command::Create { req: request("https://m.example.com/w"), idempotency_key: None, reply: tx }).await;
+        let answer = rx.await.unwrap();
+        assert!(matches!(answer, Err(ApiError::Internal(_))), "{answer:?}");
+        assert_eq!(answer.unwrap_err().status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let (tx, rx) = oneshot::channel();
+        m.handle(Command::Health { reply: tx }).await;
+        assert!(!rx.await.unwrap(), "unready while writes fail");
+        assert!(m.dirty.iter().any(|(_, k, _)| *k == LogKind::Created), "the change waits for the next flush");
+        assert!(m.cfg.metrics.state_write_failures.get() >= 1);
+    }
+
     /// A recording assigned to a connected, warm bot; returns (recording id, bot id).
     async fn assigned(m: &mut Manager) -> (String, String) {
         m.reconcile();
@@ -983,6 +1096,13 @@ mod tests {
         (rec.id, bot_id)
     }
 
+    /// The bot's timeline says the first frame is captured.
+    fn started(m: &mut Manager, id: &str) {
+        let event = recfleet_proto::Event { at: OffsetDateTime::now_utc(), elapsed_ms: 0, kind: EventKind::RecordingStarted };
+        m.apply_event(id, &event);
+        assert_eq!(m.recordings[id].stored.view.status, RecordingStatus::Recording);
+    }
+
     fn completed(id: &str) -> Outcome {
         let paths = OutputPaths { dir: id.into(), mp4: None, playlist: String::new(), manifest: String::new(), events: String::new() };
         Outcome::Completed {
@@ -1004,6 +1124,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manager(dir.path()).await;
         let (id, bot_id) = assigned(&mut m).await;
+        started(&mut m, &id);
         m.bot_exited(Exited { bot_id: bot_id.clone(), detail: "exit status: 0".into() });
         m.settle_orphans();
         assert!(!m.recordings[&id].stored.view.status.is_terminal(), "not decided before the grace");
@@ -1028,7 +1149,9 @@ mod tests {
         m.settle_orphans();
         let view = &m.recordings[&id].stored.view;
         assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
-        assert!(view.error.as_deref().unwrap().contains("SIGKILL"));
+        let error = view.error.as_ref().unwrap();
+        assert_eq!(error.code, "bot_crashed");
+        assert!(error.message.contains("SIGKILL"), "{error:?}");
     }
 
     #[tokio::test]
@@ -1036,7 +1159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manager(dir.path()).await;
         let (id, bot_id) = assigned(&mut m).await;
-        m.recordings.get_mut(&id).unwrap().stored.view.recording_started_at = Some(OffsetDateTime::now_utc());
+        started(&mut m, &id);
         m.bot_exited(Exited { bot_id, detail: "signal: 9 (SIGKILL)".into() });
         m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
         m.settle_orphans();
@@ -1048,6 +1171,8 @@ mod tests {
         m.recovered(&rid, result);
         let view = &m.recordings[&id].stored.view;
         assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
-        assert!(view.error.as_deref().unwrap().contains("nothing usable"), "{:?}", view.error);
+        let error = view.error.as_ref().unwrap();
+        assert_eq!(error.code, "nothing_stored");
+        assert!(error.message.contains("nothing usable"), "{error:?}");
     }
 }

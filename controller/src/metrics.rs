@@ -37,6 +37,9 @@ pub mod names {
     pub const WEBHOOK_DELIVERIES_TOTAL: &str = "recfleet_webhook_deliveries_total";
     pub const API_REQUESTS_TOTAL: &str = "recfleet_api_requests_total";
     pub const API_REQUEST_DURATION_SECONDS: &str = "recfleet_api_request_duration_seconds";
+    pub const RECORDING_TRANSITIONS_REFUSED_TOTAL: &str = "recfleet_recording_transitions_refused_total";
+    pub const STATE_WRITE_FAILURES_TOTAL: &str = "recfleet_state_write_failures_total";
+    pub const CONTROLLER_DRAINING: &str = "recfleet_controller_draining";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -64,6 +67,9 @@ pub mod names {
         WEBHOOK_DELIVERIES_TOTAL,
         API_REQUESTS_TOTAL,
         API_REQUEST_DURATION_SECONDS,
+        RECORDING_TRANSITIONS_REFUSED_TOTAL,
+        STATE_WRITE_FAILURES_TOTAL,
+        CONTROLLER_DRAINING,
     ];
 }
 
@@ -106,6 +112,9 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
+    pub transitions_refused: IntCounterVec,
+    pub state_write_failures: IntCounter,
+    pub draining: IntGauge,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -230,6 +239,14 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
+            transitions_refused: counter_vec(
+                &r,
+                RECORDING_TRANSITIONS_REFUSED_TOTAL,
+                "Recording status changes the transition table refused (never applied), by status and event.",
+                &["status", "event"],
+            ),
+            state_write_failures: counter(&r, STATE_WRITE_FAILURES_TOTAL, "Writes to the state database that failed."),
+            draining: gauge(&r, CONTROLLER_DRAINING, "1 while the controller drains before it exits (SIGTERM, SIGINT)."),
             registry: r,
         };
         // Closed label sets start at zero, so rules and panels see them before the first event.
@@ -237,7 +254,7 @@ impl Metrics {
             m.pool_bots.with_label_values(&[state]).set(0);
         }
         for status in ACTIVE_STATUSES {
-            m.recordings_active.with_label_values(&[status_name(status)]).set(0);
+            m.recordings_active.with_label_values(&[status.as_str()]).set(0);
         }
         for level in ["warn", "error"] {
             m.bot_log_events.with_label_values(&[level]).inc_by(0);
@@ -249,6 +266,12 @@ impl Metrics {
             m.recoveries.with_label_values(&[result]).inc_by(0);
         }
         m.recordings_finished.with_label_values(&["failed", "bot_crashed"]).inc_by(0);
+        m.state_write_failures.inc_by(0);
+        for status in RecordingStatus::ALL {
+            for event in recfleet_proto::RecordingEvent::ALL.into_iter().filter(|e| status.next(*e).is_err()) {
+                m.transitions_refused.with_label_values(&[status.as_str(), event.as_str()]).inc_by(0);
+            }
+        }
         m
     }
 
@@ -261,21 +284,7 @@ impl Metrics {
 
     pub fn finished(&self, status: RecordingStatus, sub_code: Option<SubCode>) {
         let sub = sub_code.map_or("none", |s| s.as_str());
-        self.recordings_finished.with_label_values(&[status_name(status), sub]).inc();
-    }
-}
-
-/// The status as the API spells it.
-pub fn status_name(status: RecordingStatus) -> &'static str {
-    match status {
-        RecordingStatus::Queued => "queued",
-        RecordingStatus::Joining => "joining",
-        RecordingStatus::WaitingRoom => "waiting_room",
-        RecordingStatus::Recording => "recording",
-        RecordingStatus::Stopping => "stopping",
-        RecordingStatus::Finalizing => "finalizing",
-        RecordingStatus::Completed => "completed",
-        RecordingStatus::Failed => "failed",
+        self.recordings_finished.with_label_values(&[status.as_str(), sub]).inc();
     }
 }
 

@@ -35,8 +35,9 @@ pub struct Recording {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub outputs: Option<Outputs>,
-    /// The error's message when the recording failed.
-    pub error: Option<String>,
+    /// What went wrong, when something did: a stable `code` (a bot's error code, `bot_crashed`,
+    /// `bot_lost`, `upload_incomplete`, a recovery's code) and a message for people.
+    pub error: Option<ErrorDetail>,
 }
 
 /// Download links; they take the same API key.
@@ -91,15 +92,26 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// unauthorized, invalid_request, invalid_url, invalid_recipe, not_found, conflict, unavailable
+    /// API errors: unauthorized, invalid_request, invalid_url, invalid_recipe, not_found,
+    /// conflict, draining, unavailable, internal. A recording's error: see `Recording.error`.
     pub code: String,
     pub message: String,
 }
 
+impl ErrorDetail {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self { code: code.to_string(), message: message.into() }
+    }
+}
+
+/// How long a client should wait before it retries a request refused while the controller
+/// drains (a replacement is usually up by then, behind the same address).
+pub const DRAIN_RETRY_AFTER_SECS: u64 = 5;
+
 /// An API error: a stable `code`, a message, and the HTTP status it maps to.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or wrong API key")]
     Unauthorized,
@@ -113,8 +125,20 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The controller is draining before it exits: reads work, new recordings go elsewhere.
+    #[error("the controller is draining before it exits; retry shortly (another controller takes over)")]
+    Draining,
     #[error("the controller is shutting down")]
     Unavailable,
+    /// Our fault, not the caller's; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] std::sync::Arc<crate::store::StoreError>),
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        ApiError::Internal(std::sync::Arc::new(err))
+    }
 }
 
 impl ApiError {
@@ -126,7 +150,9 @@ impl ApiError {
             ApiError::InvalidRecipe(_) => "invalid_recipe",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Draining => "draining",
             ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
         }
     }
 
@@ -136,14 +162,22 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidRecipe(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Internal(source) = &self {
+            tracing::error!(error = %source, "request failed on our side");
+        }
         let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
-        (self.status(), axum::Json(body)).into_response()
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, ApiError::Draining) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, DRAIN_RETRY_AFTER_SECS.into());
+        }
+        resp
     }
 }

@@ -54,14 +54,17 @@ pub struct ProcessRuntime {
     bot_binary: PathBuf,
     exits: mpsc::UnboundedSender<Exited>,
     stops: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Bots outlive the controller: their own process group (a terminal's Ctrl-C or a signal
+    /// to the controller's group does not reach them) and no kill when the controller exits.
+    detached: bool,
 }
 
 /// How long a bot gets after SIGTERM to finalize before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
 impl ProcessRuntime {
-    pub fn new(bot_binary: PathBuf, exits: mpsc::UnboundedSender<Exited>) -> Self {
-        Self { bot_binary, exits, stops: Default::default() }
+    pub fn new(bot_binary: PathBuf, exits: mpsc::UnboundedSender<Exited>, detached: bool) -> Self {
+        Self { bot_binary, exits, stops: Default::default(), detached }
     }
 }
 
@@ -76,8 +79,12 @@ impl Runtime for ProcessRuntime {
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .stderr(Stdio::inherit());
+        if self.detached {
+            cmd.process_group(0);
+        } else {
+            cmd.kill_on_drop(true);
+        }
         let child = cmd.spawn().map_err(|source| RuntimeError::Launch {
             bot_id: spec.bot_id.clone(),
             program: self.bot_binary.display().to_string(),

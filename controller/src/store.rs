@@ -62,6 +62,51 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
 }
 
+/// What an entry of a recording's event log (`recording_events.kind`) says happened. The names
+/// are stable: they are stored, and read back by tools and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// `POST /v1/recordings` stored it.
+    Created,
+    /// A bot took it.
+    Assigned,
+    /// `POST .../stop`.
+    StopRequested,
+    /// A bot stored a segment (data: the manifest entry).
+    SegmentStored,
+    /// The bot's timeline (data: the event).
+    Timeline,
+    /// The bot's last word (data: the outcome).
+    Finished,
+    /// The bot died or went silent before `Finished`.
+    BotCrashed,
+    /// Finalizing from the store without the bot began.
+    RecoveryStarted,
+    Recovered,
+    RecoveryFailed,
+    /// `DELETE`: soft, the row stays with `deleted = 1`.
+    Deleted,
+}
+
+impl LogKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogKind::Created => "created",
+            LogKind::Assigned => "assigned",
+            LogKind::StopRequested => "stop_requested",
+            LogKind::SegmentStored => "segment_stored",
+            LogKind::Timeline => "timeline",
+            LogKind::Finished => "finished",
+            LogKind::BotCrashed => "bot_crashed",
+            LogKind::RecoveryStarted => "recovery_started",
+            LogKind::Recovered => "recovered",
+            LogKind::RecoveryFailed => "recovery_failed",
+            LogKind::Deleted => "deleted",
+        }
+    }
+}
+
 /// A recording as stored: the projection plus what only the controller needs.
 #[derive(Debug, Clone)]
 pub struct StoredRecording {
@@ -76,7 +121,7 @@ pub struct StoredRecording {
 pub struct StoredBot {
     pub id: String,
     pub token_sha256: String,
-    pub state: String,
+    pub state: crate::fleet::BotState,
     pub recording_id: Option<String>,
 }
 
@@ -122,13 +167,19 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Closes the connections; every later query fails (at exit, and in tests of a lost
+    /// database).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Appends an event and writes the projection it produced, in one transaction.
-    pub async fn append(&self, rec: &StoredRecording, kind: &str, data: &serde_json::Value) -> Result<(), StoreError> {
+    pub async fn append(&self, rec: &StoredRecording, kind: LogKind, data: &serde_json::Value) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
         sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES (?, ?, ?, ?)")
             .bind(&rec.view.id)
             .bind(now())
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(data.to_string())
             .execute(&mut *tx)
             .await
@@ -153,9 +204,10 @@ impl Store {
 
     pub async fn mark_deleted(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES (?, ?, 'deleted', '{}')")
+        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES (?, ?, ?, '{}')")
             .bind(id)
             .bind(now())
+            .bind(LogKind::Deleted.as_str())
             .execute(&mut *tx)
             .await
             .map_err(q("append event"))?;
@@ -208,7 +260,7 @@ impl Store {
         )
         .bind(&bot.id)
         .bind(&bot.token_sha256)
-        .bind(&bot.state)
+        .bind(bot.state.as_str())
         .bind(&bot.recording_id)
         .execute(&self.pool)
         .await
@@ -224,15 +276,14 @@ impl Store {
     pub async fn load_bots(&self) -> Result<Vec<StoredBot>, StoreError> {
         let rows =
             sqlx::query("SELECT id, token_sha256, state, recording_id FROM bots").fetch_all(&self.pool).await.map_err(q("load bots"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredBot {
-                id: r.get("id"),
-                token_sha256: r.get("token_sha256"),
-                state: r.get("state"),
-                recording_id: r.get("recording_id"),
+        rows.into_iter()
+            .map(|r| {
+                let state: String = r.get("state");
+                let state = crate::fleet::BotState::parse(&state)
+                    .map_err(|e| StoreError::Corrupt { what: "bot state", reason: format!("{state:?}: {e}") })?;
+                Ok(StoredBot { id: r.get("id"), token_sha256: r.get("token_sha256"), state, recording_id: r.get("recording_id") })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn record_delivery(&self, d: &DeliveryAttempt<'_>) -> Result<(), StoreError> {

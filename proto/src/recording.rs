@@ -49,7 +49,59 @@ pub struct TransitionError {
     pub event: RecordingEvent,
 }
 
+impl RecordingEvent {
+    pub const ALL: [RecordingEvent; 8] = [
+        RecordingEvent::Assigned,
+        RecordingEvent::WaitingRoomEntered,
+        RecordingEvent::RecordingStarted,
+        RecordingEvent::StopRequested,
+        RecordingEvent::EndedWithMedia,
+        RecordingEvent::EndedWithoutMedia,
+        RecordingEvent::Finalized,
+        RecordingEvent::FinalizeFailed,
+    ];
+
+    /// The event as logs and metric labels spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingEvent::Assigned => "assigned",
+            RecordingEvent::WaitingRoomEntered => "waiting_room_entered",
+            RecordingEvent::RecordingStarted => "recording_started",
+            RecordingEvent::StopRequested => "stop_requested",
+            RecordingEvent::EndedWithMedia => "ended_with_media",
+            RecordingEvent::EndedWithoutMedia => "ended_without_media",
+            RecordingEvent::Finalized => "finalized",
+            RecordingEvent::FinalizeFailed => "finalize_failed",
+        }
+    }
+}
+
 impl RecordingStatus {
+    pub const ALL: [RecordingStatus; 8] = [
+        RecordingStatus::Queued,
+        RecordingStatus::Joining,
+        RecordingStatus::WaitingRoom,
+        RecordingStatus::Recording,
+        RecordingStatus::Stopping,
+        RecordingStatus::Finalizing,
+        RecordingStatus::Completed,
+        RecordingStatus::Failed,
+    ];
+
+    /// The status as the API, logs and metric labels spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingStatus::Queued => "queued",
+            RecordingStatus::Joining => "joining",
+            RecordingStatus::WaitingRoom => "waiting_room",
+            RecordingStatus::Recording => "recording",
+            RecordingStatus::Stopping => "stopping",
+            RecordingStatus::Finalizing => "finalizing",
+            RecordingStatus::Completed => "completed",
+            RecordingStatus::Failed => "failed",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, RecordingStatus::Completed | RecordingStatus::Failed)
     }
@@ -82,7 +134,9 @@ impl RecordingStatus {
             (S::Stopping, E::StopRequested) => Ok(S::Stopping),
             (S::Stopping, E::EndedWithMedia) => Ok(S::Finalizing),
             (S::Stopping, E::EndedWithoutMedia) => Ok(S::Failed),
-            (S::Stopping, E::Assigned | E::WaitingRoomEntered | E::RecordingStarted) => refused,
+            // What the bot saw before the stop reached it: the stop still wins.
+            (S::Stopping, E::WaitingRoomEntered | E::RecordingStarted) => Ok(S::Stopping),
+            (S::Stopping, E::Assigned) => refused,
             (S::Stopping, E::Finalized | E::FinalizeFailed) => refused,
 
             (S::Finalizing, E::Finalized) => Ok(S::Completed),
@@ -264,17 +318,8 @@ mod tests {
     use RecordingEvent as E;
     use RecordingStatus as S;
 
-    const ALL_STATES: [S; 8] = [S::Queued, S::Joining, S::WaitingRoom, S::Recording, S::Stopping, S::Finalizing, S::Completed, S::Failed];
-    const ALL_EVENTS: [E; 8] = [
-        E::Assigned,
-        E::WaitingRoomEntered,
-        E::RecordingStarted,
-        E::StopRequested,
-        E::EndedWithMedia,
-        E::EndedWithoutMedia,
-        E::Finalized,
-        E::FinalizeFailed,
-    ];
+    const ALL_STATES: [S; 8] = S::ALL;
+    const ALL_EVENTS: [E; 8] = E::ALL;
 
     /// Every allowed transition; every pair not listed here must be refused.
     const ALLOWED: &[(S, E, S)] = &[
@@ -293,6 +338,8 @@ mod tests {
         (S::Recording, E::EndedWithMedia, S::Finalizing),
         (S::Recording, E::EndedWithoutMedia, S::Failed),
         (S::Stopping, E::StopRequested, S::Stopping),
+        (S::Stopping, E::WaitingRoomEntered, S::Stopping),
+        (S::Stopping, E::RecordingStarted, S::Stopping),
         (S::Stopping, E::EndedWithMedia, S::Finalizing),
         (S::Stopping, E::EndedWithoutMedia, S::Failed),
         (S::Finalizing, E::Finalized, S::Completed),
@@ -324,6 +371,16 @@ mod tests {
                     assert_eq!(to, from);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn statuses_and_events_serialize_as_their_names() {
+        for status in ALL_STATES {
+            assert_eq!(serde_json::to_value(status).unwrap(), serde_json::Value::String(status.as_str().into()));
+        }
+        for event in ALL_EVENTS {
+            assert_eq!(serde_json::to_value(event).unwrap(), serde_json::Value::String(event.as_str().into()));
         }
     }
 

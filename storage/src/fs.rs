@@ -64,9 +64,13 @@ fn put_file_blocking(src: &Path, dest: &Path) -> std::io::Result<()> {
         std::fs::copy(src, &tmp)?;
         std::fs::File::open(&tmp)?.sync_data()?;
     }
-    std::fs::rename(&tmp, dest).inspect_err(|_| {
+    let renamed = std::fs::rename(&tmp, dest);
+    // `rename` of two links to one inode does nothing and leaves `tmp` behind (a file put again
+    // unchanged, already linked at `dest`); on an error too, `tmp` must not stay.
+    if renamed.is_err() || tmp.symlink_metadata().is_ok() {
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    renamed
 }
 
 fn put_bytes_blocking(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
@@ -165,6 +169,21 @@ mod tests {
         assert!(store.list("recordings/nothing/").await.unwrap().is_empty());
         store.delete_prefix("recordings/r1/").await.unwrap();
         assert!(store.list("recordings/r1/").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_put_twice_leaves_no_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        let store = FsStore::new(root.path().join("store"));
+        let src = root.path().join("events.json");
+        std::fs::write(&src, b"[]").unwrap();
+        // The second put links the same inode that is already at the destination.
+        store.put_file("recordings/r1/events.json", &src).await.unwrap();
+        store.put_file("recordings/r1/events.json", &src).await.unwrap();
+        let dir = root.path().join("store/recordings/r1");
+        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["events.json"]);
+        assert_eq!(std::fs::read(dir.join("events.json")).unwrap(), b"[]");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ pub mod media;
 pub use recfleet_meeting as meeting;
 pub mod procs;
 pub mod s3;
+pub mod serve;
 
 use std::path::PathBuf;
 

@@ -31,6 +31,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         bot_binary: recfleet_tests::binary("recfleet-bot"),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         keep_bots_on_exit,
+        drain: Duration::ZERO,
         store: None,
         s3_path_style: false,
         presign_expiry: Duration::from_secs(3600),
@@ -267,6 +268,9 @@ async fn controller_restart_mid_recording_loses_nothing() {
     let mp4 = second.data.path().join("recordings").join(&id).join("recording.mp4");
     let p = recfleet_tests::media::probe(&mp4);
     assert!((p.duration_secs - 10.0).abs() <= 1.5, "{p:?}");
+    // The first controller's bots were detached; the second retires them (idle ones over their
+    // socket) as it stops.
+    second.stop().await;
 }
 
 async fn rebind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {

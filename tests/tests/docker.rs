@@ -70,6 +70,7 @@ impl Controller {
             bot_binary: Default::default(),
             webhook_secret: None,
             keep_bots_on_exit: keep,
+            drain: Duration::ZERO,
             store: Some(format!("s3://{bucket}").parse().unwrap()),
             s3_path_style: true,
             presign_expiry: Duration::from_secs(600),

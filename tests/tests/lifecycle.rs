@@ -1,0 +1,198 @@
+//! The controller's own life, with the real `recfleet serve` binary as a child process (as a
+//! supervisor runs it), real bots and the bundled meeting: SIGTERM drains, the bots outlive the
+//! controller, and the next controller on the same state finishes what the last one started.
+
+use std::time::{Duration, Instant};
+
+use recfleet_tests::meeting::MeetingServer;
+use recfleet_tests::serve::{Api, ServeProcess, Tag};
+use serde_json::{json, Value};
+
+const KEY: &str = "lifecycle-key";
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The files a finished recording's folder holds (docs/ARCHITECTURE.md, storage layout).
+fn documented(name: &str) -> bool {
+    ["init.mp4", "index.m3u8", "manifest.json", "events.json", "recording.mp4"].contains(&name)
+        || (name.starts_with("seg_") && name.ends_with(".m4s"))
+}
+
+/// A webhook receiver on loopback: every delivery's event type, in order.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                sink.lock().unwrap().push(event["type"].as_str().unwrap_or("?").to_string());
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// The bot recording for the controller on `port`: the `recfleet-bot` carrying that
+/// controller's URL whose child is FFmpeg.
+fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
+    let needle = format!("RECFLEET_CONTROLLER_URL=ws://127.0.0.1:{port}/");
+    tag.processes().into_iter().map(|(pid, _)| pid).find(|pid| {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        recfleet_tests::procs::comm(*pid).as_deref() == Some("recfleet-bot")
+            && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes()))
+            && recfleet_tests::procs::children(*pid).into_iter().any(|c| recfleet_tests::procs::comm(c).as_deref() == Some("ffmpeg"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_the_next_controller_finishes_the_recording() {
+    let tag = Tag::new();
+    let meeting = MeetingServer::start().await.unwrap();
+    let (hook_url, hooks) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let log = dir.path().join("serve.log");
+    let port = recfleet_tests::free_port();
+    let args = ["--data-dir", &data_arg, "--api-key", KEY, "--webhook-secret", WEBHOOK_SECRET, "--pool-min-idle", "1", "--pool-max", "2"];
+    let mut first = ServeProcess::start(&tag, port, &log, &args);
+    let api = Api::new(&first.base, KEY);
+    api.wait_for("a warm bot", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
+
+    let meeting_secs = 12.0;
+    let body = json!({"meeting_url": meeting.url("/m/drain?end=12"), "recipe_name": "recfleet-test-meeting", "webhook_url": hook_url});
+    let (status, _, rec) = api.post("/v1/recordings", &body).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    api.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // SIGTERM: /readyz turns unready at once, new recordings get 503 draining, reads work.
+    first.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    loop {
+        let ready = api.http.get(format!("{}/readyz", api.base)).send().await.unwrap().status().as_u16();
+        if ready == 503 {
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(1), "/readyz still {ready} 1 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = json!({"meeting_url": meeting.url("/m/refused?end=3"), "recipe_name": "recfleet-test-meeting"});
+    let (status, headers, refused) = api.post("/v1/recordings", &other).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("draining")), "{refused}");
+    assert!(headers.get("retry-after").is_some(), "Retry-After on a draining refusal: {headers:?}");
+    assert_eq!(api.get(&path).await["id"], id.as_str(), "reads keep working during the drain");
+
+    let exit = first.wait_exit(Duration::from_secs(10));
+    let waited = signalled.elapsed();
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM; log:\n{}", first.log_text()));
+    assert!(exit.success(), "exit {exit:?} after {waited:?}; log:\n{}", first.log_text());
+    assert!(first.log_text().contains("draining"), "the drain is logged");
+
+    // The bot did not go down with its controller: it is still recording.
+    let bot = recording_bot(&tag, port).expect("the recording bot outlives its controller");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(recording_bot(&tag, port), Some(bot), "still recording a second later");
+
+    // A new controller on the same state takes the bot back and finishes the recording.
+    let mut second = ServeProcess::start(&tag, port, &log, &[&args[..], &["--stop-bots-on-exit"]].concat());
+    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!((done["status"].as_str(), done["sub_code"].as_str()), (Some("completed"), Some("meeting_ended")), "{done:#}");
+    assert_eq!(done["partial"], false, "{done:#}");
+    let duration = done["duration_secs"].as_f64().unwrap();
+    assert!((duration - meeting_secs).abs() <= 1.5, "the whole meeting across the restart: {duration} s");
+    let mp4 = data.join("recordings").join(&id).join("recording.mp4");
+    let probe = recfleet_tests::media::probe(&mp4);
+    assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "{probe:?}");
+    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    assert_eq!(api.get("/v1/recordings").await["items"].as_array().unwrap().len(), 1, "one recording, the refused one never made");
+
+    // One `completed` webhook across both controllers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hooks.lock().unwrap().iter().any(|t| t == "recording.completed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = hooks.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|t| *t == "recording.completed").count(), 1, "{seen:?}");
+
+    // The recording's folder holds only the documented files (no temporary leftovers).
+    let folder = data.join("recordings").join(&id);
+    let names: Vec<String> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let stray: Vec<&String> = names.iter().filter(|n| !documented(n)).collect();
+    assert!(stray.is_empty(), "undocumented files in {}: {stray:?}", folder.display());
+
+    second.signal(libc::SIGTERM);
+    let exit = second.wait_exit(Duration::from_secs(10)).expect("the second controller exits within 10 s");
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// The bots of the controller on `port` that are still running.
+fn bots_of(tag: &Tag, port: u16) -> Vec<u32> {
+    let needle = format!("RECFLEET_CONTROLLER_URL=ws://127.0.0.1:{port}/");
+    tag.processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            recfleet_tests::procs::comm(*pid).as_deref() == Some("recfleet-bot")
+                && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_controller_gone_for_good_idle_bots_exit_and_busy_ones_finish_first() {
+    let tag = Tag::new();
+    let meeting = MeetingServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let log = dir.path().join("serve.log");
+    let port = recfleet_tests::free_port();
+    // The bots inherit the controller's environment: a short orphan timeout for the test.
+    std::env::set_var("RECFLEET_ORPHAN_TIMEOUT_SECS", "6");
+    let mut c =
+        ServeProcess::start(&tag, port, &log, &["--data-dir", &data_arg, "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"]);
+    let api = Api::new(&c.base, KEY);
+    api.wait_for("a warm bot", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
+    let body = json!({"meeting_url": meeting.url("/m/orphan?end=14"), "recipe_name": "recfleet-test-meeting"});
+    let (status, _, rec) = api.post("/v1/recordings", &body).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    api.wait_for("recording", Duration::from_secs(60), &format!("/v1/recordings/{id}"), |r| r["status"] == "recording").await;
+    api.wait_for("a warm bot beside the busy one", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
+    let busy = recording_bot(&tag, port).expect("the recording bot");
+
+    c.signal(libc::SIGKILL);
+    c.wait_exit(Duration::from_secs(5)).expect("SIGKILL ends the controller");
+    let killed = Instant::now();
+    // The idle bot gives up after its orphan timeout; the busy one is still recording then.
+    loop {
+        let left = bots_of(&tag, port);
+        if left == [busy] {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "idle bots still running 20 s after the controller died: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let idle_gone = killed.elapsed();
+    assert!(idle_gone >= Duration::from_secs(5), "the idle bot waited for its timeout first: {idle_gone:?}");
+    // The busy bot records to the meeting's end, stores the MP4, then exits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bots_of(&tag, port).is_empty() {
+        assert!(Instant::now() < deadline, "the busy bot did not exit after its recording");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mp4 = data.join("recordings").join(&id).join("recording.mp4");
+    let probe = recfleet_tests::media::probe(&mp4);
+    assert!((probe.duration_secs - 14.0).abs() <= 1.5, "the whole meeting, recorded without a controller: {probe:?}");
+}
