@@ -213,7 +213,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     stop_on_message.abort();
     heartbeat.abort();
     let outcome = match &result {
-        Ok(summary) => Outcome::Completed { summary: summary.clone() },
+        Ok(summary) => Outcome::Completed { summary: Box::new(summary.clone()) },
         Err(err) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
     };
     let _ = outbox.send(BotMessage::Finished { recording_id, outcome });

@@ -408,10 +408,8 @@ impl Worker {
                     }
                     self.stored(&item);
                     unpublished += 1;
-                    if unpublished >= PUBLISH_EVERY {
-                        if self.publish(false).await.is_ok() {
-                            unpublished = 0;
-                        }
+                    if unpublished >= PUBLISH_EVERY && self.publish(false).await.is_ok() {
+                        unpublished = 0;
                     }
                 }
                 Err(err) => {

@@ -1106,7 +1106,7 @@ mod tests {
     fn completed(id: &str) -> Outcome {
         let paths = OutputPaths { dir: id.into(), mp4: None, playlist: String::new(), manifest: String::new(), events: String::new() };
         Outcome::Completed {
-            summary: Summary {
+            summary: Box::new(Summary {
                 recording_id: id.into(),
                 status: RecordingStatus::Completed,
                 sub_code: SubCode::MeetingEnded,
@@ -1115,7 +1115,7 @@ mod tests {
                 paths,
                 capture: None,
                 upload: None,
-            },
+            }),
         }
     }
 

@@ -62,7 +62,7 @@ pub enum LogLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
-    Completed { summary: Summary },
+    Completed { summary: Box<Summary> },
     Failed { sub_code: Option<SubCode>, code: String, message: String },
 }
 
