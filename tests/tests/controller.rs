@@ -269,8 +269,14 @@ async fn controller_restart_mid_recording_loses_nothing() {
     let p = recfleet_tests::media::probe(&mp4);
     assert!((p.duration_secs - 10.0).abs() <= 1.5, "{p:?}");
     // The first controller's bots were detached; the second retires them (idle ones over their
-    // socket) as it stops.
+    // socket) as it stops, and none outlives the test.
+    let base = second.base.clone();
     second.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bot_pids(&base).is_empty() {
+        assert!(Instant::now() < deadline, "bots still running after the controller retired them: {:?}", bot_pids(&base));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn rebind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
