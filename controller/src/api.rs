@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::manager::Command;
-use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolView, Recording};
+use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolBackoff, PoolView, Recording};
 
 /// Request bodies larger than this are refused (a recipe is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -70,7 +70,7 @@ pub fn router(state: AppState) -> Router {
 #[openapi(
     info(title = "recfleet", description = "Recordings of web meetings by a warm pool of bots. Every /v1 route takes `Authorization: Bearer <API key>`."),
     paths(create, list, get_one, stop, delete, file, pool),
-    components(schemas(Recording, Outputs, CreateRecording, PoolView, ErrorBody)),
+    components(schemas(Recording, Outputs, CreateRecording, PoolView, PoolBackoff, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -18,7 +18,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::runtime::{Exited, LaunchSpec, Runtime, RuntimeError};
+use crate::runtime::{ExitReason, Exited, LaunchSpec, Runtime, RuntimeError};
 
 /// Labels every bot container carries.
 pub const LABEL_POOL: &str = "recfleet.pool";
@@ -146,15 +146,18 @@ impl DockerRuntime {
 /// reports it.
 async fn watch(docker: Docker, bot_id: String, id: String, exits: mpsc::UnboundedSender<Exited>) {
     let mut wait = docker.wait_container(&id, Some(WaitContainerOptions { condition: "removed".into() }));
-    let detail = match wait.next().await {
-        Some(Ok(r)) => format!("container exit code {}", r.status_code),
+    let (code, detail) = match wait.next().await {
+        Some(Ok(r)) => (Some(r.status_code), format!("container exit code {}", r.status_code)),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, error })) => {
-            format!("container exit code {code}{}", if error.is_empty() { String::new() } else { format!(": {error}") })
+            (Some(code), format!("container exit code {code}{}", if error.is_empty() { String::new() } else { format!(": {error}") }))
         }
-        Some(Err(e)) => format!("lost track of the container: {e}"),
-        None => "the container is gone".into(),
+        Some(Err(e)) => (None, format!("lost track of the container: {e}")),
+        None => (None, "the container is gone".into()),
     };
-    let _ = exits.send(Exited { bot_id, detail });
+    // A container the controller stopped ends with SIGTERM's 143 (or SIGKILL's 137): its
+    // stop is logged where it was asked; here it is an exit like any other.
+    let reason = if code == Some(0) { ExitReason::Finished } else { ExitReason::Crashed };
+    let _ = exits.send(Exited { bot_id, reason, detail });
 }
 
 impl Runtime for DockerRuntime {
@@ -173,7 +176,8 @@ impl Runtime for DockerRuntime {
                 Ok(id) => watch(docker, bot_id, id, exits).await,
                 Err(e) => {
                     tracing::error!(bot_id = %bot_id, error = %e, "cannot start a bot container");
-                    let _ = exits.send(Exited { bot_id, detail: format!("cannot start its container: {e}") });
+                    let _ =
+                        exits.send(Exited { bot_id, reason: ExitReason::LaunchFailed, detail: format!("cannot start its container: {e}") });
                 }
             }
         });

@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fleet::{BotEvent, BotState, Liveness};
 use crate::lifecycle::{advance, to_finalizing};
 use crate::metrics::{Metrics, ACTIVE_STATUSES};
-use crate::model::{ApiError, CreateRecording, ErrorDetail, Outputs, PoolView, Recording};
+use crate::model::{ApiError, CreateRecording, ErrorDetail, Outputs, PoolBackoff, PoolView, Recording};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::recovery::{Recovered, RecoveryError};
-use crate::runtime::{Exited, LaunchSpec, Runtime};
+use crate::runtime::{ExitReason, Exited, LaunchSpec, Runtime};
 use crate::store::{token_hash, LogKind, Store, StoreError, StoredBot, StoredRecording};
 use crate::webhook::Delivery;
 
@@ -163,6 +163,10 @@ pub struct Manager {
     recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
     /// The last write to the state database failed (cleared by the next that succeeds).
     write_failed: bool,
+    /// Launch failures in a row, and until when launches are held (`pool::launch_backoff`).
+    launch_failures: u32,
+    launch_held_until: Option<Instant>,
+    launch_failure_reason: String,
 }
 
 /// A heartbeat's figures.
@@ -214,6 +218,9 @@ impl Manager {
             recovered_tx,
             recovered_rx: Some(recovered_rx),
             write_failed: false,
+            launch_failures: 0,
+            launch_held_until: None,
+            launch_failure_reason: String::new(),
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -284,9 +291,9 @@ impl Manager {
     fn update_gauges(&self) {
         let m = &self.cfg.metrics;
         let o = self.observed();
-        m.pool_bots.with_label_values(&["starting"]).set(o.starting as i64);
-        m.pool_bots.with_label_values(&["idle"]).set(o.idle as i64);
-        m.pool_bots.with_label_values(&["busy"]).set(o.busy as i64);
+        for (state, n) in [(BotState::Starting, o.starting), (BotState::Idle, o.idle), (BotState::Busy, o.busy)] {
+            m.pool_bots.with_label_values(&[state.as_str()]).set(n as i64);
+        }
         m.pool_max_bots.set(self.cfg.max as i64);
         m.pool_queued.set(self.queue.len() as i64);
         let mut active = [0i64; ACTIVE_STATUSES.len()];
@@ -298,6 +305,7 @@ impl Manager {
         for (status, n) in ACTIVE_STATUSES.iter().zip(active) {
             m.recordings_active.with_label_values(&[status.as_str()]).set(n);
         }
+        m.launch_backoff.set(self.launch_held_for(Instant::now()).map_or(0.0, |d| d.as_secs_f64()));
         m.upload_backlog_segments.set(self.bots.values().map(|b| b.vitals.backlog_files).sum::<u64>() as i64);
         m.upload_backlog_bytes.set(self.bots.values().map(|b| b.vitals.backlog_bytes).sum::<u64>() as i64);
     }
@@ -394,8 +402,14 @@ impl Manager {
             }
             Command::Pool { reply } => {
                 let o = self.observed();
-                let _ =
-                    reply.send(PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len() });
+                let backoff = self.launch_held_for(Instant::now()).map(|left| PoolBackoff {
+                    failures: self.launch_failures,
+                    retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
+                    reason: self.launch_failure_reason.clone(),
+                });
+                let view =
+                    PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len(), backoff };
+                let _ = reply.send(view);
             }
             Command::Health { reply } => {
                 let _ = reply.send(!self.write_failed);
@@ -612,6 +626,9 @@ impl Manager {
                         Ok(next) if next != bot.state => {
                             bot.state = next;
                             self.dirty_bots.push(bot_id.to_string());
+                            // A bot got warm: launches work again.
+                            self.launch_failures = 0;
+                            self.launch_held_until = None;
                         }
                         Ok(_) => {}
                         Err(err) => tracing::warn!(error = %err, "bot state change refused"),
@@ -805,7 +822,15 @@ impl Manager {
     fn bot_exited(&mut self, exit: Exited) {
         let Some(bot) = self.bots.remove(&exit.bot_id) else { return };
         self.dirty_bots.push(exit.bot_id.clone());
-        tracing::info!(bot_id = %exit.bot_id, detail = %exit.detail, "bot exited");
+        tracing::info!(bot_id = %exit.bot_id, reason = exit.reason.as_str(), detail = %exit.detail, "bot exited");
+        let never_warm = bot.state == BotState::Starting;
+        match exit.reason {
+            ExitReason::LaunchFailed => self.launch_failed(&exit.detail),
+            ExitReason::Crashed | ExitReason::Finished if never_warm => {
+                self.launch_failed(&format!("the bot exited before it was warm: {}", exit.detail))
+            }
+            ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped => {}
+        }
         if let Some(id) = bot.recording {
             // Decided after `EXIT_GRACE`, when its last messages have had time to land.
             self.orphaned.insert(id, (Instant::now(), exit.detail));
@@ -840,10 +865,12 @@ impl Manager {
             self.cfg.metrics.bots_lost.inc();
             self.runtime.stop(&id);
             self.dirty_bots.push(id.clone());
-            if let Some(bot) = self.bots.remove(&id) {
-                if let Some(rec) = bot.recording {
-                    self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
-                }
+            let Some(bot) = self.bots.remove(&id) else { continue };
+            if bot.state == BotState::Starting {
+                self.launch_failed(&format!("the bot did not connect and warm up within {:?}", crate::fleet::STARTUP_TIMEOUT));
+            }
+            if let Some(rec) = bot.recording {
+                self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
             }
         }
     }
@@ -921,6 +948,7 @@ impl Manager {
         let desired = Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len() };
         for action in pool::plan(desired, self.observed()) {
             match action {
+                Action::Launch(_) if self.launch_held_for(Instant::now()).is_some() => {}
                 Action::Launch(n) => {
                     for _ in 0..n {
                         self.launch();
@@ -940,6 +968,22 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// A launch did not give a warm bot: hold further launches for the back-off, and say so
+    /// once per failure (logged and counted here, and nowhere else).
+    fn launch_failed(&mut self, reason: &str) {
+        self.launch_failures = self.launch_failures.saturating_add(1);
+        let wait = pool::launch_backoff(self.launch_failures);
+        self.launch_held_until = Some(Instant::now() + wait);
+        self.launch_failure_reason = reason.to_string();
+        self.cfg.metrics.launch_failures.inc();
+        tracing::error!(failures = self.launch_failures, retry_in_secs = wait.as_secs_f64(), reason, "bot launch failed; holding launches");
+    }
+
+    /// How much longer launches are held, at `now`.
+    fn launch_held_for(&self, now: Instant) -> Option<Duration> {
+        self.launch_held_until.map(|until| until.saturating_duration_since(now)).filter(|left| !left.is_zero())
     }
 
     fn launch(&mut self) {
@@ -966,7 +1010,7 @@ impl Manager {
                 self.bots.insert(bot_id.clone(), bot);
                 self.dirty_bots.push(bot_id);
             }
-            Err(err) => tracing::error!(error = %err, "cannot launch a bot"),
+            Err(err) => self.launch_failed(&err.to_string()),
         }
     }
 }
@@ -1073,6 +1117,31 @@ mod tests {
         assert!(m.cfg.metrics.state_write_failures.get() >= 1);
     }
 
+    #[tokio::test]
+    async fn launches_that_never_give_a_warm_bot_back_off_until_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        m.reconcile();
+        let first = m.bots.keys().next().unwrap().clone();
+        m.bot_exited(Exited { bot_id: first, reason: ExitReason::Crashed, detail: "exit status: 1".into() });
+        m.reconcile();
+        assert!(m.bots.is_empty(), "no relaunch while held");
+        let mut tx = oneshot::channel();
+        m.handle(Command::Pool { reply: tx.0 }).await;
+        let backoff = tx.1.await.unwrap().backoff.expect("the pool shows the back-off");
+        assert_eq!(backoff.failures, 1);
+        assert!(backoff.reason.contains("before it was warm") && backoff.reason.contains("exit status: 1"), "{backoff:?}");
+        // The hold passes: one launch, which comes up warm and clears the back-off.
+        m.launch_held_until = Some(Instant::now());
+        m.reconcile();
+        let second = m.bots.keys().next().expect("relaunched after the hold").clone();
+        m.on_bot_message(&second, BotMessage::Ready);
+        tx = oneshot::channel();
+        m.handle(Command::Pool { reply: tx.0 }).await;
+        assert!(tx.1.await.unwrap().backoff.is_none());
+        assert_eq!((m.launch_failures, m.cfg.metrics.launch_failures.get()), (0, 1));
+    }
+
     /// A recording assigned to a connected, warm bot; returns (recording id, bot id).
     async fn assigned(m: &mut Manager) -> (String, String) {
         m.reconcile();
@@ -1080,17 +1149,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         m.bots.get_mut(&bot_id).unwrap().tx = Some(tx);
         m.on_bot_message(&bot_id, BotMessage::Ready);
-        let req = CreateRecording {
-            meeting_url: "https://m.example.com/a".into(),
-            bot_name: None,
-            recipe: None,
-            recipe_name: None,
-            max_duration_secs: None,
-            webhook_url: None,
-            metadata: None,
-            allow_concurrent: false,
-        };
-        let (rec, _) = m.create(req, None).unwrap();
+        let (rec, _) = m.create(request("https://m.example.com/a"), None).unwrap();
         m.assign_queued();
         assert_eq!(m.recordings[&rec.id].stored.view.status, RecordingStatus::Joining);
         (rec.id, bot_id)
@@ -1125,7 +1184,7 @@ mod tests {
         let mut m = manager(dir.path()).await;
         let (id, bot_id) = assigned(&mut m).await;
         started(&mut m, &id);
-        m.bot_exited(Exited { bot_id: bot_id.clone(), detail: "exit status: 0".into() });
+        m.bot_exited(Exited { bot_id: bot_id.clone(), reason: ExitReason::Finished, detail: "exit status: 0".into() });
         m.settle_orphans();
         assert!(!m.recordings[&id].stored.view.status.is_terminal(), "not decided before the grace");
         // The bot's last message was still in flight when its exit was seen: the bot is gone.
@@ -1144,7 +1203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manager(dir.path()).await;
         let (id, bot_id) = assigned(&mut m).await;
-        m.bot_exited(Exited { bot_id, detail: "signal: 9 (SIGKILL)".into() });
+        m.bot_exited(Exited { bot_id, reason: ExitReason::Crashed, detail: "signal: 9 (SIGKILL)".into() });
         m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
         m.settle_orphans();
         let view = &m.recordings[&id].stored.view;
@@ -1160,7 +1219,7 @@ mod tests {
         let mut m = manager(dir.path()).await;
         let (id, bot_id) = assigned(&mut m).await;
         started(&mut m, &id);
-        m.bot_exited(Exited { bot_id, detail: "signal: 9 (SIGKILL)".into() });
+        m.bot_exited(Exited { bot_id, reason: ExitReason::Crashed, detail: "signal: 9 (SIGKILL)".into() });
         m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
         m.settle_orphans();
         let view = &m.recordings[&id].stored.view;

@@ -40,6 +40,8 @@ pub mod names {
     pub const RECORDING_TRANSITIONS_REFUSED_TOTAL: &str = "recfleet_recording_transitions_refused_total";
     pub const STATE_WRITE_FAILURES_TOTAL: &str = "recfleet_state_write_failures_total";
     pub const CONTROLLER_DRAINING: &str = "recfleet_controller_draining";
+    pub const POOL_LAUNCH_FAILURES_TOTAL: &str = "recfleet_pool_launch_failures_total";
+    pub const POOL_LAUNCH_BACKOFF_SECONDS: &str = "recfleet_pool_launch_backoff_seconds";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -70,11 +72,14 @@ pub mod names {
         RECORDING_TRANSITIONS_REFUSED_TOTAL,
         STATE_WRITE_FAILURES_TOTAL,
         CONTROLLER_DRAINING,
+        POOL_LAUNCH_FAILURES_TOTAL,
+        POOL_LAUNCH_BACKOFF_SECONDS,
     ];
 }
 
 /// Bot states as the pool counts them.
-pub const BOT_STATES: [&str; 3] = ["starting", "idle", "busy"];
+pub const BOT_STATES: [crate::fleet::BotState; 3] =
+    [crate::fleet::BotState::Starting, crate::fleet::BotState::Idle, crate::fleet::BotState::Busy];
 /// Non-terminal statuses (terminal ones are counted by `recordings_finished_total`).
 pub const ACTIVE_STATUSES: [RecordingStatus; 6] = [
     RecordingStatus::Queued,
@@ -115,6 +120,8 @@ pub struct Metrics {
     pub transitions_refused: IntCounterVec,
     pub state_write_failures: IntCounter,
     pub draining: IntGauge,
+    pub launch_failures: IntCounter,
+    pub launch_backoff: prometheus::Gauge,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -247,11 +254,18 @@ impl Metrics {
             ),
             state_write_failures: counter(&r, STATE_WRITE_FAILURES_TOTAL, "Writes to the state database that failed."),
             draining: gauge(&r, CONTROLLER_DRAINING, "1 while the controller drains before it exits (SIGTERM, SIGINT)."),
+            launch_failures: counter(&r, POOL_LAUNCH_FAILURES_TOTAL, "Bots that could not be launched or exited before they were warm."),
+            launch_backoff: {
+                let g = prometheus::Gauge::new(POOL_LAUNCH_BACKOFF_SECONDS, "Seconds until launches resume after failures (0: none held).")
+                    .expect("valid gauge");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry: r,
         };
         // Closed label sets start at zero, so rules and panels see them before the first event.
         for state in BOT_STATES {
-            m.pool_bots.with_label_values(&[state]).set(0);
+            m.pool_bots.with_label_values(&[state.as_str()]).set(0);
         }
         for status in ACTIVE_STATUSES {
             m.recordings_active.with_label_values(&[status.as_str()]).set(0);
@@ -267,6 +281,7 @@ impl Metrics {
         }
         m.recordings_finished.with_label_values(&["failed", "bot_crashed"]).inc_by(0);
         m.state_write_failures.inc_by(0);
+        m.launch_failures.inc_by(0);
         for status in RecordingStatus::ALL {
             for event in recfleet_proto::RecordingEvent::ALL.into_iter().filter(|e| status.next(*e).is_err()) {
                 m.transitions_refused.with_label_values(&[status.as_str(), event.as_str()]).inc_by(0);

@@ -77,13 +77,27 @@ pub struct CreateRecording {
 }
 
 /// `GET /v1/pool`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PoolView {
     pub idle: usize,
     pub starting: usize,
     pub busy: usize,
     pub max: usize,
     pub queued: usize,
+    /// Present while launches are held back because the last ones failed.
+    pub backoff: Option<PoolBackoff>,
+}
+
+/// Launches held back after failures in a row (a bot that exits before it is warm, or a
+/// runtime that cannot start one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct PoolBackoff {
+    /// Launch failures in a row.
+    pub failures: u32,
+    /// Seconds until the next launch attempt.
+    pub retry_in_secs: f64,
+    /// The last failure, as the runtime reported it.
+    pub reason: String,
 }
 
 /// The body of every error: `{"error": {"code": "...", "message": "..."}}`.

@@ -67,9 +67,33 @@ pub fn plan(desired: Desired, observed: Observed) -> Vec<Action> {
     }
 }
 
+/// The first wait after a launch failure; each further failure in a row doubles it.
+pub const LAUNCH_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between launch attempts while launches keep failing.
+pub const LAUNCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long to hold launches after `failures` launch failures in a row (a bot that exits before
+/// it is warm, or a runtime that cannot start one): none after none, then 1 s, 2 s, 4 s, …
+/// capped at a minute. A start that cannot succeed then costs a launch a minute, not one a tick.
+pub fn launch_backoff(failures: u32) -> std::time::Duration {
+    match failures {
+        0 => std::time::Duration::ZERO,
+        n => LAUNCH_BACKOFF_FIRST.saturating_mul(1u32 << (n - 1).min(16)).min(LAUNCH_BACKOFF_MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn launch_backoff_doubles_and_is_capped() {
+        let secs = |n| launch_backoff(n).as_secs();
+        let cases: &[(u32, u64)] = &[(0, 0), (1, 1), (2, 2), (3, 4), (4, 8), (6, 32), (7, 60), (20, 60), (u32::MAX, 60)];
+        for (failures, want) in cases {
+            assert_eq!(secs(*failures), *want, "after {failures} failures");
+        }
+    }
 
     fn d(min_idle: usize, max: usize, queued: usize) -> Desired {
         Desired { min_idle, max, queued }

@@ -33,10 +33,35 @@ pub enum RuntimeError {
     Docker(String),
 }
 
+/// Why a bot exited, as far as its runtime can tell (ECS's stop codes map onto the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It never ran: the program, the container or the task could not be started.
+    LaunchFailed,
+    /// It ended on its own, successfully (its recording is done, or it was retired).
+    Finished,
+    /// It ended on its own with a failure, or something else killed it.
+    Crashed,
+    /// The runtime stopped it because the controller asked.
+    Stopped,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::LaunchFailed => "launch_failed",
+            ExitReason::Finished => "finished",
+            ExitReason::Crashed => "crashed",
+            ExitReason::Stopped => "stopped",
+        }
+    }
+}
+
 /// A launched bot's exit, reported by the runtime.
 #[derive(Debug, Clone)]
 pub struct Exited {
     pub bot_id: String,
+    pub reason: ExitReason,
     pub detail: String,
 }
 
@@ -111,9 +136,11 @@ async fn supervise(bot_id: String, mut child: Child, stop: tokio::sync::oneshot:
             std::future::pending::<()>().await;
         }
     };
+    let mut reason = None;
     let status = tokio::select! {
         status = child.wait() => status,
         _ = asked => {
+            reason = Some(ExitReason::Stopped);
             if let Some(pid) = child.id() {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
@@ -128,9 +155,9 @@ async fn supervise(bot_id: String, mut child: Child, stop: tokio::sync::oneshot:
             }
         }
     };
-    let detail = match status {
-        Ok(s) => s.to_string(),
-        Err(e) => format!("wait failed: {e}"),
+    let (reason, detail) = match status {
+        Ok(s) => (reason.unwrap_or(if s.success() { ExitReason::Finished } else { ExitReason::Crashed }), s.to_string()),
+        Err(e) => (reason.unwrap_or(ExitReason::Crashed), format!("wait failed: {e}")),
     };
-    let _ = exits.send(Exited { bot_id, detail });
+    let _ = exits.send(Exited { bot_id, reason, detail });
 }

@@ -1,6 +1,8 @@
 //! The controller's own life, with the real `recfleet serve` binary as a child process (as a
 //! supervisor runs it), real bots and the bundled meeting: SIGTERM drains, the bots outlive the
-//! controller, and the next controller on the same state finishes what the last one started.
+//! controller, the next controller on the same state finishes what the last one started, bots
+//! of a controller gone for good do not run forever, and a bot that cannot start makes the pool
+//! back off instead of spinning.
 
 use std::time::{Duration, Instant};
 
@@ -195,4 +197,35 @@ async fn with_the_controller_gone_for_good_idle_bots_exit_and_busy_ones_finish_f
     let mp4 = data.join("recordings").join(&id).join("recording.mp4");
     let probe = recfleet_tests::media::probe(&mp4);
     assert!((probe.duration_secs - 14.0).abs() <= 1.5, "the whole meeting, recorded without a controller: {probe:?}");
+}
+
+/// A value of the controller's `/metrics`, summed over its label sets.
+async fn metric(api: &Api, name: &str) -> f64 {
+    let text = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_that_cannot_start_makes_the_pool_back_off_not_spin() {
+    let tag = Tag::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let log = dir.path().join("serve.log");
+    let port = recfleet_tests::free_port();
+    let args = ["--data-dir", &data, "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2", "--bot-binary", "/bin/false"];
+    let _c = ServeProcess::start(&tag, port, &log, &args);
+    let api = Api::new(&format!("http://127.0.0.1:{port}"), KEY);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Back-off 1, 2, 4, 8, 16 s: about 5 launches in 30 s, not one per exit.
+    let failures = metric(&api, "recfleet_pool_launch_failures_total").await;
+    assert!((3.0..=7.0).contains(&failures), "{failures} launch failures in 30 s");
+    let pool = api.get("/v1/pool").await;
+    let backoff = &pool["backoff"];
+    assert!(backoff["failures"].as_u64().unwrap_or(0) >= 3, "{pool:#}");
+    assert!(backoff["reason"].as_str().unwrap_or("").contains("exit status: 1"), "the reason is named: {pool:#}");
+    assert!(backoff["retry_in_secs"].as_f64().unwrap_or(0.0) > 0.0, "{pool:#}");
+    assert!(metric(&api, "recfleet_pool_launch_backoff_seconds").await > 0.0);
+    // A recording asked for meanwhile waits queued; nothing is lost.
+    let (status, _, rec) = api.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/wait"})).await;
+    assert_eq!((status, rec["status"].as_str()), (201, Some("queued")), "{rec}");
 }
