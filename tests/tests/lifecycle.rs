@@ -40,16 +40,26 @@ async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Stri
     (url, seen)
 }
 
-/// The bot recording for the controller on `port`: the `recfleet-bot` carrying that
-/// controller's URL whose child is FFmpeg.
-fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
+/// The bots of the controller on `port` that are still running (by the controller URL in
+/// their environment).
+fn bots_of(tag: &Tag, port: u16) -> Vec<u32> {
     let needle = format!("RECFLEET_CONTROLLER_URL=ws://127.0.0.1:{port}/");
-    tag.processes().into_iter().map(|(pid, _)| pid).find(|pid| {
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        recfleet_tests::procs::comm(*pid).as_deref() == Some("recfleet-bot")
-            && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes()))
-            && recfleet_tests::procs::children(*pid).into_iter().any(|c| recfleet_tests::procs::comm(c).as_deref() == Some("ffmpeg"))
-    })
+    tag.processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            recfleet_tests::procs::comm(*pid).as_deref() == Some("recfleet-bot")
+                && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// The one of them that is recording: its child is FFmpeg.
+fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
+    bots_of(tag, port)
+        .into_iter()
+        .find(|pid| recfleet_tests::procs::children(*pid).into_iter().any(|c| recfleet_tests::procs::comm(c).as_deref() == Some("ffmpeg")))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,20 +145,6 @@ async fn sigterm_drains_and_the_next_controller_finishes_the_recording() {
     second.signal(libc::SIGTERM);
     let exit = second.wait_exit(Duration::from_secs(10)).expect("the second controller exits within 10 s");
     assert!(exit.success(), "{exit:?}");
-}
-
-/// The bots of the controller on `port` that are still running.
-fn bots_of(tag: &Tag, port: u16) -> Vec<u32> {
-    let needle = format!("RECFLEET_CONTROLLER_URL=ws://127.0.0.1:{port}/");
-    tag.processes()
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .filter(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            recfleet_tests::procs::comm(*pid).as_deref() == Some("recfleet-bot")
-                && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes()))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
