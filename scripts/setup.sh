@@ -4,8 +4,9 @@
 set -euo pipefail
 
 APT_PACKAGES=(chromium ffmpeg xvfb pulseaudio pulseaudio-utils fonts-dejavu-core procps ca-certificates
-  prometheus prometheus-alertmanager debootstrap python3-venv docker-compose binutils)
-NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap docker-compose strip)
+  prometheus prometheus-alertmanager debootstrap python3-venv docker-compose binutils postgresql)
+NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap docker-compose strip
+  /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/postgres psql)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -55,6 +55,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
     let shutdown = CancellationToken::new();
     let serve_cfg = ServeConfig {
         data_dir: cfg.data_dir.clone(),
+        database: None,
         api_key: api_key.clone(),
         pool_min_idle: 1,
         pool_max: 2,

@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    /// Where the state lives; `None` is the SQLite file `<data_dir>/recfleet.db`.
+    pub database: Option<store::DatabaseUrl>,
     pub api_key: String,
     pub pool_min_idle: usize,
     pub pool_max: usize,
@@ -105,9 +107,10 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     if cfg.s3_path_style {
         bot_env.push(("RECFLEET_S3_PATH_STYLE".into(), "true".into()));
     }
-    let store = store::Store::open(&cfg.data_dir.join("recfleet.db")).await?;
-    let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &cfg.data_dir)
-        .map_err(|source| ServeError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let database = cfg.database.clone().unwrap_or_else(|| store::Store::default_url(&cfg.data_dir));
+    let store = store::Store::open(&database).await?;
+    tracing::info!(%database, "state database open");
+    let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();

@@ -41,6 +41,11 @@ struct ServeArgs {
     listen: std::net::SocketAddr,
     #[arg(long, env = "RECFLEET_DATA_DIR", default_value = "recfleet-data")]
     data_dir: PathBuf,
+    /// Where the state lives: `postgres://user:password@host:port/database`, or
+    /// `sqlite://<path>` (default: `<data-dir>/recfleet.db`). Controllers on one PostgreSQL
+    /// database share every recording, queue entry and idempotency key.
+    #[arg(long, env = "RECFLEET_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// When unset, one is generated and printed once.
     #[arg(long, env = "RECFLEET_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -112,10 +117,26 @@ fn main() -> std::process::ExitCode {
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("recfleet: {err:#}");
+            eprintln!("recfleet: {}", one_line(&err));
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: most of ours (and sqlx's) put their
+/// cause in their own message already.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn start() -> anyhow::Result<()> {
@@ -164,6 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         memory_bytes: args.bot_memory_mb * 1024 * 1024,
         ..Default::default()
     });
+    let database = match &args.database_url {
+        Some(url) => Some(url.parse::<recfleet::store::DatabaseUrl>().map_err(|e| anyhow::anyhow!("invalid --database-url: {e}"))?),
+        None => None,
+    };
     let store = match &args.store {
         Some(url) => Some(url.parse::<recfleet_storage::StoreUrl>().map_err(|e| anyhow::anyhow!("invalid --store: {e}"))?),
         None => None,
@@ -182,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let bot_binary = if docker.is_some() { args.bot_binary.unwrap_or_default() } else { bot_binary(args.bot_binary)? };
     let cfg = recfleet::ServeConfig {
         data_dir: args.data_dir,
+        database,
         api_key,
         pool_min_idle: args.pool_min_idle,
         pool_max: args.pool_max,

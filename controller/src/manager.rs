@@ -1044,7 +1044,7 @@ mod tests {
             scratch_root: dir.join("recovery"),
             metrics: Arc::new(Metrics::new()),
         };
-        let store = Store::open(&dir.join("state.db")).await.unwrap();
+        let store = Store::open(&Store::default_url(dir)).await.unwrap();
         let (webhooks, _) = mpsc::unbounded_channel();
         Manager::load(cfg, Arc::new(NoRuntime), store, webhooks).await.unwrap()
     }

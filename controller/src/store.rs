@@ -1,61 +1,114 @@
-//! Durable state in an embedded SQLite file (sqlx): an append-only event log per recording, the
-//! recording's current state as a projection written in the same transaction, the bots the
-//! controller launched (tokens stored hashed), and every webhook delivery attempt.
+//! Durable state, in an embedded SQLite file (the default) or PostgreSQL (`--database-url
+//! postgres://…`): an append-only event log per recording, the recording's current state as a
+//! projection written in the same transaction, the bots the controller launched (tokens stored
+//! hashed), every webhook delivery attempt, and settings every controller on the database shares.
 //!
-//! The manager is the only writer. This module stores and loads; it must not decide anything.
+//! Both backends go through sqlx's `Any` driver with one set of SQL (`$N` placeholders, which
+//! SQLite reads too); only the schema differs, as `sqlx::migrate!` migrations per backend in
+//! `controller/migrations/`, run at start. The manager is the only writer. This module stores
+//! and loads; it must not decide anything.
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use recfleet_proto::Recipe;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::model::Recording;
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS recordings (
-    id TEXT PRIMARY KEY,
-    idempotency_key TEXT UNIQUE,
-    status TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    recipe TEXT,
-    webhook_url TEXT,
-    deleted INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS recording_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    recording_id TEXT NOT NULL,
-    at TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recording_events_by_recording ON recording_events (recording_id, seq);
-CREATE TABLE IF NOT EXISTS bots (
-    id TEXT PRIMARY KEY,
-    token_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL,
-    recording_id TEXT
-);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    recording_id TEXT NOT NULL,
-    url TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    status_code INTEGER,
-    error TEXT,
-    at TEXT NOT NULL
-);
-"#;
+/// How long opening the database may take before the controller gives up at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a query waits for a connection: with the database gone, a write fails after this
+/// (the manager waits on it, so it is short).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Where the state lives: `sqlite://<path>` (or a plain path) or `postgres://user:pass@host/db`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<AnyConnectOptions>().map_err(|e| e.to_string())?;
+            Ok(DatabaseUrl::Postgres(s.to_string()))
+        } else if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// needs a file path, e.g. sqlite:///var/lib/recfleet/recfleet.db".into());
+            }
+            Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+        } else if s.contains("://") {
+            Err(format!("unsupported database {s:?}: use sqlite://<path> or postgres://user:password@host:port/database"))
+        } else if s.is_empty() {
+            Err("an empty database URL".into())
+        } else {
+            Ok(DatabaseUrl::Sqlite(PathBuf::from(s)))
+        }
+    }
+}
+
+/// Shown with the password hidden, so the URL can be logged and put in errors.
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl DatabaseUrl {
+    /// The URL sqlx connects with. A SQLite path is percent-encoded where the URL would
+    /// misread it, and created if missing.
+    fn connect_url(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let encoded = path.display().to_string().replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+                format!("sqlite://{encoded}?mode=rwc")
+            }
+            DatabaseUrl::Postgres(url) => url.clone(),
+        }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        matches!(self, DatabaseUrl::Sqlite(_))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database {path}: {source}")]
-    Open { path: String, source: sqlx::Error },
+    #[error("cannot open the state database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot bring the state database {url} up to date: {source}")]
+    Migrate { url: String, source: sqlx::migrate::MigrateError },
     #[error("state database {op} failed: {source}")]
     Query { op: &'static str, source: sqlx::Error },
     #[error("a stored {what} does not parse: {reason}")]
@@ -139,7 +192,7 @@ pub struct DeliveryAttempt<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -155,16 +208,45 @@ fn now() -> String {
 }
 
 impl Store {
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(open_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(q("create schema"))?;
+    /// Connects (at most `CONNECT_TIMEOUT`), creating a SQLite file if missing, and brings the
+    /// schema up to date. A database that cannot be reached fails here with its cause.
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = url.to_string();
+        let open_err = |source| StoreError::Open { url: shown.clone(), source };
+        let connect_url = url.connect_url();
+        // One connection first: a pool would retry until its timeout and then say only that it
+        // timed out, where this says why (refused, no such database, bad password).
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect(&connect_url))
+            .await
+            .map_err(|_| open_err(sqlx::Error::PoolTimedOut))?
+            .map_err(open_err)?;
+        first.close().await.map_err(open_err)?;
+        let sqlite = url.is_sqlite();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Readers never wait for the writer; a commit is durable at the next
+                        // checkpoint, which survives a crash of the process (not of the host).
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(open_err)?;
+        let migrations = if sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS };
+        migrations.run(&pool).await.map_err(|source| StoreError::Migrate { url: shown, source })?;
         Ok(Self { pool })
+    }
+
+    /// The SQLite file in `data_dir`, the default state database.
+    pub fn default_url(data_dir: &Path) -> DatabaseUrl {
+        DatabaseUrl::Sqlite(data_dir.join("recfleet.db"))
     }
 
     /// Closes the connections; every later query fails (at exit, and in tests of a lost
@@ -176,7 +258,7 @@ impl Store {
     /// Appends an event and writes the projection it produced, in one transaction.
     pub async fn append(&self, rec: &StoredRecording, kind: LogKind, data: &serde_json::Value) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES ($1, $2, $3, $4)")
             .bind(&rec.view.id)
             .bind(now())
             .bind(kind.as_str())
@@ -186,7 +268,7 @@ impl Store {
             .map_err(q("append event"))?;
         let status = serde_json::to_value(rec.view.status).expect("status serializes");
         sqlx::query(
-            "INSERT INTO recordings (id, idempotency_key, status, created_at, body, recipe, webhook_url) VALUES (?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO recordings (id, idempotency_key, status, created_at, body, recipe, webhook_url) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, body = excluded.body, recipe = excluded.recipe",
         )
         .bind(&rec.view.id)
@@ -204,14 +286,14 @@ impl Store {
 
     pub async fn mark_deleted(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES (?, ?, ?, '{}')")
+        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES ($1, $2, $3, '{}')")
             .bind(id)
             .bind(now())
             .bind(LogKind::Deleted.as_str())
             .execute(&mut *tx)
             .await
             .map_err(q("append event"))?;
-        sqlx::query("UPDATE recordings SET deleted = 1 WHERE id = ?").bind(id).execute(&mut *tx).await.map_err(q("delete"))?;
+        sqlx::query("UPDATE recordings SET deleted = 1 WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(q("delete"))?;
         tx.commit().await.map_err(q("commit"))
     }
 
@@ -239,7 +321,7 @@ impl Store {
 
     /// A recording's event log, in order: (kind, data).
     pub async fn events(&self, id: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, data FROM recording_events WHERE recording_id = ? ORDER BY seq")
+        let rows = sqlx::query("SELECT kind, data FROM recording_events WHERE recording_id = $1 ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
             .await
@@ -255,7 +337,7 @@ impl Store {
 
     pub async fn save_bot(&self, bot: &StoredBot) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO bots (id, token_sha256, state, recording_id) VALUES (?, ?, ?, ?)
+            "INSERT INTO bots (id, token_sha256, state, recording_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, recording_id = excluded.recording_id",
         )
         .bind(&bot.id)
@@ -269,7 +351,7 @@ impl Store {
     }
 
     pub async fn delete_bot(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM bots WHERE id = ?").bind(id).execute(&self.pool).await.map_err(q("delete bot"))?;
+        sqlx::query("DELETE FROM bots WHERE id = $1").bind(id).execute(&self.pool).await.map_err(q("delete bot"))?;
         Ok(())
     }
 
@@ -286,9 +368,23 @@ impl Store {
             .collect()
     }
 
+    /// The value stored for `name`; if there is none, `value` is stored and returned. Of two
+    /// controllers that start at once, the first to write wins and both get its value.
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(q("store setting"))?;
+        let row =
+            sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await.map_err(q("load setting"))?;
+        Ok(row.get("value"))
+    }
+
     pub async fn record_delivery(&self, d: &DeliveryAttempt<'_>) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO webhook_deliveries (message_id, recording_id, url, event_type, attempt, status_code, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO webhook_deliveries (message_id, recording_id, url, event_type, attempt, status_code, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(d.message_id)
         .bind(d.recording_id)
@@ -306,7 +402,7 @@ impl Store {
 
     /// Delivery attempts for one recording: (event_type, attempt, status_code).
     pub async fn deliveries(&self, recording_id: &str) -> Result<Vec<(String, u32, Option<u16>)>, StoreError> {
-        let rows = sqlx::query("SELECT event_type, attempt, status_code FROM webhook_deliveries WHERE recording_id = ? ORDER BY seq")
+        let rows = sqlx::query("SELECT event_type, attempt, status_code FROM webhook_deliveries WHERE recording_id = $1 ORDER BY seq")
             .bind(recording_id)
             .fetch_all(&self.pool)
             .await

@@ -11,14 +11,18 @@ use backon::{ExponentialBuilder, Retryable};
 use standardwebhooks::Webhook;
 use tokio::sync::mpsc;
 
-use crate::store::{DeliveryAttempt, Store};
+use crate::store::{DeliveryAttempt, Store, StoreError};
 
 /// Attempts per delivery, the first included.
 const MAX_ATTEMPTS: usize = 6;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Where a generated signing secret is kept, so restarts sign with the same key.
-const SECRET_FILE: &str = "webhook_secret";
+/// A signing secret kept in the data folder by controllers from before the secret moved into the
+/// state database; imported once.
+const LEGACY_SECRET_FILE: &str = "webhook_secret";
+/// The setting that holds the generated signing secret, shared by every controller on the
+/// database (a controller that moves hosts signs with the same key).
+const SECRET_SETTING: &str = "webhook_secret";
 
 /// One event to deliver.
 #[derive(Debug, Clone)]
@@ -29,23 +33,23 @@ pub struct Delivery {
     pub payload: serde_json::Value,
 }
 
-/// The signing secret: the one given, or one kept in the data folder (made on first start).
-pub fn load_or_create_secret(given: Option<String>, data_dir: &Path) -> std::io::Result<String> {
+/// The signing secret: the one given, else the one in the state database (stored by the first
+/// controller that needed one: imported from a legacy data-folder file, or generated).
+pub async fn load_or_create_secret(given: Option<String>, store: &Store, data_dir: &Path) -> Result<String, StoreError> {
     if let Some(secret) = given {
         return Ok(secret);
     }
-    let path = data_dir.join(SECRET_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_string());
+    let legacy = std::fs::read_to_string(data_dir.join(LEGACY_SECRET_FILE)).ok().map(|s| s.trim().to_string());
+    let candidate = legacy.unwrap_or_else(|| {
+        let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        use base64::Engine;
+        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
+    });
+    let secret = store.setting_or_insert(SECRET_SETTING, &candidate).await?;
+    if secret == candidate {
+        tracing::info!("stored a webhook signing secret in the state database");
     }
-    let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
-    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    use base64::Engine;
-    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(&bytes));
-    std::fs::write(&path, &secret)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(path = %path.display(), "generated a webhook signing secret");
     Ok(secret)
 }
 
@@ -129,14 +133,28 @@ async fn deliver(
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_secrets_are_valid_standard_webhook_keys() {
+    #[tokio::test]
+    async fn generated_secrets_are_valid_standard_webhook_keys_kept_in_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let secret = load_or_create_secret(None, dir.path()).unwrap();
+        let store = Store::open(&Store::default_url(dir.path())).await.unwrap();
+        let secret = load_or_create_secret(None, &store, dir.path()).await.unwrap();
         assert!(secret.starts_with("whsec_"));
         let wh = Webhook::new(&secret).unwrap();
         let sig = wh.sign("msg_1", 1_700_000_000, b"{}").unwrap();
         assert!(sig.starts_with("v1,"));
-        assert_eq!(load_or_create_secret(None, dir.path()).unwrap(), secret, "kept across restarts");
+        // Another data folder on the same database (another host) signs with the same key.
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert_eq!(load_or_create_secret(None, &store, elsewhere.path()).await.unwrap(), secret, "kept across restarts and hosts");
+        assert!(!dir.path().join(LEGACY_SECRET_FILE).exists(), "not written to the data folder");
+    }
+
+    #[tokio::test]
+    async fn a_secret_from_an_older_data_folder_is_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        std::fs::write(dir.path().join(LEGACY_SECRET_FILE), format!("{old}\n")).unwrap();
+        let store = Store::open(&Store::default_url(dir.path())).await.unwrap();
+        assert_eq!(load_or_create_secret(None, &store, dir.path()).await.unwrap(), old);
+        assert_eq!(load_or_create_secret(Some("whsec_given".into()), &store, dir.path()).await.unwrap(), "whsec_given", "a given one wins");
     }
 }

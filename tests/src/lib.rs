@@ -3,6 +3,7 @@
 
 pub mod bot;
 pub mod media;
+pub mod pg;
 pub use recfleet_meeting as meeting;
 pub mod procs;
 pub mod s3;

@@ -56,7 +56,7 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `recfleet serve --listen 127.0.0.1:<port> <args>`, its stderr (and its bots') in
     /// `log`, and waits until `/healthz` answers.
-    pub fn start(tag: &Tag, port: u16, log: &Path, args: &[&str]) -> Self {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(tag: &Tag, port: u16, log: &Path, args: &[S]) -> Self {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the log file opens");
         let child = Command::new(crate::binary("recfleet"))
             .arg("serve")

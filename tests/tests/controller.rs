@@ -24,6 +24,7 @@ struct Controller {
 fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit: bool) -> recfleet::ServeConfig {
     recfleet::ServeConfig {
         data_dir: data.to_path_buf(),
+        database: None,
         api_key: KEY.into(),
         pool_min_idle: min_idle,
         pool_max: max,
@@ -260,7 +261,7 @@ async fn controller_restart_mid_recording_loses_nothing() {
     let list = second.get("/v1/recordings").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "nothing duplicated");
     // The event log holds the recording's life once: one creation, one assignment, one end.
-    let db = recfleet::store::Store::open(&second.data.path().join("recfleet.db")).await.unwrap();
+    let db = recfleet::store::Store::open(&recfleet::store::Store::default_url(second.data.path())).await.unwrap();
     let kinds: Vec<String> = db.events(&id).await.unwrap().into_iter().map(|(k, _)| k).collect();
     for once in ["created", "assigned", "finished"] {
         assert_eq!(kinds.iter().filter(|k| *k == once).count(), 1, "{once} in {kinds:?}");
@@ -339,7 +340,7 @@ async fn webhooks_arrive_signed_for_every_status_change() {
         assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
     }
     // Every delivery is recorded, the failed first attempt included.
-    let db = recfleet::store::Store::open(&c.data.path().join("recfleet.db")).await.unwrap();
+    let db = recfleet::store::Store::open(&recfleet::store::Store::default_url(c.data.path())).await.unwrap();
     let deliveries = db.deliveries(&id).await.unwrap();
     assert!(deliveries.iter().any(|(_, attempt, code)| *attempt == 1 && *code == Some(503)), "{deliveries:?}");
     assert!(deliveries.iter().any(|(_, attempt, code)| *attempt == 2 && *code == Some(204)), "{deliveries:?}");

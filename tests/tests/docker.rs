@@ -63,6 +63,7 @@ impl Controller {
         let addr = listener.local_addr().unwrap();
         let cfg = recfleet::ServeConfig {
             data_dir: data.to_path_buf(),
+            database: None,
             api_key: KEY.into(),
             pool_min_idle: 1,
             pool_max: 2,

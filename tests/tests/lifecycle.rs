@@ -19,17 +19,28 @@ fn documented(name: &str) -> bool {
         || (name.starts_with("seg_") && name.ends_with(".m4s"))
 }
 
-/// A webhook receiver on loopback: every delivery's event type, in order.
-async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+/// One webhook as it arrived.
+#[derive(Debug, Clone)]
+struct Delivery {
+    event_type: String,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+}
+
+type Deliveries = std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>;
+
+/// A webhook receiver on loopback: every delivery, in order.
+async fn webhook_receiver() -> (String, Deliveries) {
+    let seen = Deliveries::default();
     let sink = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let sink = sink.clone();
             async move {
                 let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                sink.lock().unwrap().push(event["type"].as_str().unwrap_or("?").to_string());
+                let event_type = event["type"].as_str().unwrap_or("?").to_string();
+                sink.lock().unwrap().push(Delivery { event_type, headers, body });
                 axum::http::StatusCode::NO_CONTENT
             }
         }),
@@ -64,16 +75,51 @@ fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_the_next_controller_finishes_the_recording() {
+    sigterm_then_restart(None).await;
+}
+
+/// The same on PostgreSQL, the second controller with a data folder of its own (a restart that
+/// moves hosts, as on ECS): the state, the bot's token and the webhook signing key come from the
+/// database, the recording from the shared store.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_controller_on_another_host_finishes_the_recording() {
+    let pg = recfleet_tests::pg::PgServer::start();
+    sigterm_then_restart(Some(&pg)).await;
+    let kinds = pg.query("SELECT kind FROM recording_events ORDER BY seq");
+    assert!(kinds.lines().any(|k| k == "finished"), "the second controller wrote to the shared database: {kinds}");
+}
+
+/// A recording, SIGTERM to its controller mid-meeting, and a second controller that finishes
+/// it: on one data folder (SQLite), or with `pg`, on PostgreSQL from another data folder.
+async fn sigterm_then_restart(pg: Option<&recfleet_tests::pg::PgServer>) {
     let tag = Tag::new();
     let meeting = MeetingServer::start().await.unwrap();
     let (hook_url, hooks) = webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data_arg = data.display().to_string();
     let log = dir.path().join("serve.log");
     let port = recfleet_tests::free_port();
-    let args = ["--data-dir", &data_arg, "--api-key", KEY, "--webhook-secret", WEBHOOK_SECRET, "--pool-min-idle", "1", "--pool-max", "2"];
-    let mut first = ServeProcess::start(&tag, port, &log, &args);
+    let path_arg = |p: &std::path::Path| p.display().to_string();
+    let mut common: Vec<String> = ["--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"].map(String::from).to_vec();
+    let (first_data, second_data, objects) = match pg {
+        None => {
+            common.extend(["--webhook-secret".to_string(), WEBHOOK_SECRET.to_string()]);
+            let data = dir.path().join("data");
+            (data.clone(), data.clone(), data)
+        }
+        Some(pg) => {
+            let objects = dir.path().join("objects");
+            std::fs::create_dir_all(&objects).unwrap();
+            common.extend(["--database-url".to_string(), pg.url(), "--store".to_string(), format!("file://{}", path_arg(&objects))]);
+            (dir.path().join("host-a"), dir.path().join("host-b"), objects)
+        }
+    };
+    let args = |data: &std::path::Path, extra: &[&str]| {
+        let mut a: Vec<String> = vec!["--data-dir".into(), path_arg(data)];
+        a.extend(common.iter().cloned());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut first = ServeProcess::start(&tag, port, &log, &args(&first_data, &[]));
     let api = Api::new(&first.base, KEY);
     api.wait_for("a warm bot", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
 
@@ -115,29 +161,38 @@ async fn sigterm_drains_and_the_next_controller_finishes_the_recording() {
     assert_eq!(recording_bot(&tag, port), Some(bot), "still recording a second later");
 
     // A new controller on the same state takes the bot back and finishes the recording.
-    let mut second = ServeProcess::start(&tag, port, &log, &[&args[..], &["--stop-bots-on-exit"]].concat());
+    let mut second = ServeProcess::start(&tag, port, &log, &args(&second_data, &["--stop-bots-on-exit"]));
     let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
     assert_eq!((done["status"].as_str(), done["sub_code"].as_str()), (Some("completed"), Some("meeting_ended")), "{done:#}");
     assert_eq!(done["partial"], false, "{done:#}");
     let duration = done["duration_secs"].as_f64().unwrap();
     assert!((duration - meeting_secs).abs() <= 1.5, "the whole meeting across the restart: {duration} s");
-    let mp4 = data.join("recordings").join(&id).join("recording.mp4");
+    let mp4 = objects.join("recordings").join(&id).join("recording.mp4");
     let probe = recfleet_tests::media::probe(&mp4);
     assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "{probe:?}");
     assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
     assert_eq!(api.get("/v1/recordings").await["items"].as_array().unwrap().len(), 1, "one recording, the refused one never made");
 
-    // One `completed` webhook across both controllers.
+    // One `completed` webhook across both controllers, every one signed with the same key.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !hooks.lock().unwrap().iter().any(|t| t == "recording.completed") && Instant::now() < deadline {
+    while !hooks.lock().unwrap().iter().any(|d| d.event_type == "recording.completed") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let seen = hooks.lock().unwrap().clone();
-    assert_eq!(seen.iter().filter(|t| *t == "recording.completed").count(), 1, "{seen:?}");
+    let types: Vec<&str> = seen.iter().map(|d| d.event_type.as_str()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "recording.completed").count(), 1, "{types:?}");
+    let secret = match pg {
+        None => WEBHOOK_SECRET.to_string(),
+        Some(pg) => pg.query("SELECT value FROM settings WHERE name = 'webhook_secret'").trim().to_string(),
+    };
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for d in &seen {
+        verifier.verify(&d.body, &d.headers).unwrap_or_else(|e| panic!("{} is not signed with the shared key: {e}", d.event_type));
+    }
 
     // The recording's folder holds only the documented files (no temporary leftovers).
-    let folder = data.join("recordings").join(&id);
+    let folder = objects.join("recordings").join(&id);
     let names: Vec<String> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let stray: Vec<&String> = names.iter().filter(|n| !documented(n)).collect();
     assert!(stray.is_empty(), "undocumented files in {}: {stray:?}", folder.display());
@@ -224,4 +279,36 @@ async fn a_bot_that_cannot_start_makes_the_pool_back_off_not_spin() {
     // A recording asked for meanwhile waits queued; nothing is lost.
     let (status, _, rec) = api.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/wait"})).await;
     assert_eq!((status, rec["status"].as_str()), (201, Some("queued")), "{rec}");
+}
+
+/// A database the controller cannot use stops it at start: one line that names the database
+/// (never its password) and why, exit 2, within seconds.
+#[test]
+fn a_database_that_cannot_be_used_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let nothing_there = recfleet_tests::free_port();
+    let cases = [
+        (
+            format!("postgres://rec:s3cret@127.0.0.1:{nothing_there}/recfleet"),
+            "cannot open the state database postgres://rec:***@127.0.0.1:",
+        ),
+        ("mysql://db.internal/recfleet".to_string(), "invalid --database-url"),
+    ];
+    for (url, says) in cases {
+        let started = Instant::now();
+        let out = std::process::Command::new(recfleet_tests::binary("recfleet"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", recfleet_tests::free_port()), "--data-dir", &data, "--api-key", KEY])
+            .args(["--pool-min-idle", "0", "--database-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{url}: took {:?}", started.elapsed());
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(lines.len() == 1 && lines[0].starts_with("recfleet: ") && lines[0].contains(says), "{url}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "the password is shown: {stderr}");
+    }
 }
