@@ -36,8 +36,9 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// What `recfleet-bot agent` is told at launch.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `ws://host:port/v1/bots/connect`
-    pub controller_url: String,
+    /// `ws://host:port/v1/bots/connect?bot_id=…`: every controller that may lead, tried in turn
+    /// (a standby answers 503 and the next is tried).
+    pub controller_urls: Vec<String>,
     pub bot_id: String,
     /// Issued by the controller for this launch only.
     pub token: String,
@@ -110,8 +111,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
 }
 
 async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    if !(cfg.controller_url.starts_with("ws://") || cfg.controller_url.starts_with("wss://")) {
-        return Err(AgentError::BadUrl(cfg.controller_url));
+    if cfg.controller_urls.is_empty() {
+        return Err(AgentError::BadUrl(String::new()));
+    }
+    if let Some(bad) = cfg.controller_urls.iter().find(|u| !(u.starts_with("ws://") || u.starts_with("wss://"))) {
+        return Err(AgentError::BadUrl(bad.clone()));
     }
     let (outbox, outbox_rx) = mpsc::unbounded_channel::<BotMessage>();
     cfg.logs.connect(&cfg.bot_id, outbox.clone());
@@ -119,7 +123,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let hello = BotMessage::Hello { bot_id: cfg.bot_id.clone(), protocol: PROTOCOL_VERSION, ready: false, recording_id: None };
     let (hello_tx, hello_rx) = watch::channel(hello);
     let (offline_tx, offline_rx) = watch::channel(Some(std::time::Instant::now()));
-    let link = tokio::spawn(connection(cfg.controller_url.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx, offline_tx));
+    let link = tokio::spawn(connection(cfg.controller_urls.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx, offline_tx));
 
     // Warm up while the connection comes up; a bot is idle only once this is done.
     let session = match Session::start(&cfg.video).await {
@@ -326,11 +330,13 @@ async fn flush(link: tokio::task::JoinHandle<()>) {
     }
 }
 
-/// Keeps one WebSocket to the controller: dials with backoff, says the current `Hello` on every
-/// connection, sends queued messages in order (re-sending the one a broken socket lost), passes
-/// the controller's messages on. Ends when the outbox is closed and drained.
+/// Keeps one WebSocket to the controller: dials the URLs in turn (one that refuses or answers
+/// 503, a standby, gives way to the next; after a whole round without a connection it backs
+/// off), says the current `Hello` on every connection, sends queued messages in order
+/// (re-sending the one a broken socket lost), passes the controller's messages on. Ends when
+/// the outbox is closed and drained.
 async fn connection(
-    url: String,
+    urls: Vec<String>,
     token: String,
     hello: watch::Receiver<BotMessage>,
     mut outbox: mpsc::UnboundedReceiver<BotMessage>,
@@ -340,7 +346,9 @@ async fn connection(
     let mut pending: Option<BotMessage> = None;
     let mut delay = Duration::from_millis(100);
     let mut failing_since: Option<std::time::Instant> = None;
+    let (mut turn, mut misses) = (0usize, 0usize);
     loop {
+        let url = &urls[turn % urls.len()];
         let mut request = match url.as_str().into_client_request() {
             Ok(r) => r,
             Err(err) => {
@@ -364,6 +372,12 @@ async fn connection(
                 return;
             }
             Err(err) => {
+                turn += 1;
+                misses += 1;
+                if misses % urls.len() != 0 {
+                    tracing::debug!(error = %err, %url, "this controller does not take the bot; trying the next");
+                    continue;
+                }
                 let failing_for = failing_since.get_or_insert_with(std::time::Instant::now).elapsed();
                 let retry_in_ms = delay.as_millis() as u64;
                 if failing_for < QUIET_DIAL_FAILURES {
@@ -376,6 +390,7 @@ async fn connection(
                 continue;
             }
         };
+        misses = 0;
         let greeting = hello.borrow().clone();
         if send(&mut ws, &greeting).await.is_err() {
             continue;

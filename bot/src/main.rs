@@ -91,9 +91,10 @@ const MB: u64 = 1024 * 1024;
 
 #[derive(Debug, clap::Args)]
 struct AgentArgs {
-    /// The controller's bot endpoint, `ws://host:port/v1/bots/connect`.
-    #[arg(long, env = "RECFLEET_CONTROLLER_URL")]
-    controller_url: String,
+    /// The controller's bot endpoint, `ws://host:port/v1/bots/connect`; several, comma-separated,
+    /// are tried in turn (the leader and its standbys).
+    #[arg(long, env = "RECFLEET_CONTROLLER_URL", value_delimiter = ',', required = true)]
+    controller_url: Vec<String>,
     #[arg(long, env = "RECFLEET_BOT_ID")]
     bot_id: String,
     /// The token the controller issued for this launch.
@@ -225,7 +226,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         return fail(&RecordError::Config(err));
     }
     let cfg = recfleet_bot::agent::AgentConfig {
-        controller_url: args.controller_url,
+        controller_urls: args.controller_url,
         bot_id: args.bot_id,
         token: args.token,
         spool_root: args.spool_dir,

@@ -44,6 +44,29 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Cancelled when the drain begins: new recordings are refused, `/readyz` is unready.
     pub draining: tokio_util::sync::CancellationToken,
+    /// Cancelled once this controller leads and its state is loaded.
+    pub leading: tokio_util::sync::CancellationToken,
+    /// Cancelled when this controller found another one leading: until it takes over, it answers
+    /// 503 `standby` to everything but `/healthz`, `/metrics` and the docs. While it starts (neither
+    /// is cancelled yet) requests wait, as they would in the listen backlog.
+    pub standing_by: tokio_util::sync::CancellationToken,
+}
+
+/// How long a request made while the controller starts waits for it to lead.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AppState {
+    /// Whether this controller leads (waiting while it starts).
+    async fn leads(&self) -> bool {
+        if !self.leading.is_cancelled() {
+            tokio::select! {
+                _ = self.leading.cancelled() => {}
+                _ = self.standing_by.cancelled() => {}
+                _ = tokio::time::sleep(START_WAIT) => {}
+            }
+        }
+        self.leading.is_cancelled()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -54,10 +77,14 @@ pub fn router(state: AppState) -> Router {
         .route("/recordings/{id}/files/{name}", get(file))
         .route("/pool", get(pool))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    // A standby has nothing loaded: bots and clients go to the leader (bots try their next URL).
+    let led = Router::new()
         .nest("/v1", v1)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/v1/bots/connect", get(bot_connect))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_leading));
+    Router::new()
+        .merge(led)
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -104,6 +131,14 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
         next.run(req).await
     } else {
         ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn require_leading(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.leads().await {
+        next.run(req).await
+    } else {
+        ApiError::Standby.into_response()
     }
 }
 
@@ -260,9 +295,12 @@ async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, Str
     Ok((headers, body).into_response())
 }
 
-/// Ready when the controller is not draining, the manager answers (its state is loaded and it
+/// Ready when the controller leads, is not draining, the manager answers (its state is loaded and it
 /// is not stuck), and its last write to the state database succeeded.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if !state.leads().await {
+        return Err(ApiError::Standby);
+    }
     if state.draining.is_cancelled() {
         return Err(ApiError::Draining);
     }

@@ -1,15 +1,18 @@
 //! The recfleet controller: REST API, warm pool of bots, runtimes, state, storage and metrics.
 //!
 //! `serve` wires the parts: the manager task owns all state; the API and the bots' WebSocket
-//! endpoint send it commands; the runtime launches bots as the pool plan asks. A shutdown
-//! drains first: new recordings are refused (503 `draining`), `/readyz` turns unready, reads
-//! keep working; then state is flushed and the server stops. Bots are left recording unless
-//! `keep_bots_on_exit` is off.
+//! endpoint send it commands; the runtime launches bots as the pool plan asks. The server
+//! listens at once, but nothing is loaded until this controller holds the leadership lease
+//! (`leadership`): until then it is a standby (`/readyz` and every API call 503 `standby`). A
+//! shutdown drains first: new recordings are refused (503 `draining`), `/readyz` turns unready,
+//! reads keep working; then state is flushed, the lease released and the server stops. Bots are
+//! left recording unless `keep_bots_on_exit` is off.
 
 pub mod api;
 pub mod demo;
 pub mod docker;
 pub mod fleet;
+pub mod leadership;
 pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
@@ -56,8 +59,9 @@ pub struct ServeConfig {
     pub presign_expiry: std::time::Duration,
     /// `Some`: bots run as Docker containers (`--runtime docker`); `None`: as processes.
     pub docker: Option<docker::DockerConfig>,
-    /// The base URL bots dial (`ws://host:port`); default: the address the server listens on.
-    pub advertise_url: Option<String>,
+    /// The base URLs bots dial (`ws://host:port`), tried in turn (every controller that may
+    /// lead, or one load-balanced address); empty: the address the server listens on.
+    pub advertise_urls: Vec<String>,
 }
 
 impl ServeConfig {
@@ -86,6 +90,8 @@ pub enum ServeError {
     WebhookSecret(String),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error("stopped leading: {0}; exiting so that a supervisor restarts this controller as a standby")]
+    LeadershipLost(#[from] leadership::LeadershipLost),
 }
 
 /// After the drain, how long open connections (downloads, bots' sockets) get to close before
@@ -97,21 +103,59 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let addr: SocketAddr = listener.local_addr().map_err(ServeError::Serve)?;
     let spool_root = absolute(&cfg.data_dir.join("spool"));
     std::fs::create_dir_all(&spool_root).map_err(|source| ServeError::DataDir { path: spool_root.clone(), source })?;
+    let holder = leadership::holder_name(&cfg.data_dir).map_err(|source| ServeError::DataDir { path: cfg.data_dir.clone(), source })?;
     let store_url = cfg.store_url();
     let objects =
         recfleet_storage::Store::open(&store_url, &recfleet_storage::StoreOptions { path_style: cfg.s3_path_style, ..Default::default() })
             .await?;
     // A wrong bucket or credentials fail here, at start, not in the middle of a meeting.
     objects.check().await?;
+    let database = cfg.database.clone().unwrap_or_else(|| store::Store::default_url(&cfg.data_dir));
+    let store = store::Store::open(&database).await?;
+    tracing::info!(%database, "state database open");
+    let metrics = Arc::new(metrics::Metrics::new());
+
+    // The API listens from the start: a standby answers `/healthz`, and 503 `standby` elsewhere.
+    let (commands, commands_rx) = mpsc::channel(1024);
+    let (draining, close) = (CancellationToken::new(), CancellationToken::new());
+    let (leading, standing_by) = (CancellationToken::new(), CancellationToken::new());
+    let state = api::AppState {
+        commands: commands.clone(),
+        api_key_sha256: store::token_hash(&cfg.api_key),
+        allowed_hosts: cfg.allowed_hosts.clone(),
+        objects: objects.clone(),
+        presign_expiry: cfg.presign_expiry,
+        metrics: metrics.clone(),
+        shutdown: close.clone(),
+        draining: draining.clone(),
+        leading: leading.clone(),
+        standing_by: standing_by.clone(),
+    };
+    tracing::info!(%addr, "controller listening");
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(close.clone().cancelled_owned());
+    let mut server = tokio::spawn(std::future::IntoFuture::into_future(server));
+
+    let lease = tokio::select! {
+        lease = leadership::take(&store, &holder, || {
+            metrics.standby.set(1);
+            standing_by.cancel();
+        }) => lease,
+        _ = shutdown.cancelled() => {
+            tracing::info!("stopping a standby");
+            close.cancel();
+            let _ = tokio::time::timeout(CLOSE_GRACE, server).await;
+            return Ok(());
+        }
+    };
+    store.hold(lease.clone());
+    metrics.standby.set(0);
+    tracing::info!(generation = lease.generation, "leading");
+
     let mut bot_env = vec![("RECFLEET_STORE".to_string(), store_url.to_string())];
     if cfg.s3_path_style {
         bot_env.push(("RECFLEET_S3_PATH_STYLE".into(), "true".into()));
     }
-    let database = cfg.database.clone().unwrap_or_else(|| store::Store::default_url(&cfg.data_dir));
-    let store = store::Store::open(&database).await?;
-    tracing::info!(%database, "state database open");
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
-    let metrics = Arc::new(metrics::Metrics::new());
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime: Arc<dyn runtime::Runtime> = match &cfg.docker {
@@ -132,13 +176,11 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
             Arc::new(docker)
         }
     };
+    let advertised = if cfg.advertise_urls.is_empty() { vec![format!("ws://{addr}")] } else { cfg.advertise_urls.clone() };
     let manager_cfg = manager::ManagerConfig {
         min_idle: cfg.pool_min_idle,
         max: cfg.pool_max,
-        controller_url: format!(
-            "{}/v1/bots/connect",
-            cfg.advertise_url.clone().unwrap_or_else(|| format!("ws://{addr}")).trim_end_matches('/')
-        ),
+        controller_urls: advertised.iter().map(|u| format!("{}/v1/bots/connect", u.trim_end_matches('/'))).collect(),
         spool_root,
         bot_env,
         objects: objects.clone(),
@@ -147,14 +189,16 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
     };
-    let (commands, commands_rx) = mpsc::channel(1024);
-    let manager = manager::Manager::load(manager_cfg, runtime, store, webhooks).await?;
+    let manager = manager::Manager::load(manager_cfg, runtime, store.clone(), webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
+    leading.cancel();
+
     // On shutdown: drain (the API refuses new recordings and `/readyz` says unready), then the
     // manager flushes its state and retires the bots (unless they are kept) while their
-    // connections are open; then the connections close and the server stops.
-    let (draining, close) = (CancellationToken::new(), CancellationToken::new());
-    let (to_manager, closer, drain_started, drain_metrics) = (commands.clone(), close.clone(), draining.clone(), metrics.clone());
+    // connections are open; then the lease is let go and the connections close.
+    let renewing = CancellationToken::new();
+    let (to_manager, closer, drain_started, drain_metrics, drain_store, drain_lease, stop_renewing) =
+        (commands.clone(), close.clone(), draining.clone(), metrics.clone(), store.clone(), lease.clone(), renewing.clone());
     let drain = cfg.drain;
     tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -166,27 +210,31 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         if to_manager.send(manager::Command::Shutdown { reply }).await.is_ok() {
             let _ = done.await;
         }
+        stop_renewing.cancel();
+        if let Err(err) = drain_store.release_lease(&drain_lease).await {
+            tracing::warn!(error = %err, "cannot release the leadership lease; a standby takes over when it expires");
+        }
         closer.cancel();
     });
-    let state = api::AppState {
-        commands,
-        api_key_sha256: store::token_hash(&cfg.api_key),
-        allowed_hosts: cfg.allowed_hosts,
-        objects,
-        presign_expiry: cfg.presign_expiry,
-        metrics,
-        shutdown: close.clone(),
-        draining,
-    };
-    tracing::info!(%addr, "controller listening");
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(close.clone().cancelled_owned());
+    drop(commands);
     let overdue = async {
         close.cancelled().await;
         tokio::time::sleep(CLOSE_GRACE).await;
     };
+    let lost = async {
+        match leadership::keep(&store, &lease, &renewing).await {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        served = std::future::IntoFuture::into_future(server) => served.map_err(ServeError::Serve)?,
+        served = &mut server => served.expect("the server task does not panic").map_err(ServeError::Serve)?,
         _ = overdue => tracing::warn!(grace_secs = CLOSE_GRACE.as_secs(), "connections still open after the drain; stopping anyway"),
+        why = lost => {
+            tracing::error!(error = %why, "stopped leading; exiting");
+            close.cancel();
+            return Err(why.into());
+        }
     }
     // The manager ends when the last sender is gone; a connection task that outlived the grace
     // may still hold one, so this waits only briefly (the state is flushed already).

@@ -66,9 +66,10 @@ struct ServeArgs {
     #[arg(long, env = "RECFLEET_BOT_IMAGE", default_value = "recfleet-bot:dev")]
     bot_image: String,
     /// The address bots dial, `ws://host:port` (default: the listen address). With Docker, an
-    /// address the containers reach (e.g. the network's gateway).
-    #[arg(long, env = "RECFLEET_ADVERTISE_URL")]
-    advertise_url: Option<String>,
+    /// address the containers reach (e.g. the network's gateway). Several, comma-separated, are
+    /// tried in turn: every controller that may lead (the leader and its standbys).
+    #[arg(long, env = "RECFLEET_ADVERTISE_URL", value_delimiter = ',')]
+    advertise_url: Vec<String>,
     /// The Docker network bot containers join.
     #[arg(long, env = "RECFLEET_DOCKER_NETWORK", default_value = "bridge")]
     docker_network: String,
@@ -168,7 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
     anyhow::ensure!(args.pool_min_idle <= args.pool_max, "invalid --pool-min-idle: must not exceed --pool-max ({})", args.pool_max);
-    if let Some(url) = &args.advertise_url {
+    for url in &args.advertise_url {
         anyhow::ensure!(url.starts_with("ws://") || url.starts_with("wss://"), "invalid --advertise-url {url:?}: use ws://host:port");
     }
     anyhow::ensure!(args.bot_cpus > 0.0 && args.bot_memory_mb >= 256, "invalid --bot-cpus/--bot-memory-mb: at least some CPU and 256 MiB");
@@ -221,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         s3_path_style: args.s3_path_style,
         presign_expiry: std::time::Duration::from_secs(args.presign_expiry_secs),
         docker,
-        advertise_url: args.advertise_url,
+        advertise_urls: args.advertise_url,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

@@ -114,7 +114,8 @@ struct Vitals {
 pub struct ManagerConfig {
     pub min_idle: usize,
     pub max: usize,
-    pub controller_url: String,
+    /// The bots' endpoint on every controller that may lead (`ws://…/v1/bots/connect`).
+    pub controller_urls: Vec<String>,
     /// Bots spool recordings in `<spool_root>/<recording_id>/` on their way to the store.
     pub spool_root: PathBuf,
     /// Environment every bot gets besides its identity (the store's settings).
@@ -992,7 +993,7 @@ impl Manager {
         let spec = LaunchSpec {
             bot_id: bot_id.clone(),
             token: token.clone(),
-            controller_url: format!("{}?bot_id={bot_id}", self.cfg.controller_url),
+            controller_url: self.cfg.controller_urls.iter().map(|u| format!("{u}?bot_id={bot_id}")).collect::<Vec<_>>().join(","),
             spool_root: self.cfg.spool_root.clone(),
             env: self.cfg.bot_env.clone(),
         };
@@ -1035,7 +1036,7 @@ mod tests {
         let cfg = ManagerConfig {
             min_idle: 1,
             max: 2,
-            controller_url: "ws://127.0.0.1:1/v1/bots/connect".into(),
+            controller_urls: vec!["ws://127.0.0.1:1/v1/bots/connect".into()],
             spool_root: dir.join("spool"),
             bot_env: Vec::new(),
             public_url: "http://127.0.0.1:1".into(),

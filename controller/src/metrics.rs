@@ -40,6 +40,7 @@ pub mod names {
     pub const RECORDING_TRANSITIONS_REFUSED_TOTAL: &str = "recfleet_recording_transitions_refused_total";
     pub const STATE_WRITE_FAILURES_TOTAL: &str = "recfleet_state_write_failures_total";
     pub const CONTROLLER_DRAINING: &str = "recfleet_controller_draining";
+    pub const CONTROLLER_STANDBY: &str = "recfleet_controller_standby";
     pub const POOL_LAUNCH_FAILURES_TOTAL: &str = "recfleet_pool_launch_failures_total";
     pub const POOL_LAUNCH_BACKOFF_SECONDS: &str = "recfleet_pool_launch_backoff_seconds";
 
@@ -72,6 +73,7 @@ pub mod names {
         RECORDING_TRANSITIONS_REFUSED_TOTAL,
         STATE_WRITE_FAILURES_TOTAL,
         CONTROLLER_DRAINING,
+        CONTROLLER_STANDBY,
         POOL_LAUNCH_FAILURES_TOTAL,
         POOL_LAUNCH_BACKOFF_SECONDS,
     ];
@@ -120,6 +122,7 @@ pub struct Metrics {
     pub transitions_refused: IntCounterVec,
     pub state_write_failures: IntCounter,
     pub draining: IntGauge,
+    pub standby: IntGauge,
     pub launch_failures: IntCounter,
     pub launch_backoff: prometheus::Gauge,
 }
@@ -254,6 +257,7 @@ impl Metrics {
             ),
             state_write_failures: counter(&r, STATE_WRITE_FAILURES_TOTAL, "Writes to the state database that failed."),
             draining: gauge(&r, CONTROLLER_DRAINING, "1 while the controller drains before it exits (SIGTERM, SIGINT)."),
+            standby: gauge(&r, CONTROLLER_STANDBY, "1 while another controller leads and this one stands by."),
             launch_failures: counter(&r, POOL_LAUNCH_FAILURES_TOTAL, "Bots that could not be launched or exited before they were warm."),
             launch_backoff: {
                 let g = prometheus::Gauge::new(POOL_LAUNCH_BACKOFF_SECONDS, "Seconds until launches resume after failures (0: none held).")

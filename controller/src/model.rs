@@ -142,6 +142,9 @@ pub enum ApiError {
     /// The controller is draining before it exits: reads work, new recordings go elsewhere.
     #[error("the controller is draining before it exits; retry shortly (another controller takes over)")]
     Draining,
+    /// Another controller leads; this one takes over if that one goes away.
+    #[error("this controller is a standby: another controller leads (retry, or use the leader)")]
+    Standby,
     #[error("the controller is shutting down")]
     Unavailable,
     /// Our fault, not the caller's; the cause is logged, never sent.
@@ -165,6 +168,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Draining => "draining",
+            ApiError::Standby => "standby",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -176,7 +180,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidRecipe(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Draining | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining | ApiError::Standby | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -189,7 +193,7 @@ impl IntoResponse for ApiError {
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
         let mut resp = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Draining) {
+        if matches!(self, ApiError::Draining | ApiError::Standby) {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, DRAIN_RETRY_AFTER_SECS.into());
         }
         resp

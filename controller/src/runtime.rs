@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 pub struct LaunchSpec {
     pub bot_id: String,
     pub token: String,
-    /// `ws://host:port/v1/bots/connect`
+    /// `ws://host:port/v1/bots/connect?bot_id=…`, or several separated by commas (the bot tries
+    /// them in turn).
     pub controller_url: String,
     /// Recordings are spooled in `<spool_root>/<recording_id>/`.
     pub spool_root: PathBuf,

@@ -111,6 +111,8 @@ pub enum StoreError {
     Migrate { url: String, source: sqlx::migrate::MigrateError },
     #[error("state database {op} failed: {source}")]
     Query { op: &'static str, source: sqlx::Error },
+    #[error("another controller leads now (this one held generation {generation}); nothing was written")]
+    Fenced { generation: i64 },
     #[error("a stored {what} does not parse: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -190,10 +192,22 @@ pub struct DeliveryAttempt<'a> {
     pub error: Option<String>,
 }
 
+/// The leadership a controller holds: its name and the lease's generation (see `leadership`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub generation: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Once set, every write first checks in its transaction that this lease is still the
+    /// current one, and fails with `Fenced` if another controller has taken over.
+    fence: std::sync::Arc<std::sync::RwLock<Option<Lease>>>,
 }
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -241,7 +255,7 @@ impl Store {
             .map_err(open_err)?;
         let migrations = if sqlite { &SQLITE_MIGRATIONS } else { &POSTGRES_MIGRATIONS };
         migrations.run(&pool).await.map_err(|source| StoreError::Migrate { url: shown, source })?;
-        Ok(Self { pool })
+        Ok(Self { pool, fence: Default::default() })
     }
 
     /// The SQLite file in `data_dir`, the default state database.
@@ -255,14 +269,95 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// From now on every write is fenced by `lease`.
+    pub fn hold(&self, lease: Lease) {
+        *self.fence.write().expect("the fence lock is never poisoned") = Some(lease);
+    }
+
+    fn generation(&self) -> Option<i64> {
+        self.fence.read().expect("the fence lock is never poisoned").as_ref().map(|l| l.generation)
+    }
+
+    /// A transaction for a write: with a lease held, it first touches the lease row where it is
+    /// still ours. That row lock orders the write against a takeover (which bumps the
+    /// generation): a write after a takeover finds no row and fails, one before it commits first.
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        let lease = self.fence.read().expect("the fence lock is never poisoned").clone();
+        if let Some(lease) = lease {
+            let touched = sqlx::query("UPDATE leader_lease SET holder = holder WHERE id = 1 AND holder = $1 AND generation = $2")
+                .bind(&lease.holder)
+                .bind(lease.generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("check the lease"))?;
+            if touched.rows_affected() != 1 {
+                return Err(StoreError::Fenced { generation: lease.generation });
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Takes the lease if it is free, expired, or already `holder`'s (a restart on the same data
+    /// folder), until `now_ms + ttl_ms`; a taken lease gets the next generation. `None`: another
+    /// controller's lease is current.
+    pub async fn try_take_lease(&self, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Option<Lease>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
+        sqlx::query(
+            "INSERT INTO leader_lease (id, holder, generation, expires_at_ms) VALUES (1, $1, 1, $2)
+             ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, generation = leader_lease.generation + 1, expires_at_ms = excluded.expires_at_ms
+             WHERE leader_lease.expires_at_ms < $3 OR leader_lease.holder = $1",
+        )
+        .bind(holder)
+        .bind(now_ms + ttl_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("take the lease"))?;
+        let row = sqlx::query("SELECT holder, generation FROM leader_lease WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q("read the lease"))?;
+        tx.commit().await.map_err(q("commit"))?;
+        let (current, generation): (String, i64) = (row.get("holder"), row.get("generation"));
+        Ok((current == holder).then_some(Lease { holder: current, generation }))
+    }
+
+    /// Extends `lease` to `now_ms + ttl_ms`; `false` when it is no longer current (taken over,
+    /// or released: a released lease stays released).
+    pub async fn renew_lease(&self, lease: &Lease, now_ms: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE leader_lease SET expires_at_ms = $3 WHERE id = 1 AND holder = $1 AND generation = $2 AND expires_at_ms > 0",
+        )
+        .bind(&lease.holder)
+        .bind(lease.generation)
+        .bind(now_ms + ttl_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("renew the lease"))?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Lets `lease` go at once (a clean exit), so a standby takes over without waiting it out.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leader_lease SET expires_at_ms = 0 WHERE id = 1 AND holder = $1 AND generation = $2")
+            .bind(&lease.holder)
+            .bind(lease.generation)
+            .execute(&self.pool)
+            .await
+            .map_err(q("release the lease"))?;
+        Ok(())
+    }
+
     /// Appends an event and writes the projection it produced, in one transaction.
     pub async fn append(&self, rec: &StoredRecording, kind: LogKind, data: &serde_json::Value) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES ($1, $2, $3, $4)")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data, generation) VALUES ($1, $2, $3, $4, $5)")
             .bind(&rec.view.id)
             .bind(now())
             .bind(kind.as_str())
             .bind(data.to_string())
+            .bind(self.generation())
             .execute(&mut *tx)
             .await
             .map_err(q("append event"))?;
@@ -285,11 +380,12 @@ impl Store {
     }
 
     pub async fn mark_deleted(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("begin"))?;
-        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data) VALUES ($1, $2, $3, '{}')")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO recording_events (recording_id, at, kind, data, generation) VALUES ($1, $2, $3, '{}', $4)")
             .bind(id)
             .bind(now())
             .bind(LogKind::Deleted.as_str())
+            .bind(self.generation())
             .execute(&mut *tx)
             .await
             .map_err(q("append event"))?;
@@ -336,6 +432,7 @@ impl Store {
     }
 
     pub async fn save_bot(&self, bot: &StoredBot) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO bots (id, token_sha256, state, recording_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, recording_id = excluded.recording_id",
@@ -344,15 +441,16 @@ impl Store {
         .bind(&bot.token_sha256)
         .bind(bot.state.as_str())
         .bind(&bot.recording_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("save bot"))?;
-        Ok(())
+        tx.commit().await.map_err(q("commit"))
     }
 
     pub async fn delete_bot(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM bots WHERE id = $1").bind(id).execute(&self.pool).await.map_err(q("delete bot"))?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM bots WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(q("delete bot"))?;
+        tx.commit().await.map_err(q("commit"))
     }
 
     pub async fn load_bots(&self) -> Result<Vec<StoredBot>, StoreError> {
@@ -371,18 +469,22 @@ impl Store {
     /// The value stored for `name`; if there is none, `value` is stored and returned. Of two
     /// controllers that start at once, the first to write wins and both get its value.
     pub async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(q("store setting"))?;
         let row =
-            sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&self.pool).await.map_err(q("load setting"))?;
-        Ok(row.get("value"))
+            sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_one(&mut *tx).await.map_err(q("load setting"))?;
+        let stored = row.get("value");
+        tx.commit().await.map_err(q("commit"))?;
+        Ok(stored)
     }
 
     pub async fn record_delivery(&self, d: &DeliveryAttempt<'_>) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO webhook_deliveries (message_id, recording_id, url, event_type, attempt, status_code, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -394,10 +496,10 @@ impl Store {
         .bind(d.status_code.map(i64::from))
         .bind(&d.error)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("record delivery"))?;
-        Ok(())
+        tx.commit().await.map_err(q("commit"))
     }
 
     /// Delivery attempts for one recording: (event_type, attempt, status_code).

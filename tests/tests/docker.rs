@@ -81,7 +81,7 @@ impl Controller {
                 network: net.name.clone(),
                 ..Default::default()
             }),
-            advertise_url: Some(format!("ws://{addr}")),
+            advertise_urls: vec![format!("ws://{addr}")],
         };
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(recfleet::serve(cfg, listener, shutdown.clone()));

@@ -281,6 +281,106 @@ async fn a_bot_that_cannot_start_makes_the_pool_back_off_not_spin() {
     assert_eq!((status, rec["status"].as_str()), (201, Some("queued")), "{rec}");
 }
 
+/// Two controllers on one PostgreSQL: one leads, the other stands by (unready, refusing, writing
+/// nothing). The leader is SIGKILLed mid-recording: within 15 s the standby leads, the bot
+/// reconnects to it (its second URL) and the recording completes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_from_a_killed_leader_and_the_recording_completes() {
+    let tag = Tag::new();
+    let pg = recfleet_tests::pg::PgServer::start();
+    let meeting = MeetingServer::start().await.unwrap();
+    let (hook_url, hooks) = webhook_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    let log = dir.path().join("serve.log");
+    let (port_a, port_b) = (recfleet_tests::free_port(), recfleet_tests::free_port());
+    let advertise = format!("ws://127.0.0.1:{port_a},ws://127.0.0.1:{port_b}");
+    let args = |host: &str, extra: &[&str]| {
+        let mut a: Vec<String> = vec!["--data-dir".into(), dir.path().join(host).display().to_string()];
+        a.extend(["--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"].map(String::from));
+        a.extend(["--database-url".into(), pg.url(), "--store".into(), format!("file://{}", objects.display())]);
+        a.extend(["--advertise-url".into(), advertise.clone()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut leader = ServeProcess::start(&tag, port_a, &log, &args("host-a", &[]));
+    let api_a = Api::new(&leader.base, KEY);
+    api_a.wait_for("a warm bot", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
+    let mut standby = ServeProcess::start(&tag, port_b, &log, &args("host-b", &["--stop-bots-on-exit"]));
+    let api_b = Api::new(&standby.base, KEY);
+
+    // The standby answers, but is not ready and takes nothing.
+    let (status, headers, body) = api_b.call(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("standby")), "{body}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    let body = json!({"meeting_url": meeting.url("/m/takeover?end=14"), "recipe_name": "recfleet-test-meeting", "webhook_url": hook_url});
+    let (status, _, refused) = api_b.post("/v1/recordings", &body).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("standby")), "{refused}");
+
+    let (status, _, rec) = api_a.post("/v1/recordings", &body).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    api_a.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    leader.signal(libc::SIGKILL);
+    leader.wait_exit(Duration::from_secs(5)).expect("SIGKILL ends the leader");
+    let (killed, killed_at) = (Instant::now(), time::OffsetDateTime::now_utc());
+    loop {
+        let (status, _, _) = api_b.call(reqwest::Method::GET, "/readyz", None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the standby is not ready 15 s after the leader died; log:\n{}",
+            standby.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took_over = killed.elapsed();
+
+    let done = api_b.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "the bot reported to the new leader: {done:#}"
+    );
+    let probe = recfleet_tests::media::probe(&objects.join("recordings").join(&id).join("recording.mp4"));
+    assert!((probe.duration_secs - 14.0).abs() <= 1.5, "the whole meeting across the takeover: {probe:?}");
+    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hooks.lock().unwrap().iter().any(|d| d.event_type == "recording.completed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = hooks.lock().unwrap().iter().filter(|d| d.event_type == "recording.completed").count();
+    assert_eq!(completed, 1);
+
+    // The event log, by lease generation: the leader's entries, then the new leader's, none of
+    // the new leader's before the old one died.
+    let rows = pg.query("SELECT generation, at FROM recording_events ORDER BY seq");
+    let rows: Vec<(i64, time::OffsetDateTime)> = rows
+        .lines()
+        .map(|l| {
+            let (g, at) = l.split_once('|').unwrap();
+            (g.parse().unwrap(), time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap())
+        })
+        .collect();
+    let first_gen = rows[0].0;
+    let switch = rows.iter().position(|(g, _)| *g != first_gen).expect("the new leader wrote events");
+    let second_gen = rows[switch].0;
+    assert!(second_gen > first_gen, "{rows:?}");
+    assert!(rows[switch..].iter().all(|(g, _)| *g == second_gen), "the generations interleave: {rows:?}");
+    assert!(rows[switch].1 >= killed_at, "the standby wrote at {} while the leader lived (killed at {killed_at})", rows[switch].1);
+    eprintln!("standby ready {took_over:?} after the leader's SIGKILL; generations {first_gen} then {second_gen}");
+
+    standby.signal(libc::SIGTERM);
+    let exit = standby.wait_exit(Duration::from_secs(10)).expect("the new leader exits within 10 s");
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// A database the controller cannot use stops it at start: one line that names the database
 /// (never its password) and why, exit 2, within seconds.
 #[test]

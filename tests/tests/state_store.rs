@@ -1,11 +1,11 @@
-//! The controller's state store, the same checks on both backends: the embedded SQLite file and
+//! The controller's state store and its leadership lease, the same checks on both backends: the embedded SQLite file and
 //! a real PostgreSQL server (Debian's package, started by the test on a free port).
 
 use std::time::{Duration, Instant};
 
 use recfleet::fleet::BotState;
 use recfleet::model::Recording;
-use recfleet::store::{DatabaseUrl, DeliveryAttempt, LogKind, Store, StoredBot, StoredRecording};
+use recfleet::store::{DatabaseUrl, DeliveryAttempt, LogKind, Store, StoreError, StoredBot, StoredRecording};
 use recfleet_proto::RecordingStatus;
 use recfleet_tests::pg::PgServer;
 use serde_json::json;
@@ -93,6 +93,31 @@ async fn stores_and_reloads(url: DatabaseUrl) {
     store.close().await;
 }
 
+/// One lease at a time; after a takeover the old leader's writes are refused (fenced) and the
+/// events carry the new generation.
+async fn a_taken_over_leader_writes_nothing(url: DatabaseUrl) {
+    let old = Store::open(&url).await.unwrap();
+    let new = Store::open(&url).await.unwrap();
+    let lease = old.try_take_lease("old", 1_000, 5_000).await.unwrap().expect("a free lease");
+    assert_eq!(new.try_take_lease("new", 2_000, 5_000).await.unwrap(), None, "old's lease is current");
+    old.hold(lease.clone());
+    old.append(&recording("rec_f", None, RecordingStatus::Queued), LogKind::Created, &json!({})).await.unwrap();
+    let taken = new.try_take_lease("new", 7_000, 5_000).await.unwrap().expect("expired: taken over");
+    assert_eq!(taken.generation, lease.generation + 1);
+    new.hold(taken);
+    let err = old.append(&recording("rec_f", None, RecordingStatus::Joining), LogKind::Assigned, &json!({})).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(old
+        .save_bot(&StoredBot { id: "b".into(), token_sha256: "x".into(), state: BotState::Idle, recording_id: None })
+        .await
+        .is_err());
+    new.append(&recording("rec_f", None, RecordingStatus::Joining), LogKind::Assigned, &json!({})).await.unwrap();
+    let kinds: Vec<String> = new.events("rec_f").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["created", "assigned"], "only the current leader's writes landed");
+    old.close().await;
+    new.close().await;
+}
+
 /// A write to a closed store fails with an error, never silently.
 async fn a_closed_store_refuses_writes(url: DatabaseUrl) {
     let store = Store::open(&url).await.unwrap();
@@ -106,6 +131,8 @@ async fn sqlite_stores_and_reloads_everything() {
     let dir = tempfile::tempdir().unwrap();
     stores_and_reloads(Store::default_url(dir.path())).await;
     a_closed_store_refuses_writes(Store::default_url(dir.path())).await;
+    let other = tempfile::tempdir().unwrap();
+    a_taken_over_leader_writes_nothing(Store::default_url(other.path())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,10 +140,19 @@ async fn postgres_stores_and_reloads_everything() {
     let pg = PgServer::start();
     let url: DatabaseUrl = pg.url().parse().unwrap();
     stores_and_reloads(url.clone()).await;
-    a_closed_store_refuses_writes(url).await;
+    a_closed_store_refuses_writes(url.clone()).await;
+    pg.query("DELETE FROM recording_events; DELETE FROM recordings; DELETE FROM bots;");
+    a_taken_over_leader_writes_nothing(url).await;
     // The schema came from the migrations, each applied once.
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../controller/migrations/postgres");
+    let mut want: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().split('_').next().unwrap().to_string() + "|t")
+        .collect();
+    want.sort();
     let applied = pg.query("SELECT version, success FROM _sqlx_migrations ORDER BY version");
-    assert_eq!(applied.lines().collect::<Vec<_>>(), ["20261202000001|t", "20261202000002|t"], "{applied}");
+    assert_eq!(applied.lines().collect::<Vec<_>>(), want, "{applied}");
+    assert!(want.len() >= 3, "{want:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
