@@ -7,6 +7,8 @@
 //! Like every runtime, it launches and stops; it must not decide how many bots there are.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -25,6 +27,53 @@ pub const LABEL_POOL: &str = "recfleet.pool";
 pub const LABEL_BOT: &str = "recfleet.bot_id";
 /// How long a bot gets after SIGTERM to finalize before the engine kills it.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// The bot image's user and group (`container/Dockerfile.bot`).
+pub const BOT_UID: u32 = 10001;
+
+/// Why a folder store cannot take the bot containers' files.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderStoreError {
+    #[error("cannot prepare the folder store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "bot containers run as uid {BOT_UID} and cannot write the folder store's {path} (owner uid {owner}, mode {mode:o}): \
+         run `chown {BOT_UID}:{BOT_UID} {path}`, run the controller as root (it does that itself), or use an s3:// store"
+    )]
+    NotWritable { path: PathBuf, owner: u32, mode: u32 },
+}
+
+/// Makes a folder store's `recordings/` folder (the only part mounted into bot containers, so
+/// bots never see the rest of the folder, such as the state database) writable by the bots'
+/// user: as root by giving it to that user, otherwise by checking that it already is. Returns
+/// the folder to mount.
+pub fn prepare_folder_store(root: &Path) -> Result<PathBuf, FolderStoreError> {
+    let path = root.join("recordings");
+    let io = |source| FolderStoreError::Io { path: path.clone(), source };
+    std::fs::create_dir_all(&path).map_err(io)?;
+    let meta = std::fs::metadata(&path).map_err(io)?;
+    if writable_by(meta.uid(), meta.gid(), meta.mode(), BOT_UID, BOT_UID) {
+        return Ok(path);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&path, Some(BOT_UID), Some(BOT_UID)).map_err(io)?;
+        tracing::info!(path = %path.display(), uid = BOT_UID, "gave the folder store's recordings to the bot containers' user");
+        return Ok(path);
+    }
+    Err(FolderStoreError::NotWritable { path: path.clone(), owner: meta.uid(), mode: meta.mode() & 0o7777 })
+}
+
+/// Pure: whether a folder with this owner, group and mode lets `uid`/`gid` create files in it.
+fn writable_by(owner: u32, group: u32, mode: u32, uid: u32, gid: u32) -> bool {
+    let wx = |bits: u32| bits & 0o3 == 0o3;
+    if owner == uid {
+        wx(mode >> 6)
+    } else if group == gid {
+        wx(mode >> 3)
+    } else {
+        wx(mode)
+    }
+}
 
 /// How bot containers are made.
 #[derive(Debug, Clone)]
@@ -37,7 +86,7 @@ pub struct DockerConfig {
     pub cpus: f64,
     pub memory_bytes: i64,
     pub shm_bytes: i64,
-    /// Host folders mounted at the same path (a `file://` store).
+    /// Host folders mounted at the same path (a `file://` store's `recordings/`).
     pub binds: Vec<String>,
     /// More environment for every bot (the AWS settings of an S3 store).
     pub env: Vec<(String, String)>,
@@ -193,5 +242,28 @@ impl Runtime for DockerRuntime {
                 tracing::debug!(container = %name, error = %e, "stop: the container is already gone");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_writable_by_its_owner_group_or_everyone_as_its_mode_says() {
+        let (bot, other) = (BOT_UID, 0);
+        let cases: &[(u32, u32, u32, bool)] = &[
+            (bot, other, 0o755, true),
+            (bot, other, 0o555, false),
+            (other, bot, 0o775, true),
+            (other, bot, 0o755, false),
+            (other, other, 0o777, true),
+            (other, other, 0o1777, true),
+            (other, other, 0o755, false),
+            (other, other, 0o700, false),
+        ];
+        for (owner, group, mode, want) in cases {
+            assert_eq!(writable_by(*owner, *group, *mode, BOT_UID, BOT_UID), *want, "owner {owner} group {group} mode {mode:o}");
+        }
     }
 }

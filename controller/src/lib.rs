@@ -86,6 +86,8 @@ pub enum ServeError {
     Objects(#[from] recfleet_storage::StoreError),
     #[error("the runtime cannot start: {0}")]
     Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    FolderStore(#[from] docker::FolderStoreError),
     #[error("invalid webhook secret: {0}")]
     WebhookSecret(String),
     #[error("the server failed: {0}")]
@@ -163,8 +165,9 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         Some(d) => {
             let mut d = d.clone();
             if let recfleet_storage::StoreUrl::File(dir) = &store_url {
-                // The bots write a folder store through a mount at the same path.
-                d.binds.push(format!("{0}:{0}", dir.display()));
+                // The bots write a folder store's recordings through a mount at the same path.
+                let recordings = docker::prepare_folder_store(dir)?;
+                d.binds.push(format!("{0}:{0}", recordings.display()));
             }
             d.env.extend(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")));
             let docker = docker::DockerRuntime::connect(d, exits_tx).await?;

@@ -58,7 +58,9 @@ struct Controller {
 }
 
 impl Controller {
-    async fn start(net: &Net, pool: &str, data: &std::path::Path, bucket: &str, keep: bool) -> Controller {
+    /// A controller with the docker runtime, recordings in `bucket` (s3s-fs) or, with `None`, in
+    /// the default folder store (the data folder).
+    async fn start(net: &Net, pool: &str, data: &std::path::Path, bucket: Option<&str>, keep: bool) -> Controller {
         let listener = tokio::net::TcpListener::bind((net.gateway, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cfg = recfleet::ServeConfig {
@@ -72,7 +74,7 @@ impl Controller {
             webhook_secret: None,
             keep_bots_on_exit: keep,
             drain: Duration::ZERO,
-            store: Some(format!("s3://{bucket}").parse().unwrap()),
+            store: bucket.map(|b| format!("s3://{b}").parse().unwrap()),
             s3_path_style: true,
             presign_expiry: Duration::from_secs(600),
             docker: Some(recfleet::docker::DockerConfig {
@@ -201,7 +203,7 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
     let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let pool = format!("t{}", std::process::id());
-    let c = Controller::start(&net, &pool, data.path(), "recfleet-docker", false).await;
+    let c = Controller::start(&net, &pool, data.path(), Some("recfleet-docker"), false).await;
 
     c.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
     let containers = pool_containers(&pool);
@@ -271,6 +273,32 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
     }
 }
 
+/// The default folder store (the data folder) with the docker runtime: the controller gives the
+/// store's `recordings/` to the containers' user and mounts only that, and a bot container
+/// records a playable MP4 into it.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_default_folder_store_a_bot_container_records_a_playable_mp4() {
+    assert_images_built();
+    let net = Net::create("folder");
+    let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pool = format!("f{}", std::process::id());
+    let c = Controller::start(&net, &pool, data.path(), None, false).await;
+    c.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &pool_containers(&pool)[0]])).unwrap();
+    let recordings = data.path().join("recordings");
+    assert_eq!(inspect[0]["HostConfig"]["Binds"], json!([format!("{0}:{0}", recordings.display())]), "only the recordings are mounted");
+
+    let id = c.record(meeting.url("/m/folder?end=5")).await;
+    let path = format!("/v1/recordings/{id}");
+    let done = c.wait_for("finished", Duration::from_secs(120), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!((done["status"].as_str(), done["partial"].as_bool()), (Some("completed"), Some(false)), "{done:#}");
+    let p = recfleet_tests::media::probe(&recordings.join(&id).join("recording.mp4"));
+    assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
+    assert!(p.faststart && p.duration_secs >= 3.0, "{p:?}");
+    c.stop().await;
+}
+
 /// A controller that starts without the state of the one before (its data folder lost) finds
 /// that one's bot containers by their pool label and removes them.
 #[tokio::test(flavor = "multi_thread")]
@@ -278,14 +306,14 @@ async fn a_restarted_controller_removes_orphaned_containers() {
     let (net, _s3) = network_with_bucket("orphans", "recfleet-orphans").await;
     let pool = format!("o{}", std::process::id());
     let first_data = tempfile::tempdir().unwrap();
-    let first = Controller::start(&net, &pool, first_data.path(), "recfleet-orphans", true).await;
+    let first = Controller::start(&net, &pool, first_data.path(), Some("recfleet-orphans"), true).await;
     first.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
     first.stop().await;
     let orphans: HashSet<String> = pool_containers(&pool).into_iter().collect();
     assert_eq!(orphans.len(), 1, "kept on exit (a restart would re-adopt it)");
 
     let second_data = tempfile::tempdir().unwrap();
-    let second = Controller::start(&net, &pool, second_data.path(), "recfleet-orphans", false).await;
+    let second = Controller::start(&net, &pool, second_data.path(), Some("recfleet-orphans"), false).await;
     second.wait_for("its own warm bot", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
     let now: HashSet<String> = pool_containers(&pool).into_iter().collect();
     assert!(now.is_disjoint(&orphans), "the orphan is removed: {orphans:?} still in {now:?}");
