@@ -128,6 +128,61 @@ pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
     args
 }
 
+/// Pure: the arguments of the warm-up run, the capture's inputs and encoders for a few frames
+/// into nothing. See `warm_up`.
+pub fn warm_up_args(display: &str, audio_source: &str, video: &VideoConfig) -> Vec<String> {
+    let size = format!("{}x{}", video.width, video.height);
+    let fps = video.fps.to_string();
+    let screen = format!("{display}.0+0,0");
+    [
+        &["-hide_banner", "-loglevel", "error", "-analyzeduration", "0", "-probesize", "32"][..],
+        &["-f", "pulse", "-sample_rate", "48000", "-channels", "2", "-i", audio_source],
+        &["-f", "x11grab", "-draw_mouse", "0", "-framerate", &fps, "-video_size", &size, "-i", &screen],
+        &["-map", "1:v:0", "-map", "0:a:0", "-frames:v", "3", "-c:v", "libx264", "-preset", &video.x264_preset],
+        &["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "null", "-"],
+    ]
+    .concat()
+    .into_iter()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Runs FFmpeg once on the capture's inputs and encoders (three frames, thrown away) while the
+/// bot warms up, so the recording's FFmpeg finds its libraries, the display and the monitor
+/// source ready: its start is on the path from the join to the first frame, and every
+/// millisecond of it is meeting not recorded (docs/BENCHMARKS.md).
+pub async fn warm_up(
+    display: &str,
+    pulse_server: &str,
+    audio_source: &str,
+    video: &VideoConfig,
+    within: Duration,
+) -> Result<(), CaptureError> {
+    let started = std::time::Instant::now();
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(warm_up_args(display, audio_source, video))
+        .env("PULSE_SERVER", pulse_server)
+        .env("DISPLAY", display)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(CaptureError::Spawn)?;
+    let out = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(out) => out.map_err(CaptureError::Spawn)?,
+        Err(_) => return Err(CaptureError::NoFirstFrame(within, "the warm-up run did not finish".into())),
+    };
+    if !out.status.success() {
+        return Err(CaptureError::Exited(format!(
+            "warm-up: {}: {}",
+            describe_exit(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tracing::debug!(warm_up_ms = started.elapsed().as_millis() as u64, "ffmpeg warmed up");
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("cannot start ffmpeg: {0}; is it installed? (run `make setup`)")]
@@ -359,6 +414,16 @@ pub fn parse_clock(clock: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warm_up_uses_the_capture_inputs_and_encoders_and_writes_nothing() {
+        let video = VideoConfig::default();
+        let args = warm_up_args(":7", "recfleet.monitor", &video);
+        let has = |pair: [&str; 2]| args.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);
+        assert!(has(["-f", "pulse"]) && has(["-i", "recfleet.monitor"]) && has(["-f", "x11grab"]) && has(["-i", ":7.0+0,0"]));
+        assert!(has(["-c:v", "libx264"]) && has(["-preset", &video.x264_preset]) && has(["-c:a", "aac"]));
+        assert!(has(["-frames:v", "3"]) && has(["-f", "null"]) && args.last().map(String::as_str) == Some("-"), "{args:?}");
+    }
 
     fn cfg() -> CaptureConfig {
         CaptureConfig {

@@ -1,5 +1,6 @@
 //! A bot's warm environment: Xvfb, a private PulseAudio and Chromium on `about:blank`, ready
-//! before any meeting is known, so a recording starts with only a navigation.
+//! before any meeting is known (FFmpeg run once on the same inputs), so a recording starts with
+//! only a navigation.
 //!
 //! This module owns acquiring and releasing the three children. Teardown runs once, in reverse
 //! order of acquisition; a partial start cleans up after itself (fields drop in declaration
@@ -51,13 +52,20 @@ impl Session {
             height: video.height,
             user_data_dir: profile_dir(runtime_dir.path()),
         };
-        // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
-        let (chromium, warmed) = tokio::join!(
+        // The audio warm-up waits on PulseAudio's clock, not the CPU, and FFmpeg's mostly reads
+        // its libraries: run both beside Chromium.
+        let monitor = audio.monitor_source();
+        let (chromium, warmed, ffmpeg) = tokio::join!(
             Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT),
-            audio.warm_up(CHILD_READY_TIMEOUT)
+            audio.warm_up(CHILD_READY_TIMEOUT),
+            crate::capture::warm_up(&display.display, &audio.server, &monitor, video, CHILD_READY_TIMEOUT)
         );
         let chromium = chromium?;
         warmed?;
+        if let Err(err) = ffmpeg {
+            // Not fatal: the capture itself says what is wrong, with its own error code.
+            tracing::warn!(error = %err, "the FFmpeg warm-up failed");
+        }
         let x_display = display.display.clone();
         tracing::info!(ready_ms = started.elapsed().as_millis() as u64, display = %x_display, "bot environment ready");
         Ok(Self { chromium, audio, display, video: video.clone(), _runtime_dir: runtime_dir })
