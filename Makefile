@@ -27,6 +27,7 @@ bench: build images
 	python3 bench/controller_bench.py
 	python3 bench/upload_bench.py
 	python3 bench/docker_bench.py
+	python3 bench/takeover_bench.py
 
 clean:
 	rm -rf target demo-output
