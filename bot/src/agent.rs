@@ -25,6 +25,8 @@ use crate::session::Session;
 
 /// How often a bot says it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one dial may take before the next controller is tried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 /// Dial failures this recent are logged at debug only: a bot launched a moment before its
@@ -359,7 +361,13 @@ async fn connection(
         if let Ok(value) = format!("Bearer {token}").parse() {
             request.headers_mut().insert("authorization", value);
         }
-        let mut ws = match tokio_tungstenite::connect_async(request).await {
+        // Bounded: a controller whose host is gone (no refusal, no answer) must not hold up the
+        // turn of the next one.
+        let dialled = match tokio::time::timeout(DIAL_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+            Ok(dialled) => dialled,
+            Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))),
+        };
+        let mut ws = match dialled {
             Ok((ws, _)) => {
                 delay = Duration::from_millis(100);
                 failing_since = None;

@@ -16,6 +16,9 @@ use crate::child::ChildError;
 use crate::config::{VideoConfig, CHILD_READY_TIMEOUT, CHILD_STOP_GRACE};
 use crate::display::Display;
 
+/// The FFmpeg warm-up is not needed to record: it may not hold the bot's readiness up for long.
+const FFMPEG_WARM_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("cannot make the bot's runtime folder: {0}")]
@@ -58,7 +61,7 @@ impl Session {
         let (chromium, warmed, ffmpeg) = tokio::join!(
             Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT),
             audio.warm_up(CHILD_READY_TIMEOUT),
-            crate::capture::warm_up(&display.display, &audio.server, &monitor, video, CHILD_READY_TIMEOUT)
+            crate::capture::warm_up(&display.display, &audio.server, &monitor, video, FFMPEG_WARM_UP_LIMIT)
         );
         let chromium = chromium?;
         warmed?;

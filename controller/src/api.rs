@@ -298,8 +298,9 @@ async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, Str
 /// Ready when the controller leads, is not draining, the manager answers (its state is loaded and it
 /// is not stuck), and its last write to the state database succeeded.
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if !state.leads().await {
-        return Err(ApiError::Standby);
+    // A probe does not wait for the start: unready until this controller leads.
+    if !state.leading.is_cancelled() {
+        return Err(if state.standing_by.is_cancelled() { ApiError::Standby } else { ApiError::Unavailable });
     }
     if state.draining.is_cancelled() {
         return Err(ApiError::Draining);
@@ -321,9 +322,12 @@ async fn bot_connect(State(state): State<AppState>, Query(q): Query<BotQuery>, h
     let token =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_string();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let accepted = ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await;
-    if !matches!(accepted, Ok(true)) {
-        return ApiError::Unauthorized.into_response();
+    match ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await {
+        Ok(true) => {}
+        // A token this controller did not issue: the bot gives up.
+        Ok(false) => return ApiError::Unauthorized.into_response(),
+        // No answer (the controller is stopping): the bot tries again, or the next controller.
+        Err(err) => return err.into_response(),
     }
     let commands = state.commands.clone();
     let shutdown = state.shutdown.clone();

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::store::{Lease, Store, StoreError};
+use crate::store::{Lease, Store};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -74,33 +74,43 @@ pub async fn take(store: &Store, holder: &str, on_standby: impl FnOnce()) -> Lea
 pub enum LeadershipLost {
     #[error("another controller took over the lease (this one held generation {generation})")]
     TakenOver { generation: i64 },
-    #[error("the lease could not be renewed for {secs} s (last error: {last}); another controller may lead")]
-    Unrenewable { secs: u64, last: StoreError },
+    #[error("a write was refused: another controller took over the lease (this one held generation {generation})")]
+    Fenced { generation: i64 },
+    #[error("the lease could not be renewed for {secs} s (last error: {last}); another controller may lead soon")]
+    Unrenewable { secs: u64, last: String },
 }
 
-/// Renews `lease` until it is lost, and says why; `None` once `stop` is cancelled (a clean
-/// exit, which then releases the lease: a released lease is never renewed). A renewal that
-/// fails on a database error is retried until the lease would have run out.
-pub async fn keep(store: &Store, lease: &Lease, stop: &tokio_util::sync::CancellationToken) -> Option<LeadershipLost> {
-    let mut failing_since: Option<tokio::time::Instant> = None;
+/// How long after its last renewal a leader that cannot renew still counts on its lease: it
+/// stops a renewal period before the lease runs out, so it is gone before a standby takes over.
+pub const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL.as_secs() - RENEW_EVERY.as_secs());
+
+/// Pure: whether a leader whose last successful renewal started at `last_ok` may still act at `now`.
+pub fn still_leads(last_ok: tokio::time::Instant, now: tokio::time::Instant) -> bool {
+    now.saturating_duration_since(last_ok) < STEP_DOWN_AFTER
+}
+
+/// Renews `lease` every `RENEW_EVERY` until it is lost, and says why: taken over, a write
+/// fenced (`deposed` cancelled by the manager), or no renewal for `STEP_DOWN_AFTER` (each
+/// attempt bounded, so a hung connection counts as a failure).
+pub async fn keep(store: &Store, lease: &Lease, deposed: &tokio_util::sync::CancellationToken) -> LeadershipLost {
+    let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RENEW_EVERY) => {}
-            _ = stop.cancelled() => return None,
+            _ = deposed.cancelled() => return LeadershipLost::Fenced { generation: lease.generation },
         }
-        let renewed = store.renew_lease(lease, now_ms(), LEASE_TTL.as_millis() as i64).await;
-        if stop.is_cancelled() {
-            return None;
-        }
+        let attempt = tokio::time::Instant::now();
+        let renewed = tokio::time::timeout(RENEW_EVERY, store.renew_lease(lease, now_ms(), LEASE_TTL.as_millis() as i64)).await;
         match renewed {
-            Ok(true) => failing_since = None,
-            Ok(false) => return Some(LeadershipLost::TakenOver { generation: lease.generation }),
-            Err(err) => {
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= LEASE_TTL {
-                    return Some(LeadershipLost::Unrenewable { secs: since.elapsed().as_secs(), last: err });
-                }
+            Ok(Ok(true)) => last_ok = attempt,
+            Ok(Ok(false)) => return LeadershipLost::TakenOver { generation: lease.generation },
+            Ok(Err(err)) if !still_leads(last_ok, tokio::time::Instant::now()) => {
+                return LeadershipLost::Unrenewable { secs: last_ok.elapsed().as_secs(), last: err.to_string() };
             }
+            Err(_) if !still_leads(last_ok, tokio::time::Instant::now()) => {
+                return LeadershipLost::Unrenewable { secs: last_ok.elapsed().as_secs(), last: "the renewal timed out".into() };
+            }
+            Ok(Err(_)) | Err(_) => {}
         }
     }
 }
@@ -108,6 +118,7 @@ pub async fn keep(store: &Store, lease: &Lease, stop: &tokio_util::sync::Cancell
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     async fn store(dir: &Path) -> Store {
         Store::open(&Store::default_url(dir)).await.unwrap()
@@ -148,6 +159,17 @@ mod tests {
         assert!(matches!(err, StoreError::Fenced { generation: 1 }), "{err}");
         assert_eq!(new.setting_or_insert("y", "2").await.unwrap(), "2", "the new leader writes");
         assert_eq!(taken.generation, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out() {
+        let last_ok = tokio::time::Instant::now();
+        assert!(still_leads(last_ok, tokio::time::Instant::now()));
+        tokio::time::advance(STEP_DOWN_AFTER - Duration::from_millis(1)).await;
+        assert!(still_leads(last_ok, tokio::time::Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!still_leads(last_ok, tokio::time::Instant::now()), "stepped down");
+        assert!(STEP_DOWN_AFTER < LEASE_TTL, "gone before a standby may take over");
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         }
     };
     store.hold(lease.clone());
+    // Cancelled by the manager when a write is fenced: another controller took over.
+    let deposed = CancellationToken::new();
     metrics.standby.set(0);
     tracing::info!(generation = lease.generation, "leading");
 
@@ -191,6 +193,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         metrics: metrics.clone(),
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
+        deposed: deposed.clone(),
     };
     let manager = manager::Manager::load(manager_cfg, runtime, store.clone(), webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
@@ -199,9 +202,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     // On shutdown: drain (the API refuses new recordings and `/readyz` says unready), then the
     // manager flushes its state and retires the bots (unless they are kept) while their
     // connections are open; then the lease is let go and the connections close.
-    let renewing = CancellationToken::new();
-    let (to_manager, closer, drain_started, drain_metrics, drain_store, drain_lease, stop_renewing) =
-        (commands.clone(), close.clone(), draining.clone(), metrics.clone(), store.clone(), lease.clone(), renewing.clone());
+    let (to_manager, closer, drain_started, drain_metrics) = (commands.clone(), close.clone(), draining.clone(), metrics.clone());
     let drain = cfg.drain;
     tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -213,10 +214,6 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         if to_manager.send(manager::Command::Shutdown { reply }).await.is_ok() {
             let _ = done.await;
         }
-        stop_renewing.cancel();
-        if let Err(err) = drain_store.release_lease(&drain_lease).await {
-            tracing::warn!(error = %err, "cannot release the leadership lease; a standby takes over when it expires");
-        }
         closer.cancel();
     });
     drop(commands);
@@ -224,24 +221,25 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         close.cancelled().await;
         tokio::time::sleep(CLOSE_GRACE).await;
     };
-    let lost = async {
-        match leadership::keep(&store, &lease, &renewing).await {
-            Some(why) => why,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         served = &mut server => served.expect("the server task does not panic").map_err(ServeError::Serve)?,
         _ = overdue => tracing::warn!(grace_secs = CLOSE_GRACE.as_secs(), "connections still open after the drain; stopping anyway"),
-        why = lost => {
+        why = leadership::keep(&store, &lease, &deposed) => {
             tracing::error!(error = %why, "stopped leading; exiting");
             close.cancel();
+            manager.abort();
+            server.abort();
             return Err(why.into());
         }
     }
     // The manager ends when the last sender is gone; a connection task that outlived the grace
     // may still hold one, so this waits only briefly (the state is flushed already).
     let _ = tokio::time::timeout(CLOSE_GRACE, manager).await;
+    // Last: the state is flushed and the bots' connections are closed, so a standby that takes
+    // over now misses nothing this controller was told.
+    if let Err(err) = store.release_lease(&lease).await {
+        tracing::warn!(error = %err, "cannot release the leadership lease; a standby takes over when it expires");
+    }
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -114,6 +114,9 @@ struct Vitals {
 pub struct ManagerConfig {
     pub min_idle: usize,
     pub max: usize,
+    /// Cancelled when a write is refused because another controller took over the lease: the
+    /// controller stops at once rather than act on a state it can no longer write.
+    pub deposed: tokio_util::sync::CancellationToken,
     /// The bots' endpoint on every controller that may lead (`ws://…/v1/bots/connect`).
     pub controller_urls: Vec<String>,
     /// Bots spool recordings in `<spool_root>/<recording_id>/` on their way to the store.
@@ -472,6 +475,9 @@ impl Manager {
             }
             Ok(()) => {}
             Err(err) => {
+                if matches!(err, StoreError::Fenced { .. }) {
+                    self.cfg.deposed.cancel();
+                }
                 if !self.write_failed {
                     tracing::error!(error = %err, "cannot write to the state database; changes wait in memory and are retried");
                 }
@@ -542,24 +548,13 @@ impl Manager {
             }
         }
         let id = format!("rec_{}", uuid::Uuid::new_v4().simple());
-        let view = Recording {
-            id: id.clone(),
-            status: RecordingStatus::Queued,
-            sub_code: None,
-            meeting_url: req.meeting_url.clone(),
-            bot_name: req.bot_name.clone().unwrap_or_else(|| "Recorder".into()),
-            created_at: OffsetDateTime::now_utc(),
-            joined_at: None,
-            recording_started_at: None,
-            ended_at: None,
-            completed_at: None,
-            duration_secs: None,
-            partial: false,
-            max_duration_secs: req.max_duration_secs,
-            metadata: req.metadata.clone().unwrap_or(serde_json::Value::Null),
-            outputs: None,
-            error: None,
-        };
+        let view = Recording::queued(
+            id.clone(),
+            req.meeting_url.clone(),
+            req.bot_name.clone().unwrap_or_else(|| "Recorder".into()),
+            req.max_duration_secs,
+            req.metadata.clone().unwrap_or(serde_json::Value::Null),
+        );
         let stored = StoredRecording { view: view.clone(), idempotency_key: key.clone(), recipe: req.recipe, webhook_url: req.webhook_url };
         self.recordings.insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false });
         self.order.push(id.clone());
@@ -1037,6 +1032,7 @@ mod tests {
             min_idle: 1,
             max: 2,
             controller_urls: vec!["ws://127.0.0.1:1/v1/bots/connect".into()],
+            deposed: Default::default(),
             spool_root: dir.join("spool"),
             bot_env: Vec::new(),
             public_url: "http://127.0.0.1:1".into(),

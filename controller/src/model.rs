@@ -40,6 +40,30 @@ pub struct Recording {
     pub error: Option<ErrorDetail>,
 }
 
+impl Recording {
+    /// A new recording, waiting for a bot: nothing has happened to it yet.
+    pub fn queued(id: String, meeting_url: String, bot_name: String, max_duration_secs: Option<u64>, metadata: serde_json::Value) -> Self {
+        Recording {
+            id,
+            status: RecordingStatus::Queued,
+            sub_code: None,
+            meeting_url,
+            bot_name,
+            created_at: OffsetDateTime::now_utc(),
+            joined_at: None,
+            recording_started_at: None,
+            ended_at: None,
+            completed_at: None,
+            duration_secs: None,
+            partial: false,
+            max_duration_secs,
+            metadata,
+            outputs: None,
+            error: None,
+        }
+    }
+}
+
 /// Download links; they take the same API key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Outputs {
@@ -154,7 +178,11 @@ pub enum ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        ApiError::Internal(std::sync::Arc::new(err))
+        match err {
+            // Not a fault: another controller leads now, and this one is on its way out.
+            crate::store::StoreError::Fenced { .. } => ApiError::Standby,
+            err => ApiError::Internal(std::sync::Arc::new(err)),
+        }
     }
 }
 

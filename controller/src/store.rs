@@ -246,6 +246,10 @@ impl Store {
                         // Readers never wait for the writer; a commit is durable at the next
                         // checkpoint, which survives a crash of the process (not of the host).
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").await?;
+                    } else {
+                        // A controller stopped or cut off inside a write must not hold the
+                        // lease row (and with it every other controller) for long.
+                        conn.execute("SET lock_timeout = '3s'; SET idle_in_transaction_session_timeout = '5s';").await?;
                     }
                     Ok(())
                 })

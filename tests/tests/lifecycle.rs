@@ -311,7 +311,14 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_recording_completes()
     let api_b = Api::new(&standby.base, KEY);
 
     // The standby answers, but is not ready and takes nothing.
-    let (status, headers, body) = api_b.call(reqwest::Method::GET, "/readyz", None).await;
+    let started = Instant::now();
+    let (status, headers, body) = loop {
+        let (status, headers, body) = api_b.call(reqwest::Method::GET, "/readyz", None).await;
+        if body["error"]["code"] != "unavailable" || started.elapsed() > Duration::from_secs(10) {
+            break (status, headers, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("standby")), "{body}");
     assert!(headers.get("retry-after").is_some(), "{headers:?}");
     let body = json!({"meeting_url": meeting.url("/m/takeover?end=14"), "recipe_name": "recfleet-test-meeting", "webhook_url": hook_url});

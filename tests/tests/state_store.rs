@@ -11,24 +11,8 @@ use recfleet_tests::pg::PgServer;
 use serde_json::json;
 
 fn recording(id: &str, key: Option<&str>, status: RecordingStatus) -> StoredRecording {
-    let view = Recording {
-        id: id.into(),
-        status,
-        sub_code: None,
-        meeting_url: "https://meet.example.com/abc".into(),
-        bot_name: "Recorder".into(),
-        created_at: time::OffsetDateTime::now_utc(),
-        joined_at: None,
-        recording_started_at: None,
-        ended_at: None,
-        completed_at: None,
-        duration_secs: None,
-        partial: false,
-        max_duration_secs: Some(60),
-        metadata: json!({"team": "a"}),
-        outputs: None,
-        error: None,
-    };
+    let mut view = Recording::queued(id.into(), "https://meet.example.com/abc".into(), "Recorder".into(), Some(60), json!({"team": "a"}));
+    view.status = status;
     StoredRecording { view, idempotency_key: key.map(Into::into), recipe: None, webhook_url: Some("http://127.0.0.1:9/hook".into()) }
 }
 
