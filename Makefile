@@ -19,7 +19,10 @@ images: build
 demo: build
 	target/release/recfleet demo
 
+# `sync` first: the build and the images leave gigabytes of dirty pages, and their writeback
+# starved the first tests' Chromium (no DevTools line within 15 s, once).
 test: lint build images
+	sync
 	cargo nextest run --workspace --release
 
 bench: build images

@@ -34,6 +34,10 @@ pub const CAPTURE_STOP_GRACE: Duration = Duration::from_secs(5);
 pub const CHILD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Xvfb, PulseAudio and Chromium must prove readiness within this.
 pub const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Chromium's own limit. A warm start takes about 1.5 s, but once, in the first test after the
+/// bot images had been written (gigabytes of disk writes, a cold page cache), it printed no
+/// DevTools line within 15 s.
+pub const BROWSER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Capture geometry and encoder settings.
 #[derive(Debug, Clone, PartialEq)]

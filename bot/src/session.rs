@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use crate::audio::Audio;
 use crate::browser::{profile_dir, BrowserConfig, BrowserError, Chromium, CHROMIUM_BIN};
 use crate::child::ChildError;
-use crate::config::{VideoConfig, CHILD_READY_TIMEOUT, CHILD_STOP_GRACE};
+use crate::config::{VideoConfig, BROWSER_READY_TIMEOUT, CHILD_READY_TIMEOUT, CHILD_STOP_GRACE};
 use crate::display::Display;
 
 /// The FFmpeg warm-up is not needed to record: it may not hold the bot's readiness up for long.
@@ -55,17 +55,16 @@ impl Session {
             height: video.height,
             user_data_dir: profile_dir(runtime_dir.path()),
         };
-        // The audio warm-up waits on PulseAudio's clock, not the CPU, and FFmpeg's mostly reads
-        // its libraries: run both beside Chromium.
-        let monitor = audio.monitor_source();
-        let (chromium, warmed, ffmpeg) = tokio::join!(
-            Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, CHILD_READY_TIMEOUT),
-            audio.warm_up(CHILD_READY_TIMEOUT),
-            crate::capture::warm_up(&display.display, &audio.server, &monitor, video, FFMPEG_WARM_UP_LIMIT)
+        // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
+        let (chromium, warmed) = tokio::join!(
+            Chromium::start(&browser_cfg, &display.display, &audio.server, audio.sink, BROWSER_READY_TIMEOUT),
+            audio.warm_up(CHILD_READY_TIMEOUT)
         );
         let chromium = chromium?;
         warmed?;
-        if let Err(err) = ffmpeg {
+        // After Chromium, not beside it: on a cold page cache both read hundreds of MB from disk.
+        let monitor = audio.monitor_source();
+        if let Err(err) = crate::capture::warm_up(&display.display, &audio.server, &monitor, video, FFMPEG_WARM_UP_LIMIT).await {
             // Not fatal: the capture itself says what is wrong, with its own error code.
             tracing::warn!(error = %err, "the FFmpeg warm-up failed");
         }
