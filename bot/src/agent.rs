@@ -247,7 +247,7 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
 async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>) -> Option<Assignment> {
     while let Some(msg) = inbox.recv().await {
         match msg {
-            ControllerMessage::Assign(a) => return Some(a),
+            ControllerMessage::Assign(a) => return Some(*a),
             ControllerMessage::Stop { recording_id } => {
                 tracing::debug!(%recording_id, "stop while idle; nothing to stop")
             }

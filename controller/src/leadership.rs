@@ -10,6 +10,7 @@
 //! This module decides who leads; it must not touch recordings, bots or the API.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::store::{Lease, Store};
@@ -76,8 +77,6 @@ pub enum LeadershipLost {
     TakenOver { generation: i64 },
     #[error("a write was refused: another controller took over the lease (this one held generation {generation})")]
     Fenced { generation: i64 },
-    #[error("the lease could not be renewed for {secs} s (last error: {last}); another controller may lead soon")]
-    Unrenewable { secs: u64, last: String },
 }
 
 /// How long after its last renewal a leader that cannot renew still counts on its lease: it
@@ -89,10 +88,13 @@ pub fn still_leads(last_ok: tokio::time::Instant, now: tokio::time::Instant) -> 
     now.saturating_duration_since(last_ok) < STEP_DOWN_AFTER
 }
 
-/// Renews `lease` every `RENEW_EVERY` until it is lost, and says why: taken over, a write
-/// fenced (`deposed` cancelled by the manager), or no renewal for `STEP_DOWN_AFTER` (each
-/// attempt bounded, so a hung connection counts as a failure).
-pub async fn keep(store: &Store, lease: &Lease, deposed: &tokio_util::sync::CancellationToken) -> LeadershipLost {
+/// Renews `lease` every `RENEW_EVERY` until it is lost, and says why: taken over, or a write
+/// fenced (`deposed` cancelled by the manager). Each attempt is bounded, so a hung connection
+/// counts as a failure. A leader that cannot renew for `STEP_DOWN_AFTER` (the database is away)
+/// sets `lapsed`: it stops assigning and launching, which only a leader may do, but keeps its
+/// state and its bots and goes on trying. If the lease is still its own when the database is
+/// back (no standby took it: nobody else could write meanwhile), it leads on; if not, it is lost.
+pub async fn keep(store: &Store, lease: &Lease, deposed: &tokio_util::sync::CancellationToken, lapsed: &AtomicBool) -> LeadershipLost {
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -101,16 +103,24 @@ pub async fn keep(store: &Store, lease: &Lease, deposed: &tokio_util::sync::Canc
         }
         let attempt = tokio::time::Instant::now();
         let renewed = tokio::time::timeout(RENEW_EVERY, store.renew_lease(lease, now_ms(), LEASE_TTL.as_millis() as i64)).await;
-        match renewed {
-            Ok(Ok(true)) => last_ok = attempt,
+        let failure = match renewed {
+            Ok(Ok(true)) => {
+                last_ok = attempt;
+                if lapsed.swap(false, Ordering::SeqCst) {
+                    tracing::info!(generation = lease.generation, "the leadership lease is renewed again: leading on");
+                }
+                continue;
+            }
             Ok(Ok(false)) => return LeadershipLost::TakenOver { generation: lease.generation },
-            Ok(Err(err)) if !still_leads(last_ok, tokio::time::Instant::now()) => {
-                return LeadershipLost::Unrenewable { secs: last_ok.elapsed().as_secs(), last: err.to_string() };
-            }
-            Err(_) if !still_leads(last_ok, tokio::time::Instant::now()) => {
-                return LeadershipLost::Unrenewable { secs: last_ok.elapsed().as_secs(), last: "the renewal timed out".into() };
-            }
-            Ok(Err(_)) | Err(_) => {}
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "the renewal timed out".to_string(),
+        };
+        if !still_leads(last_ok, tokio::time::Instant::now()) && !lapsed.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                secs = last_ok.elapsed().as_secs(),
+                error = %failure,
+                "cannot renew the leadership lease: not assigning or launching until it is renewed (a standby may take over)"
+            );
         }
     }
 }

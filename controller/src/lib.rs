@@ -152,6 +152,9 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     store.hold(lease.clone());
     // Cancelled by the manager when a write is fenced: another controller took over.
     let deposed = CancellationToken::new();
+    // Set while the lease cannot be renewed (the database is away): the manager holds off
+    // assigning and launching until it is.
+    let lapsed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     metrics.standby.set(0);
     tracing::info!(generation = lease.generation, "leading");
 
@@ -194,6 +197,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
         deposed: deposed.clone(),
+        lapsed: lapsed.clone(),
     };
     let manager = manager::Manager::load(manager_cfg, runtime, store.clone(), webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));
@@ -224,7 +228,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     tokio::select! {
         served = &mut server => served.expect("the server task does not panic").map_err(ServeError::Serve)?,
         _ = overdue => tracing::warn!(grace_secs = CLOSE_GRACE.as_secs(), "connections still open after the drain; stopping anyway"),
-        why = leadership::keep(&store, &lease, &deposed) => {
+        why = leadership::keep(&store, &lease, &deposed, &lapsed) => {
             tracing::error!(error = %why, "stopped leading; exiting");
             close.cancel();
             manager.abort();

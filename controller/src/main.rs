@@ -151,7 +151,25 @@ fn start() -> anyhow::Result<()> {
         // The bots inherit the environment and share the controller's stderr: one format.
         std::env::set_var("RECFLEET_LOG_FORMAT", "json");
     }
+    raise_open_files_limit();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+/// The soft limit on open files this raises to, within the hard limit: room for 10,000s of bot
+/// connections, small enough for the bots (which inherit it) and their children.
+const OPEN_FILES: libc::rlim_t = 65_536;
+
+/// Every connected bot holds a socket: the soft limit on open files (often 1,024) goes up, so a
+/// large fleet is not refused at its 1,000th bot. A failure leaves the limit as it was.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < OPEN_FILES.min(limit.rlim_max) {
+            limit.rlim_cur = OPEN_FILES.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

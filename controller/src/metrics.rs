@@ -34,6 +34,7 @@ pub mod names {
     pub const BOT_CPU_CORES: &str = "recfleet_bot_cpu_cores";
     pub const BOT_RSS_BYTES: &str = "recfleet_bot_rss_bytes";
     pub const BOT_LOG_EVENTS_TOTAL: &str = "recfleet_bot_log_events_total";
+    pub const BOT_MESSAGES_TOTAL: &str = "recfleet_bot_messages_total";
     pub const WEBHOOK_DELIVERIES_TOTAL: &str = "recfleet_webhook_deliveries_total";
     pub const API_REQUESTS_TOTAL: &str = "recfleet_api_requests_total";
     pub const API_REQUEST_DURATION_SECONDS: &str = "recfleet_api_request_duration_seconds";
@@ -67,6 +68,7 @@ pub mod names {
         BOT_CPU_CORES,
         BOT_RSS_BYTES,
         BOT_LOG_EVENTS_TOTAL,
+        BOT_MESSAGES_TOTAL,
         WEBHOOK_DELIVERIES_TOTAL,
         API_REQUESTS_TOTAL,
         API_REQUEST_DURATION_SECONDS,
@@ -116,6 +118,7 @@ pub struct Metrics {
     pub bot_cpu: Histogram,
     pub bot_rss: Histogram,
     pub bot_log_events: IntCounterVec,
+    pub bot_messages: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
@@ -235,6 +238,7 @@ impl Metrics {
                 vec![256e6, 512e6, 768e6, 1e9, 1.5e9, 2e9, 3e9, 4e9, 8e9],
             ),
             bot_log_events: counter_vec(&r, BOT_LOG_EVENTS_TOTAL, "Warn and error events the bots forwarded.", &["level"]),
+            bot_messages: counter_vec(&r, BOT_MESSAGES_TOTAL, "Messages from bots the manager processed, by type.", &["kind"]),
             webhook_deliveries: counter_vec(
                 &r,
                 WEBHOOK_DELIVERIES_TOTAL,
@@ -276,6 +280,9 @@ impl Metrics {
         }
         for level in ["warn", "error"] {
             m.bot_log_events.with_label_values(&[level]).inc_by(0);
+        }
+        for kind in recfleet_proto::protocol::BotMessage::KINDS {
+            m.bot_messages.with_label_values(&[kind]).inc_by(0);
         }
         for result in ["delivered", "failed", "gave_up"] {
             m.webhook_deliveries.with_label_values(&[result]).inc_by(0);

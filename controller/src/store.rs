@@ -115,6 +115,10 @@ pub enum StoreError {
     Fenced { generation: i64 },
     #[error("a stored {what} does not parse: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error("the state database did not answer within {secs} s")]
+    TimedOut { secs: u64 },
+    #[error("writes to the state database are failing; the next try comes within {secs} s")]
+    Retrying { secs: u64 },
 }
 
 /// What an entry of a recording's event log (`recording_events.kind`) says happened. The names

@@ -51,6 +51,26 @@ pub enum BotMessage {
     Finished { recording_id: String, outcome: Outcome },
 }
 
+impl BotMessage {
+    /// Every `kind`, for metrics that show each one from the start.
+    pub const KINDS: [&'static str; 8] = ["hello", "heartbeat", "ready", "state_changed", "timeline", "segment_stored", "log", "finished"];
+
+    /// The message's type as it is tagged on the wire (`hello`, `heartbeat`, …): a closed set,
+    /// fit for a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BotMessage::Hello { .. } => "hello",
+            BotMessage::Heartbeat { .. } => "heartbeat",
+            BotMessage::Ready => "ready",
+            BotMessage::StateChanged { .. } => "state_changed",
+            BotMessage::Timeline { .. } => "timeline",
+            BotMessage::SegmentStored { .. } => "segment_stored",
+            BotMessage::Log { .. } => "log",
+            BotMessage::Finished { .. } => "finished",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
@@ -70,8 +90,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControllerMessage {
-    /// Record this meeting. Bots are single-use: one `Assign` per bot.
-    Assign(Assignment),
+    /// Record this meeting. Bots are single-use: one `Assign` per bot. Boxed: the other
+    /// messages are small, and every connected bot's queue holds slots of this enum's size.
+    Assign(Box<Assignment>),
     /// Finish the recording now (`stopped_by_api`).
     Stop { recording_id: String },
     /// An idle bot is no longer needed: exit. A busy bot ignores it.
@@ -97,6 +118,8 @@ mod tests {
         let hello = BotMessage::Hello { bot_id: "b1".into(), protocol: PROTOCOL_VERSION, ready: true, recording_id: None };
         let v = serde_json::to_value(&hello).unwrap();
         assert_eq!(v["type"], "hello");
+        assert_eq!(hello.kind(), "hello", "the metric label is the wire tag");
+        assert!(BotMessage::KINDS.contains(&BotMessage::Ready.kind()) && BotMessage::KINDS.contains(&hello.kind()));
         assert_eq!(serde_json::from_value::<BotMessage>(v).unwrap(), hello);
 
         let stop = ControllerMessage::Stop { recording_id: "r1".into() };
@@ -106,13 +129,13 @@ mod tests {
     #[test]
     fn assignment_round_trips_with_an_inline_recipe() {
         let recipe = Recipe::from_json(r##"{"name":"x","steps":[{"click":"#join"}],"ended_when":".end"}"##).unwrap();
-        let msg = ControllerMessage::Assign(Assignment {
+        let msg = ControllerMessage::Assign(Box::new(Assignment {
             recording_id: "r1".into(),
             meeting_url: "https://meet.example.com/a".into(),
             bot_name: "Rec".into(),
             recipe: Some(recipe),
             max_duration_secs: Some(3600),
-        });
+        }));
         let text = serde_json::to_string(&msg).unwrap();
         assert_eq!(serde_json::from_str::<ControllerMessage>(&text).unwrap(), msg);
     }

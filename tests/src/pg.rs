@@ -54,6 +54,24 @@ fn run(mut cmd: Command, what: &str) {
     assert!(out.status.success(), "{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
+/// The server on `data` under `dir`, on `port`, logging to `dir/server.log` (appended).
+fn spawn(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("the server log opens");
+    give_to_server_user(&dir.join("server.log"));
+    let mut postgres = as_server_user(&bin("postgres"));
+    postgres
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB", "-c", "max_connections=50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    postgres.spawn().expect("postgres starts")
+}
+
 impl PgServer {
     /// A new cluster with a superuser `recfleet` (trust on loopback) and a database `recfleet`,
     /// accepting connections when this returns.
@@ -65,35 +83,32 @@ impl PgServer {
         initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"]);
         run(initdb, "initdb");
         let port = crate::free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("the server log opens");
-        give_to_server_user(&dir.path().join("server.log"));
-        let mut postgres = as_server_user(&bin("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB", "-c", "max_connections=50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = postgres.spawn().expect("postgres starts");
-        let server = PgServer { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut ready = Command::new(bin("pg_isready"));
-            ready.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-d", "postgres", "-q"]);
-            if ready.status().is_ok_and(|s| s.success()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "postgres did not accept connections within 30 s:\n{}", server.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let server = PgServer { child: spawn(dir.path(), port), port, dir };
+        server.wait_ready();
         let mut createdb = Command::new(bin("createdb"));
         createdb.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, USER]);
         run(createdb, "createdb");
         server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = Command::new(bin("pg_isready"));
+            ready.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", "postgres", "-q"]);
+            if ready.status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "postgres did not accept connections within 30 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server again on the same data and port, after `kill` (a database host that
+    /// comes back), accepting connections when this returns.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path(), self.port);
+        self.wait_ready();
     }
 
     /// The URL of the `recfleet` database.

@@ -419,3 +419,88 @@ fn a_database_that_cannot_be_used_stops_the_start_with_one_line() {
         assert!(!stderr.contains("s3cret"), "the password is shown: {stderr}");
     }
 }
+
+/// The state database goes away mid-recording: writes fail loudly (500 `internal`, `/readyz`
+/// unready, the failure counted for the alert) and a creation that could not be written is not
+/// made. The leader, unable to renew its lease, holds off assigning and launching but keeps its
+/// state and its bot, which records on. When the database is back and the lease is still its
+/// own, it leads on and finishes the recording whole: nothing recorded is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_goes_away_fails_writes_loudly_and_loses_nothing() {
+    let tag = Tag::new();
+    let mut pg = recfleet_tests::pg::PgServer::start();
+    let meeting = MeetingServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    let log = dir.path().join("serve.log");
+    let port = recfleet_tests::free_port();
+    let mut args: Vec<String> = vec!["--data-dir".into(), dir.path().join("data").display().to_string()];
+    args.extend(["--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2", "--stop-bots-on-exit"].map(String::from));
+    args.extend(["--database-url".into(), pg.url(), "--store".into(), format!("file://{}", objects.display())]);
+    let mut controller = ServeProcess::start(&tag, port, &log, &args);
+    let api = Api::new(&controller.base, KEY);
+    api.wait_for("a warm bot", Duration::from_secs(60), "/v1/pool", |p| p["idle"] == 1).await;
+    let meeting_secs = 20.0;
+    let body = json!({"meeting_url": meeting.url("/m/dbgone?end=20"), "recipe_name": "recfleet-test-meeting"});
+    let (status, _, rec) = api.post("/v1/recordings", &body).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    api.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    pg.kill();
+    let gone = Instant::now();
+    let other = json!({"meeting_url": meeting.url("/m/not-made?end=3"), "recipe_name": "recfleet-test-meeting"});
+    let (status, _, refused) = api.post("/v1/recordings", &other).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (500, Some("internal")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("127.0.0.1") && !message.contains("recfleet@"), "no detail leaked: {message}");
+    let (ready, _, _) = api.call(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(ready, 503, "unready while the database is gone");
+    let failures = metric(&api, "recfleet_state_write_failures_total").await;
+    assert!(failures >= 1.0, "the failed write is counted: {failures}");
+
+    // Past the lease's life: the controller says it cannot renew, and stays up with its bot.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !controller.log_text().contains("cannot renew the leadership lease") {
+        assert!(Instant::now() < deadline, "no word of the lapsed lease; log:\n{}", controller.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(controller.wait_exit(Duration::from_millis(100)).is_none(), "the controller stays up; log:\n{}", controller.log_text());
+    recording_bot(&tag, port).expect("the bot records on");
+    let (ready, _, _) = api.call(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(ready, 503, "unready while the lease is not renewed");
+
+    pg.restart();
+    let back = Instant::now();
+    loop {
+        let (ready, _, _) = api.call(reqwest::Method::GET, "/readyz", None).await;
+        if ready == 200 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(15), "not ready 15 s after the database came back; log:\n{}", controller.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("database away {:?}; ready again {:?} after it came back", back - gone, back.elapsed());
+    assert!(controller.log_text().contains("leading on"), "{}", controller.log_text());
+
+    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "{done:#}"
+    );
+    let probe = recfleet_tests::media::probe(&objects.join("recordings").join(&id).join("recording.mp4"));
+    assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "the whole meeting across the outage: {probe:?}");
+    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    let items = api.get("/v1/recordings").await["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "the refused creation was never made: {items:?}");
+    let kinds = pg.query(&format!("SELECT kind FROM recording_events WHERE recording_id = '{id}' ORDER BY seq"));
+    assert!(kinds.lines().any(|k| k == "finished"), "what the bot said during the outage was written after it: {kinds}");
+
+    controller.signal(libc::SIGTERM);
+    let exit = controller.wait_exit(Duration::from_secs(10)).expect("the controller exits within 10 s");
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,154 @@
+//! The `/v1` routes for recordings and the pool: validation of what a client sends, then one
+//! manager command each; download links (presigned for S3, the API's own for a folder) and file
+//! downloads. Handlers never change state themselves.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use recfleet_proto::{Recipe, RecordingStatus};
+use serde::Deserialize;
+
+use super::{ask, AppState};
+use crate::manager::Command;
+use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolView, Recording};
+
+/// Files a client may download from a recording's folder.
+const DOWNLOADABLE: [&str; 5] = ["recording.mp4", "index.m3u8", "manifest.json", "events.json", "init.mp4"];
+
+/// The bundled recipes, by name.
+pub fn builtin_recipe(name: &str) -> Option<Recipe> {
+    match name {
+        "recfleet-test-meeting" => Recipe::from_json(recfleet_meeting::RECIPE_JSON).ok(),
+        _ => None,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/recordings", request_body = CreateRecording,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the same recording")),
+    responses((status = 201, body = Recording, description = "Created and queued"), (status = 200, body = Recording, description = "Same Idempotency-Key: the existing recording"),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`draining`: this controller is about to exit; retry after `Retry-After` seconds"),
+        (status = 500, body = ErrorBody, description = "`internal`: the state could not be written")))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateRecording>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::Draining);
+    }
+    let Json(mut req) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    crate::validate::meeting_url(&req.meeting_url, state.allowed_hosts.as_deref())?;
+    match (&req.recipe, req.recipe_name.take()) {
+        (Some(_), Some(_)) => return Err(ApiError::InvalidRequest("give recipe or recipe_name, not both".into())),
+        (Some(r), None) => r.validate().map_err(|e| ApiError::InvalidRecipe(e.to_string()))?,
+        (None, Some(name)) => {
+            req.recipe = Some(builtin_recipe(&name).ok_or_else(|| ApiError::InvalidRecipe(format!("no built-in recipe {name:?}")))?)
+        }
+        (None, None) => {}
+    }
+    if req.max_duration_secs == Some(0) {
+        return Err(ApiError::InvalidRequest("max_duration_secs must be at least 1".into()));
+    }
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (recording, created) = ask(&state, |reply| Command::Create { req, idempotency_key: key, reply }).await??;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(with_links(&state, recording).await)).into_response())
+}
+
+/// Page size when the client does not say, and the most it may ask for.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    status: Option<RecordingStatus>,
+    limit: Option<usize>,
+    /// The `next_after` of the previous page.
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/recordings",
+    params(("status" = Option<String>, Query, description = "Only this status"), ("limit" = Option<usize>, Query, description = "Page size, 1 to 500 (50)"),
+        ("after" = Option<String>, Query, description = "`next_after` of the previous page")),
+    responses((status = 200, description = "`{items: [Recording], next_after}`, newest first")))]
+pub(super) async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let found: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
+    let mut items = Vec::with_capacity(found.len());
+    for rec in found {
+        items.push(with_links(&state, rec).await);
+    }
+    let next_after = if items.len() == limit { items.last().map(|r| r.id.clone()) } else { None };
+    Ok(Json(serde_json::json!({ "items": items, "next_after": next_after })))
+}
+
+#[utoipa::path(delete, path = "/v1/recordings/{id}", responses((status = 204, description = "Deleted with its files"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Still active: stop it first")))]
+pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    ask(&state, |reply| Command::Delete { id, reply }).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
+    let found = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    let rec = found.ok_or(ApiError::NotFound(id))?;
+    Ok(Json(with_links(&state, rec).await))
+}
+
+/// For an S3 store, download links are presigned URLs that expire; for a folder, the API's
+/// own `/files/` links (which take the API key).
+async fn with_links(state: &AppState, mut rec: Recording) -> Recording {
+    if rec.outputs.is_none() || state.objects.local_root().is_some() {
+        return rec;
+    }
+    let sign = |name: &str| {
+        let key = recfleet_storage::recording_key(&rec.id, name);
+        async move { state.objects.download_url(&key, state.presign_expiry).await }
+    };
+    match (sign(recfleet_media::MP4).await, sign(recfleet_media::PLAYLIST).await, sign(recfleet_media::MANIFEST).await) {
+        (Ok(Some(mp4_url)), Ok(Some(hls_url)), Ok(Some(manifest_url))) => rec.outputs = Some(Outputs { mp4_url, hls_url, manifest_url }),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            tracing::warn!(recording_id = %rec.id, error = %err, "cannot presign the download links")
+        }
+        _ => {}
+    }
+    rec
+}
+
+#[utoipa::path(post, path = "/v1/recordings/{id}/stop", responses((status = 200, body = Recording, description = "Stopping; it finalizes and completes with stopped_by_api"), (status = 404, body = ErrorBody)))]
+pub(super) async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
+    let rec = ask(&state, |reply| Command::Stop { id, reply }).await??;
+    Ok(Json(with_links(&state, rec).await))
+}
+
+#[utoipa::path(get, path = "/v1/pool", responses((status = 200, body = PoolView)))]
+pub(super) async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>, ApiError> {
+    Ok(Json(ask(&state, |reply| Command::Pool { reply }).await?))
+}
+
+#[utoipa::path(get, path = "/v1/recordings/{id}/files/{name}",
+    params(("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4 or seg_NNNNNN.m4s")),
+    responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
+pub(super) async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) {
+        return Err(ApiError::NotFound(format!("{id}/{name}")));
+    }
+    let known = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    if known.is_none() {
+        return Err(ApiError::NotFound(id));
+    }
+    let key = recfleet_storage::recording_key(&id, &name);
+    let missing = || ApiError::NotFound(format!("{id}/{name}"));
+    let Some(root) = state.objects.local_root() else {
+        // S3: a short-lived presigned link.
+        let url = state.objects.download_url(&key, state.presign_expiry).await.map_err(|_| ApiError::Unavailable)?.ok_or_else(missing)?;
+        return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, url)]).into_response());
+    };
+    let file = tokio::fs::File::open(root.join(&key)).await.map_err(|_| missing())?;
+    let len = file.metadata().await.map_err(|_| missing())?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let headers = [(header::CONTENT_TYPE, recfleet_storage::content_type(&name).to_string()), (header::CONTENT_LENGTH, len.to_string())];
+    Ok((headers, body).into_response())
+}

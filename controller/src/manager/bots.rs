@@ -1,0 +1,222 @@
+//! The fleet as the manager sees it: bot messages (dispatched to the recording and telemetry
+//! halves), bot exits and their typed reasons, liveness (a pure function of `now`, in
+//! `crate::fleet`), and the warm pool: the pure `pool::plan` executed through the runtime, with
+//! the launch back-off.
+//!
+//! Bot states change only through `BotState::next`; this module must not change a recording's
+//! status (it calls the recording half) or write to the store.
+
+use std::time::{Duration, Instant};
+
+use recfleet_proto::protocol::{BotMessage, ControllerMessage};
+use recfleet_proto::RecordingStatus;
+use time::OffsetDateTime;
+
+use super::{Bot, Heartbeat, Manager, Vitals, EXIT_GRACE};
+use crate::fleet::{BotEvent, BotState, Liveness};
+use crate::pool::{self, Action, Desired, Observed};
+use crate::runtime::{ExitReason, Exited, LaunchSpec};
+use crate::store::{token_hash, LogKind};
+
+impl Manager {
+    /// Bot messages come over a connection authenticated at its start. Messages about a
+    /// recording are applied even when the bot is already gone: its exit can be seen before its
+    /// last messages.
+    pub(super) fn on_bot_message(&mut self, bot_id: &str, msg: BotMessage) {
+        if let Some(bot) = self.bots.get_mut(bot_id) {
+            bot.last_seen = Instant::now();
+        }
+        match msg {
+            BotMessage::Hello { ready: true, .. } | BotMessage::Ready => {
+                if let Some(bot) = self.bots.get_mut(bot_id) {
+                    match bot.state.next(BotEvent::Ready) {
+                        Ok(next) if next != bot.state => {
+                            bot.state = next;
+                            self.dirty_bots.push(bot_id.to_string());
+                            // A bot got warm: launches work again.
+                            self.launch_failures = 0;
+                            self.launch_held_until = None;
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "bot state change refused"),
+                    }
+                }
+            }
+            BotMessage::Hello { ready: false, .. } => {}
+            BotMessage::Heartbeat { capture, cpu_cores, rss_bytes, upload } => {
+                self.on_heartbeat(bot_id, Heartbeat { capture, cpu_cores, rss_bytes, upload });
+            }
+            BotMessage::StateChanged { recording_id, status, .. } => {
+                // The controller applies the bot's events through the same table; the bot's own
+                // word is a cross-check (it may run ahead: its Finished is still on the way).
+                if let Some(entry) = self.recordings.get(&recording_id).filter(|e| e.stored.view.status != status) {
+                    tracing::debug!(bot = status.as_str(), controller = entry.stored.view.status.as_str(), "bot reports another status");
+                }
+            }
+            BotMessage::SegmentStored { recording_id, segment, upload_lag_ms } => {
+                let m = &self.cfg.metrics;
+                if let Some(lag) = upload_lag_ms {
+                    m.upload_lag.observe(lag as f64 / 1000.0);
+                }
+                if segment.sequence > 0 {
+                    m.segments_stored.inc();
+                    if let Some(entry) = self.recordings.get_mut(&recording_id).filter(|e| !e.viewable) {
+                        entry.viewable = true;
+                        m.time_to_view.observe(seconds_since(entry.stored.view.created_at));
+                    }
+                }
+                self.touch(&recording_id, LogKind::SegmentStored, serde_json::to_value(&segment).expect("serializes"));
+            }
+            BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
+            BotMessage::Timeline { recording_id, event } => self.apply_event(&recording_id, &event),
+            BotMessage::Finished { recording_id, outcome } => self.finish(&recording_id, outcome),
+        }
+    }
+
+    pub(super) fn bot_exited(&mut self, exit: Exited) {
+        let Some(bot) = self.bots.remove(&exit.bot_id) else { return };
+        self.dirty_bots.push(exit.bot_id.clone());
+        tracing::info!(bot_id = %exit.bot_id, reason = exit.reason.as_str(), detail = %exit.detail, "bot exited");
+        let never_warm = bot.state == BotState::Starting;
+        match exit.reason {
+            ExitReason::LaunchFailed => self.launch_failed(&exit.detail),
+            ExitReason::Crashed | ExitReason::Finished if never_warm => {
+                self.launch_failed(&format!("the bot exited before it was warm: {}", exit.detail))
+            }
+            ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped => {}
+        }
+        if let Some(id) = bot.recording {
+            // Decided after `EXIT_GRACE`, when its last messages have had time to land.
+            self.orphaned.insert(id, (Instant::now(), exit.detail));
+        }
+    }
+
+    /// Recordings whose bot exited without `Finished` within the grace are the bot's crash.
+    pub(super) fn settle_orphans(&mut self) {
+        let due: Vec<(String, String)> = self
+            .orphaned
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= EXIT_GRACE)
+            .map(|(id, (_, detail))| (id.clone(), detail.clone()))
+            .collect();
+        for (id, detail) in due {
+            self.orphaned.remove(&id);
+            self.cfg.metrics.bots_lost.inc();
+            self.mark_crashed(&id, "bot_crashed", &format!("the bot exited before finishing: {detail}"));
+        }
+    }
+
+    pub(super) fn find_lost_bots(&mut self) {
+        let now = Instant::now();
+        let lost: Vec<String> = self
+            .bots
+            .iter()
+            .filter(|(_, b)| crate::fleet::is_lost(Liveness { state: b.state, connected: b.tx.is_some(), last_seen: b.last_seen }, now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
+            self.cfg.metrics.bots_lost.inc();
+            self.runtime.stop(&id);
+            self.dirty_bots.push(id.clone());
+            let Some(bot) = self.bots.remove(&id) else { continue };
+            if bot.state == BotState::Starting {
+                self.launch_failed(&format!("the bot did not connect and warm up within {:?}", crate::fleet::STARTUP_TIMEOUT));
+            }
+            if let Some(rec) = bot.recording {
+                self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
+            }
+        }
+    }
+
+    /// The pool as it is: one pass over the bots (a large fleet asks this often).
+    pub(super) fn observed(&self) -> Observed {
+        let mut o = Observed { idle: 0, starting: 0, busy: 0, joining: 0 };
+        for bot in self.bots.values() {
+            match bot.state {
+                BotState::Idle => o.idle += 1,
+                BotState::Starting => o.starting += 1,
+                BotState::Busy => o.busy += 1,
+            }
+            let joining = bot.recording.as_ref().and_then(|id| self.recordings.get(id)).map(|e| e.stored.view.status);
+            if matches!(joining, Some(RecordingStatus::Joining | RecordingStatus::WaitingRoom)) {
+                o.joining += 1;
+            }
+        }
+        o
+    }
+
+    pub(super) fn reconcile(&mut self) {
+        let desired = Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len() };
+        for action in pool::plan(desired, self.observed()) {
+            match action {
+                Action::Launch(_) if self.launch_held_for(Instant::now()).is_some() => {}
+                Action::Launch(n) => {
+                    for _ in 0..n {
+                        self.launch();
+                    }
+                }
+                Action::Retire(n) => {
+                    let idle: Vec<String> =
+                        self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
+                    for id in idle {
+                        if let Some(tx) = self.bots.get(&id).and_then(|b| b.tx.as_ref()) {
+                            let _ = tx.send(ControllerMessage::Retire);
+                        }
+                        self.runtime.stop(&id);
+                        self.bots.remove(&id);
+                        self.dirty_bots.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A launch did not give a warm bot: hold further launches for the back-off, and say so
+    /// once per failure (logged and counted here, and nowhere else).
+    pub(super) fn launch_failed(&mut self, reason: &str) {
+        self.launch_failures = self.launch_failures.saturating_add(1);
+        let wait = pool::launch_backoff(self.launch_failures);
+        self.launch_held_until = Some(Instant::now() + wait);
+        self.launch_failure_reason = reason.to_string();
+        self.cfg.metrics.launch_failures.inc();
+        tracing::error!(failures = self.launch_failures, retry_in_secs = wait.as_secs_f64(), reason, "bot launch failed; holding launches");
+    }
+
+    /// How much longer launches are held, at `now`.
+    pub(super) fn launch_held_for(&self, now: Instant) -> Option<Duration> {
+        self.launch_held_until.map(|until| until.saturating_duration_since(now)).filter(|left| !left.is_zero())
+    }
+
+    pub(super) fn launch(&mut self) {
+        let bot_id = format!("bot_{}", uuid::Uuid::new_v4().simple());
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let spec = LaunchSpec {
+            bot_id: bot_id.clone(),
+            token: token.clone(),
+            controller_url: self.cfg.controller_urls.iter().map(|u| format!("{u}?bot_id={bot_id}")).collect::<Vec<_>>().join(","),
+            spool_root: self.cfg.spool_root.clone(),
+            env: self.cfg.bot_env.clone(),
+        };
+        match self.runtime.launch(&spec) {
+            Ok(()) => {
+                tracing::info!(bot_id = %bot_id, "bot launched");
+                let bot = Bot {
+                    token_sha256: token_hash(&token),
+                    state: BotState::Starting,
+                    recording: None,
+                    tx: None,
+                    last_seen: Instant::now(),
+                    vitals: Vitals::default(),
+                };
+                self.bots.insert(bot_id.clone(), bot);
+                self.dirty_bots.push(bot_id);
+            }
+            Err(err) => self.launch_failed(&err.to_string()),
+        }
+    }
+}
+
+fn seconds_since(t: OffsetDateTime) -> f64 {
+    (OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0)
+}

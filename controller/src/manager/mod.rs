@@ -1,0 +1,461 @@
+//! The one owner of mutable state: recordings, bots, the queue. HTTP handlers and bot
+//! connections send it commands; it applies them, persists what changed (event log +
+//! projection, in the store), sends webhooks on status changes, re-plans the pool, assigns queued
+//! recordings to idle bots, and declares silent bots lost.
+//!
+//! Mutations are plain synchronous code that marks what changed; `flush` then writes the events
+//! and notifies, before any reply that depends on them. A write that fails fails the request
+//! that caused it (500 `internal`), makes `/readyz` unready, and is retried at the next flush:
+//! nothing is dropped. A new recording is written before any bot hears of it, or not made.
+//! Statuses change only through `lifecycle::advance`; bot states only through `BotState::next`.
+//!
+//! This file holds the state, the commands and their dispatch; each concern is one submodule:
+//! `recordings` (creation, idempotency, queue, stops, timelines, recovery), `bots` (bot
+//! messages, exits, liveness, the pool), `outbox` (what is written and announced) and
+//! `telemetry` (heartbeats and bot logs into metrics). It must not do I/O itself other than
+//! through the store, the runtime and the channels it is given.
+
+mod bots;
+mod outbox;
+mod recordings;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recfleet_proto::protocol::{BotMessage, ControllerMessage};
+use recfleet_proto::RecordingStatus;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fleet::BotState;
+use crate::metrics::Metrics;
+use crate::model::{ApiError, CreateRecording, PoolBackoff, PoolView, Recording};
+use crate::recovery::{Recovered, RecoveryError};
+use crate::runtime::{Exited, Runtime};
+use crate::store::{token_hash, LogKind, Store, StoreError, StoredRecording};
+use crate::webhook::Delivery;
+
+/// How long a bot's last messages get to arrive after its process exited: the exit and the
+/// bot's `Finished` travel on different channels, and the exit may come first.
+pub const EXIT_GRACE: Duration = Duration::from_secs(3);
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the manager is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Create {
+        req: CreateRecording,
+        idempotency_key: Option<String>,
+        reply: oneshot::Sender<Result<(Recording, bool), ApiError>>,
+    },
+    Get {
+        id: String,
+        reply: oneshot::Sender<Option<Recording>>,
+    },
+    /// Newest first; `after` is the last id of the previous page.
+    List {
+        status: Option<RecordingStatus>,
+        limit: usize,
+        after: Option<String>,
+        reply: oneshot::Sender<Vec<Recording>>,
+    },
+    Stop {
+        id: String,
+        reply: oneshot::Sender<Result<Recording, ApiError>>,
+    },
+    Delete {
+        id: String,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Pool {
+        reply: oneshot::Sender<PoolView>,
+    },
+    /// Whether the last write to the state database succeeded and the lease is renewed (for
+    /// `/readyz`).
+    Health {
+        reply: oneshot::Sender<bool>,
+    },
+    /// A bot's WebSocket opened with `token`; on success its messages follow.
+    BotConnected {
+        bot_id: String,
+        token: String,
+        tx: mpsc::UnboundedSender<ControllerMessage>,
+        reply: oneshot::Sender<bool>,
+    },
+    FromBot {
+        bot_id: String,
+        msg: BotMessage,
+    },
+    BotDisconnected {
+        bot_id: String,
+    },
+    /// The controller is stopping: retire the bots (unless they are kept for a restart) while
+    /// their connections are still open, then reply.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Command {
+    /// Whether handling this may leave something to assign, re-plan or write.
+    fn may_change_state(&self) -> bool {
+        match self {
+            Command::Get { .. } | Command::List { .. } | Command::Pool { .. } | Command::Health { .. } => false,
+            Command::FromBot { msg: BotMessage::Heartbeat { .. }, .. } => false,
+            Command::Create { .. }
+            | Command::Stop { .. }
+            | Command::Delete { .. }
+            | Command::BotConnected { .. }
+            | Command::FromBot { .. }
+            | Command::BotDisconnected { .. }
+            | Command::Shutdown { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bot {
+    token_sha256: String,
+    state: BotState,
+    recording: Option<String>,
+    tx: Option<mpsc::UnboundedSender<ControllerMessage>>,
+    last_seen: Instant,
+    /// The last heartbeat's cumulative figures, to turn them into rates and deltas.
+    vitals: Vitals,
+}
+
+#[derive(Debug, Default)]
+struct Vitals {
+    dropped: u64,
+    failed_uploads: u64,
+    backlog_files: u64,
+    backlog_bytes: u64,
+}
+
+/// Settings the manager needs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub min_idle: usize,
+    pub max: usize,
+    /// Cancelled when a write is refused because another controller took over the lease: the
+    /// controller stops at once rather than act on a state it can no longer write.
+    pub deposed: tokio_util::sync::CancellationToken,
+    /// Set while the leadership lease cannot be renewed: only a leader assigns recordings and
+    /// launches or retires bots, so those wait; everything else goes on.
+    pub lapsed: Arc<std::sync::atomic::AtomicBool>,
+    /// The bots' endpoint on every controller that may lead (`ws://…/v1/bots/connect`).
+    pub controller_urls: Vec<String>,
+    /// Bots spool recordings in `<spool_root>/<recording_id>/` on their way to the store.
+    pub spool_root: PathBuf,
+    /// Environment every bot gets besides its identity (the store's settings).
+    pub bot_env: Vec<(String, String)>,
+    /// Base URL clients download outputs from (`http://host:port`).
+    pub public_url: String,
+    /// Leave bots running when the controller stops (a restart): busy ones keep recording and
+    /// reconnect; all are re-adopted from the store.
+    pub keep_bots_on_exit: bool,
+    /// Where recordings are kept; a dead bot's recording is finalized from here.
+    pub objects: recfleet_storage::Store,
+    /// Scratch space for recoveries (`<scratch>/<recording_id>/`).
+    pub scratch_root: PathBuf,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stored: StoredRecording,
+    /// The status the last webhook announced.
+    notified: Option<RecordingStatus>,
+    /// When a bot took it (for the join-duration metric; not persisted).
+    assigned_at: Option<OffsetDateTime>,
+    /// Its first segment is in the store (time-to-view was observed).
+    viewable: bool,
+}
+
+#[derive(Debug)]
+pub struct Manager {
+    cfg: ManagerConfig,
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    webhooks: mpsc::UnboundedSender<Delivery>,
+    recordings: HashMap<String, Entry>,
+    order: Vec<String>,
+    idempotency: HashMap<String, String>,
+    queue: VecDeque<String>,
+    bots: HashMap<String, Bot>,
+    /// Events to persist at the next flush: (recording id, kind, data).
+    dirty: VecDeque<(String, LogKind, serde_json::Value)>,
+    dirty_bots: Vec<String>,
+    /// Recordings whose bot exited before saying `Finished`: when, and how it exited.
+    orphaned: HashMap<String, (Instant, String)>,
+    /// Recoveries under way report here.
+    recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
+    recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
+    /// When the last write to the state database failed (cleared by the next that succeeds).
+    write_failed_at: Option<Instant>,
+    /// Launch failures in a row, and until when launches are held (`pool::launch_backoff`).
+    launch_failures: u32,
+    launch_held_until: Option<Instant>,
+    launch_failure_reason: String,
+}
+
+/// A heartbeat's figures.
+#[derive(Debug)]
+struct Heartbeat {
+    capture: Option<recfleet_proto::CaptureStats>,
+    cpu_cores: Option<f64>,
+    rss_bytes: Option<u64>,
+    upload: Option<recfleet_proto::UploadStats>,
+}
+
+impl Manager {
+    /// Loads what the store holds: recordings (queued ones are queued again) and bots (which
+    /// get `STARTUP_TIMEOUT` to reconnect).
+    pub async fn load(
+        cfg: ManagerConfig,
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+        webhooks: mpsc::UnboundedSender<Delivery>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let (recovered_tx, recovered_rx) = mpsc::unbounded_channel();
+        let mut m = Self {
+            cfg,
+            runtime,
+            store,
+            webhooks,
+            recordings: HashMap::new(),
+            order: Vec::new(),
+            idempotency: HashMap::new(),
+            queue: VecDeque::new(),
+            bots: HashMap::new(),
+            dirty: VecDeque::new(),
+            dirty_bots: Vec::new(),
+            orphaned: HashMap::new(),
+            recovered_tx,
+            recovered_rx: Some(recovered_rx),
+            write_failed_at: None,
+            launch_failures: 0,
+            launch_held_until: None,
+            launch_failure_reason: String::new(),
+        };
+        for stored in m.store.load_recordings().await? {
+            let id = stored.view.id.clone();
+            if stored.view.status == RecordingStatus::Queued {
+                m.queue.push_back(id.clone());
+            }
+            if let Some(k) = &stored.idempotency_key {
+                m.idempotency.insert(k.clone(), id.clone());
+            }
+            m.order.push(id.clone());
+            let notified = Some(stored.view.status);
+            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true });
+        }
+        for b in m.store.load_bots().await? {
+            let bot = Bot {
+                token_sha256: b.token_sha256,
+                state: b.state,
+                recording: b.recording_id,
+                tx: None,
+                last_seen: Instant::now(),
+                vitals: Vitals::default(),
+            };
+            m.bots.insert(b.id, bot);
+        }
+        if !m.recordings.is_empty() || !m.bots.is_empty() {
+            tracing::info!(recordings = m.recordings.len(), bots = m.bots.len(), queued = m.queue.len(), "state reloaded");
+        }
+        Ok(m)
+    }
+
+    /// Runs until `commands` closes.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<Exited>) {
+        let mut recovered = self.recovered_rx.take().expect("run once");
+        // Recoveries a stopped controller left unfinished start again.
+        let held: Vec<String> = self.bots.values().filter_map(|b| b.recording.clone()).collect();
+        let unfinished: Vec<String> = self
+            .recordings
+            .values()
+            .map(|e| &e.stored.view)
+            .filter(|r| r.status == RecordingStatus::Finalizing && r.partial && !held.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        for id in unfinished {
+            self.start_recovery(&id);
+        }
+        let _ = self.settle().await;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => {
+                        let changes = cmd.may_change_state();
+                        self.handle(cmd).await;
+                        // Reads and heartbeats (most of the traffic of a large fleet) change
+                        // nothing to assign, plan or write: no pass over the bots for them.
+                        if !changes {
+                            continue;
+                        }
+                    }
+                    None => break,
+                },
+                Some(exit) = exits.recv() => self.bot_exited(exit),
+                Some((id, result)) = recovered.recv() => self.recovered(&id, result),
+                _ = tick.tick() => {
+                    // Declaring a bot lost stops it: a leader's act, held while the lease lapsed.
+                    if !self.lapsed() {
+                        self.find_lost_bots();
+                    }
+                    self.settle_orphans();
+                    self.update_gauges();
+                }
+            }
+            // A failed write is logged and counted there, and retried at the next settle.
+            let _ = self.settle().await;
+        }
+    }
+
+    fn shut_down(&mut self) {
+        self.cfg.min_idle = 0;
+        self.cfg.max = 0;
+        if self.cfg.keep_bots_on_exit {
+            return;
+        }
+        for (id, bot) in &self.bots {
+            if let Some(tx) = &bot.tx {
+                let _ = tx.send(ControllerMessage::Retire);
+            }
+            self.runtime.stop(id);
+        }
+    }
+
+    /// Assigns, re-plans and persists after a change. An error means the change is not yet
+    /// durable (it stays queued for the next flush).
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        if !self.lapsed() {
+            self.assign_queued();
+            self.reconcile();
+        }
+        self.flush().await
+    }
+
+    fn lapsed(&self) -> bool {
+        self.cfg.lapsed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `result`, unless the change it made could not be written.
+    fn durable<T>(result: Result<T, ApiError>, written: Result<(), StoreError>) -> Result<T, ApiError> {
+        let value = result?;
+        written?;
+        Ok(value)
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create { req, idempotency_key, reply } => {
+                let result = match self.create(req, idempotency_key) {
+                    // A new recording is written before any bot hears of it; if it cannot be,
+                    // it is not made (the client's retry, with its idempotency key, is safe).
+                    Ok((view, true)) => match self.flush().await {
+                        Ok(()) => Ok((view, true)),
+                        Err(err) => {
+                            self.undo_create(&view.id);
+                            Err(err.into())
+                        }
+                    },
+                    other => other,
+                };
+                let written = self.settle().await;
+                let _ = reply.send(Self::durable(result, written));
+            }
+            Command::Get { id, reply } => {
+                let _ = reply.send(self.recordings.get(&id).map(|e| e.stored.view.clone()));
+            }
+            Command::List { status, limit, after, reply } => {
+                let newest_first = self.order.iter().rev();
+                let after_pos = after.as_ref().and_then(|a| self.order.iter().rev().position(|id| id == a));
+                let skip = after_pos.map_or(0, |p| p + 1);
+                let items = newest_first
+                    .skip(skip)
+                    .filter_map(|id| self.recordings.get(id))
+                    .map(|e| &e.stored.view)
+                    .filter(|r| status.is_none_or(|s| r.status == s))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(items);
+            }
+            Command::Stop { id, reply } => {
+                let result = self.stop(&id);
+                let written = self.settle().await;
+                let _ = reply.send(Self::durable(result, written));
+            }
+            Command::Delete { id, reply } => {
+                let result = self.delete(&id).await;
+                let _ = reply.send(result);
+            }
+            Command::Pool { reply } => {
+                let o = self.observed();
+                let backoff = self.launch_held_for(Instant::now()).map(|left| PoolBackoff {
+                    failures: self.launch_failures,
+                    retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
+                    reason: self.launch_failure_reason.clone(),
+                });
+                let view =
+                    PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len(), backoff };
+                let _ = reply.send(view);
+            }
+            Command::Health { reply } => {
+                let _ = reply.send(self.write_failed_at.is_none() && !self.lapsed());
+            }
+            Command::BotConnected { bot_id, token, tx, reply } => {
+                let ok = match self.bots.get_mut(&bot_id) {
+                    Some(bot) if bot.token_sha256 == token_hash(&token) => {
+                        bot.tx = Some(tx);
+                        bot.last_seen = Instant::now();
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(ok);
+            }
+            Command::FromBot { bot_id, msg } => {
+                self.cfg.metrics.bot_messages.with_label_values(&[msg.kind()]).inc();
+                // Whatever the manager logs about this message carries the bot's and the
+                // recording's ids.
+                let recording_id = match &msg {
+                    BotMessage::StateChanged { recording_id, .. }
+                    | BotMessage::Timeline { recording_id, .. }
+                    | BotMessage::SegmentStored { recording_id, .. }
+                    | BotMessage::Finished { recording_id, .. } => Some(recording_id.clone()),
+                    BotMessage::Hello { recording_id, .. } => recording_id.clone(),
+                    BotMessage::Ready | BotMessage::Heartbeat { .. } | BotMessage::Log { .. } => {
+                        self.bots.get(&bot_id).and_then(|b| b.recording.clone())
+                    }
+                };
+                let span = tracing::info_span!("bot_message", bot_id = %bot_id, recording_id = recording_id.as_deref().unwrap_or(""));
+                let _entered = span.enter();
+                self.on_bot_message(&bot_id, msg)
+            }
+            Command::Shutdown { reply } => {
+                self.shut_down();
+                // What the drain changed is on disk before the process exits: a last try even
+                // while writes fail (what it cannot write, the bots tell the next controller).
+                self.write_failed_at = None;
+                if let Err(err) = self.flush().await {
+                    tracing::error!(error = %err, "exiting with changes not written to the state database");
+                }
+                let _ = reply.send(());
+            }
+            Command::BotDisconnected { bot_id } => {
+                if let Some(bot) = self.bots.get_mut(&bot_id) {
+                    bot.tx = None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The manager's logic alone, with a runtime that launches nothing and a SQLite store in a
+//! temporary folder.
+
+use super::*;
+use crate::runtime::{ExitReason, LaunchSpec};
+use recfleet_proto::protocol::Outcome;
+use recfleet_proto::{EventKind, OutputPaths, SubCode, Summary};
+use serde_json::json;
+
+/// Launches nothing: the manager's logic alone is under test.
+#[derive(Debug, Default)]
+struct NoRuntime;
+
+impl Runtime for NoRuntime {
+    fn launch(&self, _spec: &LaunchSpec) -> Result<(), crate::runtime::RuntimeError> {
+        Ok(())
+    }
+    fn stop(&self, _bot_id: &str) {}
+}
+
+async fn manager(dir: &std::path::Path) -> Manager {
+    let cfg = ManagerConfig {
+        min_idle: 1,
+        max: 2,
+        controller_urls: vec!["ws://127.0.0.1:1/v1/bots/connect".into()],
+        deposed: Default::default(),
+        lapsed: Default::default(),
+        spool_root: dir.join("spool"),
+        bot_env: Vec::new(),
+        public_url: "http://127.0.0.1:1".into(),
+        keep_bots_on_exit: false,
+        objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),
+        scratch_root: dir.join("recovery"),
+        metrics: Arc::new(Metrics::new()),
+    };
+    let store = Store::open(&Store::default_url(dir)).await.unwrap();
+    let (webhooks, _) = mpsc::unbounded_channel();
+    Manager::load(cfg, Arc::new(NoRuntime), store, webhooks).await.unwrap()
+}
+
+fn request(meeting_url: &str) -> CreateRecording {
+    CreateRecording {
+        meeting_url: meeting_url.into(),
+        bot_name: None,
+        recipe: None,
+        recipe_name: None,
+        max_duration_secs: None,
+        webhook_url: None,
+        metadata: None,
+        allow_concurrent: false,
+    }
+}
+
+fn refused_total(m: &Manager) -> u64 {
+    let text = m.cfg.metrics.render();
+    text.lines()
+        .filter(|l| l.starts_with(crate::metrics::names::RECORDING_TRANSITIONS_REFUSED_TOTAL))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_queued_stop_goes_through_stopping_to_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (rec, _) = m.create(request("https://m.example.com/q"), None).unwrap();
+    let view = m.stop(&rec.id).unwrap();
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::StoppedByApi)));
+    assert!(view.completed_at.is_some() && !m.queue.contains(&rec.id));
+    let (_, kind, data) = m.dirty.back().unwrap();
+    assert_eq!((*kind, &data["status_after_stop"]), (LogKind::StopRequested, &json!("stopping")));
+    assert_eq!(refused_total(&m), 0, "nothing refused on the way");
+    // A second stop is harmless and changes nothing.
+    assert_eq!(m.stop(&rec.id).unwrap().status, RecordingStatus::Failed);
+    assert_eq!(refused_total(&m), 0);
+}
+
+#[tokio::test]
+async fn a_late_event_the_table_refuses_is_counted_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    started(&mut m, &id);
+    m.on_bot_message(&bot_id, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+    let late = recfleet_proto::Event { at: OffsetDateTime::now_utc(), elapsed_ms: 0, kind: EventKind::WaitingRoom };
+    m.apply_event(&id, &late);
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed, "never applied");
+    assert_eq!(refused_total(&m), 1, "counted once");
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_lapsed_neither_assigns_nor_launches_and_is_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    m.cfg.lapsed.store(true, std::sync::atomic::Ordering::SeqCst);
+    m.settle().await.unwrap();
+    assert!(m.bots.is_empty(), "no launch while the lease is not renewed");
+    let (tx, rx) = oneshot::channel();
+    m.handle(Command::Health { reply: tx }).await;
+    assert!(!rx.await.unwrap(), "unready while the lease is not renewed");
+    m.cfg.lapsed.store(false, std::sync::atomic::Ordering::SeqCst);
+    m.settle().await.unwrap();
+    assert_eq!(m.bots.len(), 1, "the pool fills once the lease is renewed");
+}
+
+#[tokio::test]
+async fn a_creation_that_cannot_be_written_answers_500_and_is_not_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    m.store.close().await;
+    let (tx, rx) = oneshot::channel();
+    m.handle(Command::Create { req: request("https://m.example.com/w"), idempotency_key: None, reply: tx }).await;
+    let answer = rx.await.unwrap();
+    assert!(matches!(answer, Err(ApiError::Internal(_))), "{answer:?}");
+    assert_eq!(answer.unwrap_err().status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let (tx, rx) = oneshot::channel();
+    m.handle(Command::Health { reply: tx }).await;
+    assert!(!rx.await.unwrap(), "unready while writes fail");
+    assert!(m.recordings.is_empty() && m.queue.is_empty() && m.dirty.is_empty(), "a creation that was not written is not made");
+    assert!(m.cfg.metrics.state_write_failures.get() >= 1);
+}
+
+#[tokio::test]
+async fn launches_that_never_give_a_warm_bot_back_off_until_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    m.reconcile();
+    let first = m.bots.keys().next().unwrap().clone();
+    m.bot_exited(Exited { bot_id: first, reason: ExitReason::Crashed, detail: "exit status: 1".into() });
+    m.reconcile();
+    assert!(m.bots.is_empty(), "no relaunch while held");
+    let mut tx = oneshot::channel();
+    m.handle(Command::Pool { reply: tx.0 }).await;
+    let backoff = tx.1.await.unwrap().backoff.expect("the pool shows the back-off");
+    assert_eq!(backoff.failures, 1);
+    assert!(backoff.reason.contains("before it was warm") && backoff.reason.contains("exit status: 1"), "{backoff:?}");
+    // The hold passes: one launch, which comes up warm and clears the back-off.
+    m.launch_held_until = Some(Instant::now());
+    m.reconcile();
+    let second = m.bots.keys().next().expect("relaunched after the hold").clone();
+    m.on_bot_message(&second, BotMessage::Ready);
+    tx = oneshot::channel();
+    m.handle(Command::Pool { reply: tx.0 }).await;
+    assert!(tx.1.await.unwrap().backoff.is_none());
+    assert_eq!((m.launch_failures, m.cfg.metrics.launch_failures.get()), (0, 1));
+}
+
+/// A recording assigned to a connected, warm bot; returns (recording id, bot id).
+async fn assigned(m: &mut Manager) -> (String, String) {
+    m.reconcile();
+    let bot_id = m.bots.keys().next().expect("a launched bot").clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    m.bots.get_mut(&bot_id).unwrap().tx = Some(tx);
+    m.on_bot_message(&bot_id, BotMessage::Ready);
+    let (rec, _) = m.create(request("https://m.example.com/a"), None).unwrap();
+    m.assign_queued();
+    assert_eq!(m.recordings[&rec.id].stored.view.status, RecordingStatus::Joining);
+    (rec.id, bot_id)
+}
+
+/// The bot's timeline says the first frame is captured.
+fn started(m: &mut Manager, id: &str) {
+    let event = recfleet_proto::Event { at: OffsetDateTime::now_utc(), elapsed_ms: 0, kind: EventKind::RecordingStarted };
+    m.apply_event(id, &event);
+    assert_eq!(m.recordings[id].stored.view.status, RecordingStatus::Recording);
+}
+
+fn completed(id: &str) -> Outcome {
+    let paths = OutputPaths { dir: id.into(), mp4: None, playlist: String::new(), manifest: String::new(), events: String::new() };
+    Outcome::Completed {
+        summary: Box::new(Summary {
+            recording_id: id.into(),
+            status: RecordingStatus::Completed,
+            sub_code: SubCode::MeetingEnded,
+            duration_secs: 6.0,
+            segments: 3,
+            paths,
+            capture: None,
+            upload: None,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn finished_arriving_after_the_exit_still_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    started(&mut m, &id);
+    m.bot_exited(Exited { bot_id: bot_id.clone(), reason: ExitReason::Finished, detail: "exit status: 0".into() });
+    m.settle_orphans();
+    assert!(!m.recordings[&id].stored.view.status.is_terminal(), "not decided before the grace");
+    // The bot's last message was still in flight when its exit was seen: the bot is gone.
+    assert!(!m.bots.contains_key(&bot_id));
+    m.on_bot_message(&bot_id, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    if let Some(entry) = m.orphaned.get_mut(&id) {
+        entry.0 = Instant::now() - EXIT_GRACE * 2;
+    }
+    m.settle_orphans();
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Completed, Some(SubCode::MeetingEnded)));
+}
+
+#[tokio::test]
+async fn an_exit_without_finished_is_a_crash_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    m.bot_exited(Exited { bot_id, reason: ExitReason::Crashed, detail: "signal: 9 (SIGKILL)".into() });
+    m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
+    m.settle_orphans();
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
+    let error = view.error.as_ref().unwrap();
+    assert_eq!(error.code, "bot_crashed");
+    assert!(error.message.contains("SIGKILL"), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_crash_after_the_recording_started_is_finalized_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    started(&mut m, &id);
+    m.bot_exited(Exited { bot_id, reason: ExitReason::Crashed, detail: "signal: 9 (SIGKILL)".into() });
+    m.orphaned.get_mut(&id).unwrap().0 = Instant::now() - EXIT_GRACE * 2;
+    m.settle_orphans();
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code, view.partial), (RecordingStatus::Finalizing, Some(SubCode::BotCrashed), true));
+    // The store holds nothing of it: the recovery says so and the recording fails.
+    let (rid, result) = m.recovered_rx.as_mut().unwrap().recv().await.unwrap();
+    assert!(matches!(result, Err(RecoveryError::NothingStored)));
+    m.recovered(&rid, result);
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::BotCrashed)));
+    let error = view.error.as_ref().unwrap();
+    assert_eq!(error.code, "nothing_stored");
+    assert!(error.message.contains("nothing usable"), "{error:?}");
+}
