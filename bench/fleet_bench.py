@@ -8,7 +8,7 @@ For each state database (SQLite, then a PostgreSQL server of the benchmark's own
    launches nor retires; 1,000 finished recordings are made through the API (a history to list);
 3. `recfleet-fleet-load` (bench/fleet-load) connects every bot over the real WebSocket protocol
    (`Hello`, then a `Heartbeat` every 2 s, as `recfleet-bot agent` does), waits, and sends GET
-   `/v1/recordings?limit=20` and `/v1/pool` in turn at a fixed rate, timing each request from
+   `/v1/recordings?limit=20` and `/v1/pool` in turn at a fixed rate over 64 connections, timing each request from
    its scheduled time.
 Measured: API p50/p99, heartbeats processed per second (the controller's own
 `recfleet_bot_messages_total`), the controller's RSS per connected bot and its CPU.

@@ -18,6 +18,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod pool;
+pub mod reads;
 pub mod recovery;
 pub mod runtime;
 pub mod store;
@@ -121,7 +122,9 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let (commands, commands_rx) = mpsc::channel(1024);
     let (draining, close) = (CancellationToken::new(), CancellationToken::new());
     let (leading, standing_by) = (CancellationToken::new(), CancellationToken::new());
+    let reads = reads::Reads::default();
     let state = api::AppState {
+        reads: reads.clone(),
         commands: commands.clone(),
         api_key_sha256: store::token_hash(&cfg.api_key),
         allowed_hosts: cfg.allowed_hosts.clone(),
@@ -198,6 +201,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         keep_bots_on_exit: cfg.keep_bots_on_exit,
         deposed: deposed.clone(),
         lapsed: lapsed.clone(),
+        reads,
     };
     let manager = manager::Manager::load(manager_cfg, runtime, store.clone(), webhooks).await?;
     let manager = tokio::spawn(manager.run(commands_rx, exits_rx));

@@ -48,6 +48,9 @@ struct Args {
     rps: u32,
     #[arg(long, default_value_t = 30.0)]
     duration_secs: f64,
+    /// HTTP connections the API traffic is spread over.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
     /// API paths, requested in turn.
     #[arg(long = "path", default_values_t = ["/v1/recordings?limit=20".to_string(), "/v1/pool".to_string()])]
     paths: Vec<String>,
@@ -147,7 +150,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(512).timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(10)).build()?;
     let (rss_before, _) = proc_usage(args.controller_pid)?;
 
     // The bots connect.
@@ -182,28 +185,32 @@ async fn main() -> anyhow::Result<()> {
     let total = (args.rps as f64 * args.duration_secs) as u64;
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
     let errors = Arc::new(AtomicU64::new(0));
-    let mut requests = tokio::task::JoinSet::new();
+    // A fixed set of connections, as wrk2 keeps: connection `w` sends requests w, w + C, …, each
+    // at its scheduled time or at once when behind, its latency counted from the schedule.
+    let mut workers = tokio::task::JoinSet::new();
     let auth = format!("Bearer {}", args.api_key);
-    for n in 0..total {
-        let due = started + Duration::from_secs_f64(n as f64 / args.rps as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let url = format!("{}{}", args.controller, args.paths[n as usize % args.paths.len()]);
-        let (http, auth, latencies, errors) = (http.clone(), auth.clone(), latencies.clone(), errors.clone());
-        requests.spawn(async move {
-            let answer = http.get(url).header("authorization", auth).send().await;
-            let ok = match answer {
-                Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                Ok(_) | Err(_) => false,
-            };
-            if ok {
-                latencies.lock().expect("not poisoned").push(due.elapsed());
-            } else {
-                errors.fetch_add(1, Ordering::Relaxed);
+    for w in 0..args.connections as u64 {
+        let (http, auth, latencies, errors, args) = (http.clone(), auth.clone(), latencies.clone(), errors.clone(), args.clone());
+        workers.spawn(async move {
+            let mut n = w;
+            while n < total {
+                let due = started + Duration::from_secs_f64(n as f64 / args.rps as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let url = format!("{}{}", args.controller, args.paths[n as usize % args.paths.len()]);
+                let ok = match http.get(url).header("authorization", &auth).send().await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                    Ok(_) | Err(_) => false,
+                };
+                if ok {
+                    latencies.lock().expect("not poisoned").push(due.elapsed());
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                n += args.connections as u64;
             }
         });
-        while requests.try_join_next().is_some() {}
     }
-    while requests.join_next().await.is_some() {}
+    while workers.join_next().await.is_some() {}
     let window = started.elapsed().as_secs_f64();
     let (rss_after, cpu_after) = proc_usage(args.controller_pid)?;
     let processed_after = scrape(&http, &args.controller, "recfleet_bot_messages_total", "kind=\"heartbeat\"").await?;

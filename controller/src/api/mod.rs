@@ -29,6 +29,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub commands: mpsc::Sender<Command>,
+    /// Recordings and the pool as the manager last wrote them: reads do not ask the manager.
+    pub reads: crate::reads::Reads,
     /// sha256 of the API key: the key itself is not kept.
     pub api_key_sha256: String,
     pub allowed_hosts: Option<Vec<String>>,

@@ -75,7 +75,7 @@ pub(super) struct ListQuery {
     responses((status = 200, description = "`{items: [Recording], next_after}`, newest first")))]
 pub(super) async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let found: Vec<Recording> = ask(&state, |reply| Command::List { status: q.status, limit, after: q.after, reply }).await?;
+    let found: Vec<Recording> = crate::reads::read(&state.reads).list(q.status, limit, q.after.as_deref());
     let mut items = Vec::with_capacity(found.len());
     for rec in found {
         items.push(with_links(&state, rec).await);
@@ -92,7 +92,7 @@ pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>
 
 #[utoipa::path(get, path = "/v1/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
-    let found = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    let found = crate::reads::read(&state.reads).get(&id);
     let rec = found.ok_or(ApiError::NotFound(id))?;
     Ok(Json(with_links(&state, rec).await))
 }
@@ -125,7 +125,8 @@ pub(super) async fn stop(State(state): State<AppState>, Path(id): Path<String>) 
 
 #[utoipa::path(get, path = "/v1/pool", responses((status = 200, body = PoolView)))]
 pub(super) async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>, ApiError> {
-    Ok(Json(ask(&state, |reply| Command::Pool { reply }).await?))
+    let pool = crate::reads::read(&state.reads).pool();
+    Ok(Json(pool.ok_or(ApiError::Unavailable)?))
 }
 
 #[utoipa::path(get, path = "/v1/recordings/{id}/files/{name}",
@@ -135,7 +136,7 @@ pub(super) async fn file(State(state): State<AppState>, Path((id, name)): Path<(
     if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) {
         return Err(ApiError::NotFound(format!("{id}/{name}")));
     }
-    let known = ask(&state, |reply| Command::Get { id: id.clone(), reply }).await?;
+    let known = crate::reads::read(&state.reads).get(&id);
     if known.is_none() {
         return Err(ApiError::NotFound(id));
     }

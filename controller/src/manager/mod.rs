@@ -53,17 +53,6 @@ pub enum Command {
         idempotency_key: Option<String>,
         reply: oneshot::Sender<Result<(Recording, bool), ApiError>>,
     },
-    Get {
-        id: String,
-        reply: oneshot::Sender<Option<Recording>>,
-    },
-    /// Newest first; `after` is the last id of the previous page.
-    List {
-        status: Option<RecordingStatus>,
-        limit: usize,
-        after: Option<String>,
-        reply: oneshot::Sender<Vec<Recording>>,
-    },
     Stop {
         id: String,
         reply: oneshot::Sender<Result<Recording, ApiError>>,
@@ -71,9 +60,6 @@ pub enum Command {
     Delete {
         id: String,
         reply: oneshot::Sender<Result<(), ApiError>>,
-    },
-    Pool {
-        reply: oneshot::Sender<PoolView>,
     },
     /// Whether the last write to the state database succeeded and the lease is renewed (for
     /// `/readyz`).
@@ -105,7 +91,7 @@ impl Command {
     /// Whether handling this may leave something to assign, re-plan or write.
     fn may_change_state(&self) -> bool {
         match self {
-            Command::Get { .. } | Command::List { .. } | Command::Pool { .. } | Command::Health { .. } => false,
+            Command::Health { .. } => false,
             Command::FromBot { msg: BotMessage::Heartbeat { .. }, .. } => false,
             Command::Create { .. }
             | Command::Stop { .. }
@@ -148,6 +134,8 @@ pub struct ManagerConfig {
     /// Set while the leadership lease cannot be renewed: only a leader assigns recordings and
     /// launches or retires bots, so those wait; everything else goes on.
     pub lapsed: Arc<std::sync::atomic::AtomicBool>,
+    /// What the API reads: updated here after each write and each re-plan.
+    pub reads: crate::reads::Reads,
     /// The bots' endpoint on every controller that may lead (`ws://…/v1/bots/connect`).
     pub controller_urls: Vec<String>,
     /// Bots spool recordings in `<spool_root>/<recording_id>/` on their way to the store.
@@ -266,6 +254,13 @@ impl Manager {
             };
             m.bots.insert(b.id, bot);
         }
+        {
+            let mut reads = crate::reads::write(&m.cfg.reads);
+            for id in &m.order {
+                reads.upsert(&m.recordings[id].stored.view);
+            }
+            reads.set_pool(m.pool_view());
+        }
         if !m.recordings.is_empty() || !m.bots.is_empty() {
             tracing::info!(recordings = m.recordings.len(), bots = m.bots.len(), queued = m.queue.len(), "state reloaded");
         }
@@ -340,7 +335,21 @@ impl Manager {
             self.assign_queued();
             self.reconcile();
         }
-        self.flush().await
+        let written = self.flush().await;
+        let pool = self.pool_view();
+        crate::reads::write(&self.cfg.reads).set_pool(pool);
+        written
+    }
+
+    /// `GET /v1/pool`'s answer, from the state as it is now.
+    fn pool_view(&self) -> PoolView {
+        let o = self.observed();
+        let backoff = self.launch_held_for(Instant::now()).map(|left| PoolBackoff {
+            failures: self.launch_failures,
+            retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
+            reason: self.launch_failure_reason.clone(),
+        });
+        PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len(), backoff }
     }
 
     fn lapsed(&self) -> bool {
@@ -372,23 +381,6 @@ impl Manager {
                 let written = self.settle().await;
                 let _ = reply.send(Self::durable(result, written));
             }
-            Command::Get { id, reply } => {
-                let _ = reply.send(self.recordings.get(&id).map(|e| e.stored.view.clone()));
-            }
-            Command::List { status, limit, after, reply } => {
-                let newest_first = self.order.iter().rev();
-                let after_pos = after.as_ref().and_then(|a| self.order.iter().rev().position(|id| id == a));
-                let skip = after_pos.map_or(0, |p| p + 1);
-                let items = newest_first
-                    .skip(skip)
-                    .filter_map(|id| self.recordings.get(id))
-                    .map(|e| &e.stored.view)
-                    .filter(|r| status.is_none_or(|s| r.status == s))
-                    .take(limit)
-                    .cloned()
-                    .collect();
-                let _ = reply.send(items);
-            }
             Command::Stop { id, reply } => {
                 let result = self.stop(&id);
                 let written = self.settle().await;
@@ -397,17 +389,6 @@ impl Manager {
             Command::Delete { id, reply } => {
                 let result = self.delete(&id).await;
                 let _ = reply.send(result);
-            }
-            Command::Pool { reply } => {
-                let o = self.observed();
-                let backoff = self.launch_held_for(Instant::now()).map(|left| PoolBackoff {
-                    failures: self.launch_failures,
-                    retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
-                    reason: self.launch_failure_reason.clone(),
-                });
-                let view =
-                    PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len(), backoff };
-                let _ = reply.send(view);
             }
             Command::Health { reply } => {
                 let _ = reply.send(self.write_failed_at.is_none() && !self.lapsed());

@@ -65,6 +65,7 @@ impl Manager {
             };
             self.store.append(&entry.stored, kind, &data).await?;
             self.dirty.pop_front();
+            crate::reads::write(&self.cfg.reads).upsert(&entry.stored.view);
             let status = entry.stored.view.status;
             if entry.notified != Some(status) {
                 entry.notified = Some(status);

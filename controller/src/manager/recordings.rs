@@ -91,6 +91,7 @@ impl Manager {
             return Err(ApiError::Conflict(format!("recording {id} is {}: stop it first", entry.stored.view.status.as_str())));
         }
         self.store.mark_deleted(id).await?;
+        crate::reads::write(&self.cfg.reads).remove(id);
         self.recordings.remove(id);
         self.order.retain(|o| o != id);
         self.idempotency.retain(|_, v| v != id);

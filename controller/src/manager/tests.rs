@@ -25,6 +25,7 @@ async fn manager(dir: &std::path::Path) -> Manager {
         controller_urls: vec!["ws://127.0.0.1:1/v1/bots/connect".into()],
         deposed: Default::default(),
         lapsed: Default::default(),
+        reads: Default::default(),
         spool_root: dir.join("spool"),
         bot_env: Vec::new(),
         public_url: "http://127.0.0.1:1".into(),
@@ -130,9 +131,7 @@ async fn launches_that_never_give_a_warm_bot_back_off_until_one_does() {
     m.bot_exited(Exited { bot_id: first, reason: ExitReason::Crashed, detail: "exit status: 1".into() });
     m.reconcile();
     assert!(m.bots.is_empty(), "no relaunch while held");
-    let mut tx = oneshot::channel();
-    m.handle(Command::Pool { reply: tx.0 }).await;
-    let backoff = tx.1.await.unwrap().backoff.expect("the pool shows the back-off");
+    let backoff = m.pool_view().backoff.expect("the pool shows the back-off");
     assert_eq!(backoff.failures, 1);
     assert!(backoff.reason.contains("before it was warm") && backoff.reason.contains("exit status: 1"), "{backoff:?}");
     // The hold passes: one launch, which comes up warm and clears the back-off.
@@ -140,9 +139,7 @@ async fn launches_that_never_give_a_warm_bot_back_off_until_one_does() {
     m.reconcile();
     let second = m.bots.keys().next().expect("relaunched after the hold").clone();
     m.on_bot_message(&second, BotMessage::Ready);
-    tx = oneshot::channel();
-    m.handle(Command::Pool { reply: tx.0 }).await;
-    assert!(tx.1.await.unwrap().backoff.is_none());
+    assert!(m.pool_view().backoff.is_none());
     assert_eq!((m.launch_failures, m.cfg.metrics.launch_failures.get()), (0, 1));
 }
 
