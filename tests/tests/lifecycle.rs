@@ -73,6 +73,23 @@ fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
         .find(|pid| recfleet_tests::procs::children(*pid).into_iter().any(|c| recfleet_tests::procs::comm(c).as_deref() == Some("ffmpeg")))
 }
 
+/// Waits for recording `id` to finish and checks it completed whole: `meeting_ended`, not
+/// partial, an H.264 + AAC MP4 in the store of the meeting's length (±1.5 s) `across` what the
+/// test did to its controller. Returns its view.
+async fn completes_whole(api: &Api, objects: &std::path::Path, id: &str, meeting_secs: f64, across: &str) -> Value {
+    let path = format!("/v1/recordings/{id}");
+    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "{across}: {done:#}"
+    );
+    let probe = recfleet_tests::media::probe(&objects.join("recordings").join(id).join("recording.mp4"));
+    assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "the whole meeting across {across}: {probe:?}");
+    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    done
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_the_next_controller_finishes_the_recording() {
     sigterm_then_restart(None).await;
@@ -162,15 +179,9 @@ async fn sigterm_then_restart(pg: Option<&recfleet_tests::pg::PgServer>) {
 
     // A new controller on the same state takes the bot back and finishes the recording.
     let mut second = ServeProcess::start(&tag, port, &log, &args(&second_data, &["--stop-bots-on-exit"]));
-    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
-    assert_eq!((done["status"].as_str(), done["sub_code"].as_str()), (Some("completed"), Some("meeting_ended")), "{done:#}");
-    assert_eq!(done["partial"], false, "{done:#}");
+    let done = completes_whole(&api, &objects, &id, meeting_secs, "the restart").await;
     let duration = done["duration_secs"].as_f64().unwrap();
     assert!((duration - meeting_secs).abs() <= 1.5, "the whole meeting across the restart: {duration} s");
-    let mp4 = objects.join("recordings").join(&id).join("recording.mp4");
-    let probe = recfleet_tests::media::probe(&mp4);
-    assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "{probe:?}");
-    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
     assert_eq!(api.get("/v1/recordings").await["items"].as_array().unwrap().len(), 1, "one recording, the refused one never made");
 
     // One `completed` webhook across both controllers, every one signed with the same key.
@@ -349,15 +360,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_recording_completes()
     }
     let took_over = killed.elapsed();
 
-    let done = api_b.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
-    assert_eq!(
-        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
-        (Some("completed"), Some("meeting_ended"), Some(false)),
-        "the bot reported to the new leader: {done:#}"
-    );
-    let probe = recfleet_tests::media::probe(&objects.join("recordings").join(&id).join("recording.mp4"));
-    assert!((probe.duration_secs - 14.0).abs() <= 1.5, "the whole meeting across the takeover: {probe:?}");
-    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    completes_whole(&api_b, &objects, &id, 14.0, "the takeover (the bot reported to the new leader)").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !hooks.lock().unwrap().iter().any(|d| d.event_type == "recording.completed") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -486,15 +489,7 @@ async fn a_database_that_goes_away_fails_writes_loudly_and_loses_nothing() {
     eprintln!("database away {:?}; ready again {:?} after it came back", back - gone, back.elapsed());
     assert!(controller.log_text().contains("leading on"), "{}", controller.log_text());
 
-    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
-    assert_eq!(
-        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
-        (Some("completed"), Some("meeting_ended"), Some(false)),
-        "{done:#}"
-    );
-    let probe = recfleet_tests::media::probe(&objects.join("recordings").join(&id).join("recording.mp4"));
-    assert!((probe.duration_secs - meeting_secs).abs() <= 1.5, "the whole meeting across the outage: {probe:?}");
-    assert_eq!((probe.video_codec.as_str(), probe.audio_codec.as_deref()), ("h264", Some("aac")));
+    completes_whole(&api, &objects, &id, meeting_secs, "the outage").await;
     let items = api.get("/v1/recordings").await["items"].as_array().unwrap().clone();
     assert_eq!(items.len(), 1, "the refused creation was never made: {items:?}");
     let kinds = pg.query(&format!("SELECT kind FROM recording_events WHERE recording_id = '{id}' ORDER BY seq"));
