@@ -38,11 +38,13 @@ const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// What `recfleet-bot agent` is told at launch.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `ws://host:port/v1/bots/connect?bot_id=…`: every controller that may lead, tried in turn
-    /// (a standby answers 503 and the next is tried).
+    /// `ws://host:port/v1/bots/connect?bot_id=…` (or `?task=…` for an ECS task): every
+    /// controller that may lead, tried in turn (a standby answers 503 and the next is tried).
     pub controller_urls: Vec<String>,
+    /// The bot's id, or until the controller's `Welcome` names it, its ECS task's.
     pub bot_id: String,
-    /// Issued by the controller for this launch only.
+    /// Issued by the controller for this bot, or a launch token it exchanges at the first
+    /// connection for its own (`Welcome`).
     pub token: String,
     /// Recordings are spooled in `<spool_root>/<recording_id>/`.
     pub spool_root: PathBuf,
@@ -198,6 +200,8 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
                         tracing::warn!(recording_id = %a.recording_id, "second assignment to a single-use bot; ignored")
                     }
                     ControllerMessage::Retire => tracing::debug!("retire while recording; ignored"),
+                    // Taken by the connection, never passed on.
+                    ControllerMessage::Welcome { .. } => {}
                 }
             }
         })
@@ -255,6 +259,7 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
                 tracing::info!("retired by the controller while idle");
                 return None;
             }
+            ControllerMessage::Welcome { .. } => {}
         }
     }
     None
@@ -345,6 +350,7 @@ async fn connection(
     inbox: mpsc::UnboundedSender<ControllerMessage>,
     offline: watch::Sender<Option<std::time::Instant>>,
 ) {
+    let (mut urls, mut token) = (urls, token);
     let mut pending: Option<BotMessage> = None;
     let mut delay = Duration::from_millis(100);
     let mut failing_since: Option<std::time::Instant> = None;
@@ -420,6 +426,12 @@ async fn connection(
                         frame = ws.next() => {
                             match frame {
                                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ControllerMessage>(&text) {
+                                    Ok(ControllerMessage::Welcome { bot_id, token: own }) => {
+                                        // The launch token is spent: every later dial is as this bot.
+                                        tracing::info!(%bot_id, "the controller took the launch token; dialling as this bot from now on");
+                                        urls = urls.iter().map(|u| dial_as(u, &bot_id)).collect();
+                                        token = own;
+                                    }
                                     Ok(msg) => { let _ = inbox.send(msg); }
                                     Err(err) => tracing::warn!(error = %err, "unreadable controller message"),
                                 },
@@ -449,6 +461,12 @@ async fn connection(
             tracing::warn!("lost the controller; reconnecting (the recording goes on)");
         }
     }
+}
+
+/// `url` with its query naming the bot instead (a launch dials with its ECS task's id).
+fn dial_as(url: &str, bot_id: &str) -> String {
+    let base = url.split_once('?').map_or(url, |(base, _)| base);
+    format!("{base}?bot_id={bot_id}")
 }
 
 async fn send<S>(ws: &mut S, msg: &BotMessage) -> Result<(), ()>

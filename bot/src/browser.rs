@@ -30,6 +30,20 @@ pub struct BrowserConfig {
     pub width: u32,
     pub height: u32,
     pub user_data_dir: PathBuf,
+    /// `/dev/shm` is too small for Chromium's shared memory (Fargate's cannot be sized; Docker's
+    /// default is 64 MB): it uses files in /tmp instead.
+    pub small_shm: bool,
+}
+
+/// Below this, Chromium's renderer can run out of shared memory mid-meeting and crash.
+pub const MIN_SHM_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Whether `/dev/shm` holds less than `MIN_SHM_BYTES` (or cannot be read).
+pub fn shm_is_small() -> bool {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the struct it is given; the path is a NUL-terminated literal.
+    let ok = unsafe { libc::statvfs(c"/dev/shm".as_ptr(), &mut st) } == 0;
+    !ok || (st.f_blocks as u64).saturating_mul(st.f_frsize as u64) < MIN_SHM_BYTES
 }
 
 /// Pure: Chromium's command line.
@@ -74,6 +88,9 @@ pub fn chromium_args(cfg: &BrowserConfig) -> Vec<String> {
     .collect();
     args.push(format!("--window-size={},{}", cfg.width, cfg.height));
     args.push(format!("--user-data-dir={}", cfg.user_data_dir.display()));
+    if cfg.small_shm {
+        args.push("--disable-dev-shm-usage".into());
+    }
     args.push("about:blank".into());
     args
 }
@@ -226,7 +243,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> BrowserConfig {
-        BrowserConfig { binary: CHROMIUM_BIN.into(), width: 1280, height: 720, user_data_dir: "/run/p".into() }
+        BrowserConfig { binary: CHROMIUM_BIN.into(), width: 1280, height: 720, user_data_dir: "/run/p".into(), small_shm: false }
     }
 
     #[test]
@@ -242,6 +259,13 @@ mod tests {
         ] {
             assert!(args.iter().any(|a| a == flag), "missing {flag}");
         }
+    }
+
+    #[test]
+    fn a_small_dev_shm_moves_shared_memory_to_tmp() {
+        assert!(!chromium_args(&cfg()).iter().any(|a| a == "--disable-dev-shm-usage"));
+        let small = BrowserConfig { small_shm: true, ..cfg() };
+        assert!(chromium_args(&small).iter().any(|a| a == "--disable-dev-shm-usage"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod child;
 pub mod config;
 pub mod display;
+pub mod ecs_task;
 pub mod forward_log;
 pub mod join;
 pub mod journal;

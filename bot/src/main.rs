@@ -95,11 +95,17 @@ struct AgentArgs {
     /// are tried in turn (the leader and its standbys).
     #[arg(long, env = "RECFLEET_CONTROLLER_URL", value_delimiter = ',', required = true)]
     controller_url: Vec<String>,
-    #[arg(long, env = "RECFLEET_BOT_ID")]
-    bot_id: String,
-    /// The token the controller issued for this launch.
-    #[arg(long, env = "RECFLEET_BOT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// This bot's id. Unset on ECS: the bot names itself by its task's id (from the task
+    /// metadata endpoint) and dials with `--launch-token`.
+    #[arg(long, env = "RECFLEET_BOT_ID", requires = "token")]
+    bot_id: Option<String>,
+    /// The token the controller issued for this bot.
+    #[arg(long, env = "RECFLEET_BOT_TOKEN", hide_env_values = true, required_unless_present = "launch_token")]
+    token: Option<String>,
+    /// A single-use, short-lived token of the launch (an ECS task's), exchanged at the first
+    /// connection for the bot's own.
+    #[arg(long, env = "RECFLEET_LAUNCH_TOKEN", hide_env_values = true, conflicts_with = "bot_id")]
+    launch_token: Option<String>,
     /// Recordings are spooled in `<spool-dir>/<recording_id>/` on their way to the store.
     #[arg(long, env = "RECFLEET_SPOOL_DIR")]
     spool_dir: PathBuf,
@@ -225,10 +231,27 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
     if let Err(err) = video.validate() {
         return fail(&RecordError::Config(err));
     }
+    let (controller_urls, bot_id, token) = match (args.bot_id, args.token, args.launch_token) {
+        (Some(bot_id), Some(token), _) => (args.controller_url, bot_id, token),
+        (_, _, Some(launch)) => match recfleet_bot::ecs_task::task_id().await {
+            Ok(task) => {
+                let urls = args.controller_url.iter().map(|u| format!("{}?task={task}", u.split('?').next().unwrap_or(u))).collect();
+                (urls, format!("task-{task}"), launch)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "agent cannot name itself");
+                return ExitCode::from(7);
+            }
+        },
+        _ => {
+            tracing::error!("agent needs RECFLEET_BOT_ID and RECFLEET_BOT_TOKEN, or RECFLEET_LAUNCH_TOKEN on ECS");
+            return ExitCode::from(7);
+        }
+    };
     let cfg = recfleet_bot::agent::AgentConfig {
-        controller_urls: args.controller_url,
-        bot_id: args.bot_id,
-        token: args.token,
+        controller_urls,
+        bot_id,
+        token,
         spool_root: args.spool_dir,
         orphan_timeout: std::time::Duration::from_secs(args.orphan_timeout_secs),
         upload: match args.store.settings() {

@@ -54,6 +54,7 @@ impl Session {
             width: video.width,
             height: video.height,
             user_data_dir: profile_dir(runtime_dir.path()),
+            small_shm: crate::browser::shm_is_small(),
         };
         // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
         let (chromium, warmed) = tokio::join!(

@@ -68,6 +68,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         s3_path_style: false,
         presign_expiry: Duration::from_secs(3600),
         docker: None,
+        ecs: None,
         advertise_urls: Vec::new(),
     };
     let served = tokio::spawn(crate::serve(serve_cfg, listener, shutdown.clone()));

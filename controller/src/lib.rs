@@ -11,6 +11,7 @@
 pub mod api;
 pub mod demo;
 pub mod docker;
+pub mod ecs;
 pub mod fleet;
 pub mod leadership;
 pub mod lifecycle;
@@ -60,6 +61,8 @@ pub struct ServeConfig {
     pub presign_expiry: std::time::Duration,
     /// `Some`: bots run as Docker containers (`--runtime docker`); `None`: as processes.
     pub docker: Option<docker::DockerConfig>,
+    /// `Some`: bots run as ECS tasks (`--runtime ecs`; takes precedence over `docker`).
+    pub ecs: Option<ecs::EcsConfig>,
     /// The base URLs bots dial (`ws://host:port`), tried in turn (every controller that may
     /// lead, or one load-balanced address); empty: the address the server listens on.
     pub advertise_urls: Vec<String>,
@@ -123,6 +126,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let (draining, close) = (CancellationToken::new(), CancellationToken::new());
     let (leading, standing_by) = (CancellationToken::new(), CancellationToken::new());
     let reads = reads::Reads::default();
+    let launch_tokens = ecs::LaunchTokens::default();
     let state = api::AppState {
         reads: reads.clone(),
         commands: commands.clone(),
@@ -131,6 +135,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         objects: objects.clone(),
         presign_expiry: cfg.presign_expiry,
         metrics: metrics.clone(),
+        launch_tokens: launch_tokens.clone(),
         shutdown: close.clone(),
         draining: draining.clone(),
         leading: leading.clone(),
@@ -168,9 +173,18 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-    let runtime: Arc<dyn runtime::Runtime> = match &cfg.docker {
-        None => Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx, cfg.keep_bots_on_exit)),
-        Some(d) => {
+    let runtime: Arc<dyn runtime::Runtime> = match (&cfg.ecs, &cfg.docker) {
+        (Some(e), _) => {
+            let ecs = ecs::EcsRuntime::connect(e.clone(), exits_tx, launch_tokens).await?;
+            let known = store.load_bots().await?.into_iter().map(|b| b.id).collect();
+            let stopped = ecs.adopt_or_stop(&known).await?;
+            if stopped > 0 {
+                tracing::info!(stopped, "stopped bot tasks no state knows");
+            }
+            Arc::new(ecs)
+        }
+        (None, None) => Arc::new(runtime::ProcessRuntime::new(cfg.bot_binary.clone(), exits_tx, cfg.keep_bots_on_exit)),
+        (None, Some(d)) => {
             let mut d = d.clone();
             if let recfleet_storage::StoreUrl::File(dir) = &store_url {
                 // The bots write a folder store's recordings through a mount at the same path.

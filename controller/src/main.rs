@@ -59,9 +59,12 @@ struct ServeArgs {
     /// The bot binary (default: `recfleet-bot` next to this one).
     #[arg(long, env = "RECFLEET_BOT_BINARY")]
     bot_binary: Option<PathBuf>,
-    /// Where bots run: `process` (local child processes) or `docker` (a container each).
-    #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process", value_parser = ["process", "docker"])]
+    /// Where bots run: `process` (local child processes), `docker` (a container each) or `ecs`
+    /// (an ECS task each: Fargate, Fargate Spot or EC2 capacity).
+    #[arg(long, env = "RECFLEET_RUNTIME", default_value = "process", value_parser = ["process", "docker", "ecs"])]
     runtime: String,
+    #[command(flatten)]
+    ecs: EcsArgs,
     /// The bot image for `--runtime docker`.
     #[arg(long, env = "RECFLEET_BOT_IMAGE", default_value = "recfleet-bot:dev")]
     bot_image: String,
@@ -108,6 +111,36 @@ struct ServeArgs {
     /// recording and uploading, and reconnect to the controller that comes back.
     #[arg(long, env = "RECFLEET_STOP_BOTS_ON_EXIT")]
     stop_bots_on_exit: bool,
+}
+
+/// `--runtime ecs`: where and how bot tasks run. AWS credentials, region and endpoint come from
+/// the standard AWS settings (task role, environment, profile, `AWS_ENDPOINT_URL`).
+#[derive(Debug, clap::Args)]
+struct EcsArgs {
+    /// The cluster bot tasks run in.
+    #[arg(long, env = "RECFLEET_ECS_CLUSTER", default_value = "")]
+    ecs_cluster: String,
+    /// The bot's task definition: `family` (its latest revision) or `family:revision`.
+    #[arg(long, env = "RECFLEET_ECS_TASK_DEFINITION", default_value = "")]
+    ecs_task_definition: String,
+    /// The bot's container in the task definition.
+    #[arg(long, env = "RECFLEET_ECS_CONTAINER", default_value = "bot")]
+    ecs_container: String,
+    /// The bots' subnets, comma-separated.
+    #[arg(long, env = "RECFLEET_ECS_SUBNETS", value_delimiter = ',')]
+    ecs_subnets: Vec<String>,
+    /// The bots' security groups, comma-separated.
+    #[arg(long, env = "RECFLEET_ECS_SECURITY_GROUPS", value_delimiter = ',')]
+    ecs_security_groups: Vec<String>,
+    /// Give bot tasks a public IP (only for public subnets without a NAT gateway).
+    #[arg(long, env = "RECFLEET_ECS_ASSIGN_PUBLIC_IP")]
+    ecs_assign_public_ip: bool,
+    /// Capacity providers and their weights, `NAME=WEIGHT[:BASE]`, e.g. `FARGATE_SPOT=3,FARGATE=1`.
+    #[arg(long, env = "RECFLEET_ECS_CAPACITY_PROVIDER_STRATEGY")]
+    ecs_capacity_provider_strategy: Option<String>,
+    /// The launch type when no capacity provider strategy is given: FARGATE, EC2 or EXTERNAL.
+    #[arg(long, env = "RECFLEET_ECS_LAUNCH_TYPE", conflicts_with = "ecs_capacity_provider_strategy")]
+    ecs_launch_type: Option<String>,
 }
 
 /// The drain must leave time to flush and close within the 10 s that `docker stop`, ECS and
@@ -204,12 +237,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         memory_bytes: args.bot_memory_mb * 1024 * 1024,
         ..Default::default()
     });
-    let database = match &args.database_url {
-        Some(url) => Some(url.parse::<recfleet::store::DatabaseUrl>().map_err(|e| anyhow::anyhow!("invalid --database-url: {e}"))?),
-        None => None,
-    };
     let store = match &args.store {
         Some(url) => Some(url.parse::<recfleet_storage::StoreUrl>().map_err(|e| anyhow::anyhow!("invalid --store: {e}"))?),
+        None => None,
+    };
+    let ecs = match args.runtime.as_str() {
+        "ecs" => {
+            let e = &args.ecs;
+            let strategy = match &e.ecs_capacity_provider_strategy {
+                Some(text) => recfleet::ecs::parse_strategy(text)
+                    .map_err(|err| anyhow::anyhow!("invalid --ecs-capacity-provider-strategy {text:?}: {err}"))?,
+                None => Vec::new(),
+            };
+            let cfg = recfleet::ecs::EcsConfig {
+                cluster: e.ecs_cluster.clone(),
+                task_definition: e.ecs_task_definition.clone(),
+                container: e.ecs_container.clone(),
+                subnets: e.ecs_subnets.iter().filter(|s| !s.is_empty()).cloned().collect(),
+                security_groups: e.ecs_security_groups.iter().filter(|s| !s.is_empty()).cloned().collect(),
+                assign_public_ip: e.ecs_assign_public_ip,
+                strategy,
+                launch_type: e.ecs_launch_type.clone().unwrap_or_else(|| "FARGATE".into()),
+                pool: args.pool_name.clone(),
+                env: Vec::new(),
+            };
+            recfleet::ecs::validate(&cfg, store.as_ref(), &args.advertise_url).map_err(anyhow::Error::msg)?;
+            Some(cfg)
+        }
+        _ => None,
+    };
+    let database = match &args.database_url {
+        Some(url) => Some(url.parse::<recfleet::store::DatabaseUrl>().map_err(|e| anyhow::anyhow!("invalid --database-url: {e}"))?),
         None => None,
     };
     // Presigned S3 links may live at most 7 days.
@@ -222,8 +280,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("recfleet: generated API key (shown once): {key}");
         key
     });
-    // Containers bring their own bot binary.
-    let bot_binary = if docker.is_some() { args.bot_binary.unwrap_or_default() } else { bot_binary(args.bot_binary)? };
+    // Containers and tasks bring their own bot binary.
+    let bot_binary = if docker.is_some() || ecs.is_some() { args.bot_binary.unwrap_or_default() } else { bot_binary(args.bot_binary)? };
     let cfg = recfleet::ServeConfig {
         data_dir: args.data_dir,
         database,
@@ -240,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         s3_path_style: args.s3_path_style,
         presign_expiry: std::time::Duration::from_secs(args.presign_expiry_secs),
         docker,
+        ecs,
         advertise_urls: args.advertise_url,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

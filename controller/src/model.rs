@@ -171,6 +171,10 @@ pub enum ApiError {
     Standby,
     #[error("the controller is shutting down")]
     Unavailable,
+    /// An ECS task dialled before its RunTask answer was recorded (or another controller
+    /// launched it): the bot retries.
+    #[error("this task's launch is not known (yet); retry")]
+    LaunchPending,
     /// Our fault, not the caller's; the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] std::sync::Arc<crate::store::StoreError>),
@@ -198,6 +202,7 @@ impl ApiError {
             ApiError::Draining => "draining",
             ApiError::Standby => "standby",
             ApiError::Unavailable => "unavailable",
+            ApiError::LaunchPending => "launch_pending",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -208,7 +213,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidRecipe(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Draining | ApiError::Standby | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining | ApiError::Standby | ApiError::Unavailable | ApiError::LaunchPending => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,6 +1,6 @@
 //! Where bots run. One small trait; the `process` runtime (the default) launches
 //! `recfleet-bot agent` as a child process; `docker` (in `docker.rs`) runs each bot in a
-//! container. ECS implements the same trait later.
+//! container; `ecs` (in `ecs.rs`) runs each bot as an ECS task.
 //!
 //! A runtime launches and stops; it must not decide how many bots there should be (that is
 //! `pool`) or what they record (that is `manager`).
@@ -32,6 +32,8 @@ pub enum RuntimeError {
     Launch { bot_id: String, program: String, source: std::io::Error },
     #[error("{0}")]
     Docker(String),
+    #[error("{0}")]
+    Ecs(String),
 }
 
 /// Why a bot exited, as far as its runtime can tell (ECS's stop codes map onto the same).
@@ -45,6 +47,8 @@ pub enum ExitReason {
     Crashed,
     /// The runtime stopped it because the controller asked.
     Stopped,
+    /// Its host was taken back (a Fargate Spot interruption, an instance's termination notice).
+    Preempted,
 }
 
 impl ExitReason {
@@ -54,6 +58,7 @@ impl ExitReason {
             ExitReason::Finished => "finished",
             ExitReason::Crashed => "crashed",
             ExitReason::Stopped => "stopped",
+            ExitReason::Preempted => "preempted",
         }
     }
 }

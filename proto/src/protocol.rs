@@ -90,6 +90,10 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControllerMessage {
+    /// First message on a connection opened with a launch token (an ECS task's, which is
+    /// visible to anyone who can call DescribeTasks, single-use and short-lived): the bot's id
+    /// and its own token, which it dials with from then on.
+    Welcome { bot_id: String, token: String },
     /// Record this meeting. Bots are single-use: one `Assign` per bot. Boxed: the other
     /// messages are small, and every connected bot's queue holds slots of this enum's size.
     Assign(Box<Assignment>),

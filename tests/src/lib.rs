@@ -2,6 +2,8 @@
 //! location, and media checks that look at what a user would (ffprobe, frames, loudness).
 
 pub mod bot;
+pub mod docker;
+pub mod ecs;
 pub mod media;
 pub mod pg;
 pub use recfleet_meeting as meeting;

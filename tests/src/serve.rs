@@ -57,11 +57,16 @@ impl ServeProcess {
     /// Starts `recfleet serve --listen 127.0.0.1:<port> <args>`, its stderr (and its bots') in
     /// `log`, and waits until `/healthz` answers.
     pub fn start<S: AsRef<std::ffi::OsStr>>(tag: &Tag, port: u16, log: &Path, args: &[S]) -> Self {
+        Self::start_on(tag, std::net::Ipv4Addr::LOCALHOST.into(), port, log, args)
+    }
+
+    /// The same, listening on `ip` (a Docker network's gateway, which containers reach).
+    pub fn start_on<S: AsRef<std::ffi::OsStr>>(tag: &Tag, ip: std::net::IpAddr, port: u16, log: &Path, args: &[S]) -> Self {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the log file opens");
         let child = Command::new(crate::binary("recfleet"))
             .arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{ip}:{port}"))
             .args(args)
             .env(TAG_VAR, &tag.0)
             .stdin(Stdio::null())
@@ -69,9 +74,9 @@ impl ServeProcess {
             .stderr(stderr)
             .spawn()
             .expect("recfleet serve starts");
-        let serve = Self { child, base: format!("http://127.0.0.1:{port}"), port, log: log.to_path_buf() };
+        let serve = Self { child, base: format!("http://{ip}:{port}"), port, log: log.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(Instant::now() < deadline, "recfleet serve did not listen within 30 s; log:\n{}", serve.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -145,6 +150,12 @@ impl Api {
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// The sum of a metric's samples on `/metrics` (every label set).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
     /// Polls `path` until `check` holds, failing the test after `limit`.

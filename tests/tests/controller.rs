@@ -37,6 +37,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         s3_path_style: false,
         presign_expiry: Duration::from_secs(3600),
         docker: None,
+        ecs: None,
         advertise_urls: Vec::new(),
     }
 }

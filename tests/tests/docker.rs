@@ -4,9 +4,9 @@
 //! the S3 server (s3s-fs) listen on that network's gateway, which the containers reach.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use recfleet_tests::docker::{docker, Net};
 use recfleet_tests::meeting::MeetingServer;
 use recfleet_tests::s3::{create_bucket, use_endpoint, S3Server};
 use serde_json::{json, Value};
@@ -14,37 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "docker-key";
 const BOT_IMAGE: &str = "recfleet-bot:dev";
-
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker").args(args).output().expect("docker");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A Docker network of the test's own, removed at the end.
-struct Net {
-    name: String,
-    gateway: IpAddr,
-}
-
-impl Net {
-    fn create(tag: &str) -> Net {
-        let name = format!("recfleet-test-{tag}-{}", std::process::id());
-        let _ = std::process::Command::new("docker").args(["network", "rm", &name]).output();
-        docker(&["network", "create", &name]);
-        let gateway = docker(&["network", "inspect", &name, "--format", "{{(index .IPAM.Config 0).Gateway}}"]).parse().unwrap();
-        Net { name, gateway }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for id in docker(&["ps", "-aq", "--filter", &format!("network={}", self.name)]).split_whitespace() {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
-        }
-        let _ = std::process::Command::new("docker").args(["network", "rm", &self.name]).output();
-    }
-}
 
 fn pool_containers(pool: &str) -> Vec<String> {
     docker(&["ps", "-q", "--filter", &format!("label=recfleet.pool={pool}")]).split_whitespace().map(str::to_string).collect()
@@ -83,6 +52,7 @@ impl Controller {
                 network: net.name.clone(),
                 ..Default::default()
             }),
+            ecs: None,
             advertise_urls: vec![format!("ws://{addr}")],
         };
         let shutdown = CancellationToken::new();
@@ -122,10 +92,7 @@ impl Controller {
 }
 
 fn assert_images_built() {
-    for image in [BOT_IMAGE, "recfleet:dev"] {
-        let out = std::process::Command::new("docker").args(["image", "inspect", image]).output().expect("docker");
-        assert!(out.status.success(), "{image} is missing: `make test` builds it with container/build.sh");
-    }
+    recfleet_tests::docker::assert_images_built(&[BOT_IMAGE, "recfleet:dev"]);
 }
 
 /// The controller image remuxes segments into a playable MP4 (what recovery does) with its

@@ -262,11 +262,6 @@ async fn with_the_controller_gone_for_good_idle_bots_exit_and_busy_ones_finish_f
 }
 
 /// A value of the controller's `/metrics`, summed over its label sets.
-async fn metric(api: &Api, name: &str) -> f64 {
-    let text = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bot_that_cannot_start_makes_the_pool_back_off_not_spin() {
     let tag = Tag::new();
@@ -279,14 +274,14 @@ async fn a_bot_that_cannot_start_makes_the_pool_back_off_not_spin() {
     let api = Api::new(&format!("http://127.0.0.1:{port}"), KEY);
     tokio::time::sleep(Duration::from_secs(30)).await;
     // Back-off 1, 2, 4, 8, 16 s: about 5 launches in 30 s, not one per exit.
-    let failures = metric(&api, "recfleet_pool_launch_failures_total").await;
+    let failures = api.metric("recfleet_pool_launch_failures_total").await;
     assert!((3.0..=7.0).contains(&failures), "{failures} launch failures in 30 s");
     let pool = api.get("/v1/pool").await;
     let backoff = &pool["backoff"];
     assert!(backoff["failures"].as_u64().unwrap_or(0) >= 3, "{pool:#}");
     assert!(backoff["reason"].as_str().unwrap_or("").contains("exit status: 1"), "the reason is named: {pool:#}");
     assert!(backoff["retry_in_secs"].as_f64().unwrap_or(0.0) > 0.0, "{pool:#}");
-    assert!(metric(&api, "recfleet_pool_launch_backoff_seconds").await > 0.0);
+    assert!(api.metric("recfleet_pool_launch_backoff_seconds").await > 0.0);
     // A recording asked for meanwhile waits queued; nothing is lost.
     let (status, _, rec) = api.post("/v1/recordings", &json!({"meeting_url": "https://m.example.com/wait"})).await;
     assert_eq!((status, rec["status"].as_str()), (201, Some("queued")), "{rec}");
@@ -462,7 +457,7 @@ async fn a_database_that_goes_away_fails_writes_loudly_and_loses_nothing() {
     assert!(!message.contains("127.0.0.1") && !message.contains("recfleet@"), "no detail leaked: {message}");
     let (ready, _, _) = api.call(reqwest::Method::GET, "/readyz", None).await;
     assert_eq!(ready, 503, "unready while the database is gone");
-    let failures = metric(&api, "recfleet_state_write_failures_total").await;
+    let failures = api.metric("recfleet_state_write_failures_total").await;
     assert!(failures >= 1.0, "the failed write is counted: {failures}");
 
     // Past the lease's life: the controller says it cannot renew, and stays up with its bot.

@@ -7,11 +7,12 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use recfleet_proto::protocol::BotMessage;
+use recfleet_proto::protocol::{BotMessage, ControllerMessage};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{ask, AppState};
+use crate::ecs::Claim;
 use crate::manager::Command;
 use crate::model::ApiError;
 
@@ -20,27 +21,52 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// The largest message a bot may send.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// A bot names itself (`bot_id`), or an ECS task does (`task`) until its launch token is
+/// exchanged.
 #[derive(Debug, Deserialize)]
 pub(super) struct BotQuery {
-    bot_id: String,
+    bot_id: Option<String>,
+    task: Option<String>,
 }
 
-/// Bots dial here with their launch token as a bearer token and their id in the query.
+/// Bots dial here with their token as a bearer token and their id in the query; an ECS task
+/// with its launch token and its task's id, answered first with `Welcome` (its id and own
+/// token).
 pub(super) async fn bot_connect(
     State(state): State<AppState>,
     Query(q): Query<BotQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let token =
+    let presented =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_string();
+    let (bot_id, token, welcome) = match (q.bot_id, q.task) {
+        (Some(bot_id), _) => (bot_id, presented, None),
+        (None, Some(task)) => match state.launch_tokens.claim(&task, &presented, std::time::Instant::now()) {
+            Claim::Granted { bot_id, token } => {
+                let welcome = ControllerMessage::Welcome { bot_id: bot_id.clone(), token: token.clone() };
+                (bot_id, token, Some(welcome))
+            }
+            // Its RunTask answer is still on its way (or another controller launched it): retry.
+            Claim::Unknown => return ApiError::LaunchPending.into_response(),
+            Claim::Refused => {
+                tracing::warn!(task = %task, "a wrong, replayed or expired launch token");
+                return ApiError::Unauthorized.into_response();
+            }
+        },
+        (None, None) => return ApiError::InvalidRequest("name the bot (bot_id) or its ECS task (task)".into()).into_response(),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    match ask(&state, |reply| Command::BotConnected { bot_id: q.bot_id.clone(), token, tx, reply }).await {
+    match ask(&state, |reply| Command::BotConnected { bot_id: bot_id.clone(), token, tx: tx.clone(), reply }).await {
         Ok(true) => {}
         // A token this controller did not issue: the bot gives up.
         Ok(false) => return ApiError::Unauthorized.into_response(),
         // No answer (the controller is stopping): the bot tries again, or the next controller.
         Err(err) => return err.into_response(),
+    }
+    if let Some(welcome) = welcome {
+        // Queued ahead of anything the manager sends on this connection.
+        let _ = tx.send(welcome);
     }
     let commands = state.commands.clone();
     let shutdown = state.shutdown.clone();
@@ -49,7 +75,6 @@ pub(super) async fn bot_connect(
     // message keeps a misbehaving bot from making the controller buffer megabytes.
     let ws = ws.read_buffer_size(READ_BUFFER_BYTES).write_buffer_size(0).max_message_size(MAX_MESSAGE_BYTES);
     ws.on_upgrade(move |socket: WebSocket| async move {
-        let bot_id = q.bot_id;
         let mut socket = socket;
         loop {
             tokio::select! {

@@ -39,6 +39,8 @@ pub struct AppState {
     /// How long presigned download links stay valid (S3).
     pub presign_expiry: std::time::Duration,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// ECS tasks' launch tokens, spent at their first connection (empty with other runtimes).
+    pub launch_tokens: crate::ecs::LaunchTokens,
     /// Closes the bots' WebSockets on shutdown (graceful shutdown waits for every connection).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Cancelled when the drain begins: new recordings are refused, `/readyz` is unready.

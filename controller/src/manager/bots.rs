@@ -80,10 +80,10 @@ impl Manager {
         let never_warm = bot.state == BotState::Starting;
         match exit.reason {
             ExitReason::LaunchFailed => self.launch_failed(&exit.detail),
-            ExitReason::Crashed | ExitReason::Finished if never_warm => {
+            ExitReason::Crashed | ExitReason::Finished | ExitReason::Preempted if never_warm => {
                 self.launch_failed(&format!("the bot exited before it was warm: {}", exit.detail))
             }
-            ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped => {}
+            ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped | ExitReason::Preempted => {}
         }
         if let Some(id) = bot.recording {
             // Decided after `EXIT_GRACE`, when its last messages have had time to land.
@@ -147,6 +147,9 @@ impl Manager {
     }
 
     pub(super) fn reconcile(&mut self) {
+        if self.pool_frozen {
+            return;
+        }
         let desired = Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len() };
         for action in pool::plan(desired, self.observed()) {
             match action {

@@ -190,6 +190,9 @@ pub struct Manager {
     launch_failures: u32,
     launch_held_until: Option<Instant>,
     launch_failure_reason: String,
+    /// Set by a shutdown that keeps the bots: the pool is left as it is (its idle bots too,
+    /// warm for the next controller) rather than planned down.
+    pool_frozen: bool,
 }
 
 /// A heartbeat's figures.
@@ -230,6 +233,7 @@ impl Manager {
             launch_failures: 0,
             launch_held_until: None,
             launch_failure_reason: String::new(),
+            pool_frozen: false,
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -315,11 +319,13 @@ impl Manager {
     }
 
     fn shut_down(&mut self) {
-        self.cfg.min_idle = 0;
-        self.cfg.max = 0;
         if self.cfg.keep_bots_on_exit {
+            // Idle bots stay warm for the next controller (an ECS task takes a minute to start).
+            self.pool_frozen = true;
             return;
         }
+        self.cfg.min_idle = 0;
+        self.cfg.max = 0;
         for (id, bot) in &self.bots {
             if let Some(tx) = &bot.tx {
                 let _ = tx.send(ControllerMessage::Retire);

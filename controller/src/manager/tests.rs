@@ -143,6 +143,26 @@ async fn launches_that_never_give_a_warm_bot_back_off_until_one_does() {
     assert_eq!((m.launch_failures, m.cfg.metrics.launch_failures.get()), (0, 1));
 }
 
+/// A shutdown that keeps the bots leaves the idle ones warm for the next controller; one that
+/// does not retires them.
+#[tokio::test]
+async fn a_shutdown_that_keeps_bots_leaves_the_idle_ones_warm() {
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        m.cfg.keep_bots_on_exit = keep;
+        m.reconcile();
+        let bot_id = m.bots.keys().next().expect("a launched bot").clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        m.bots.get_mut(&bot_id).unwrap().tx = Some(tx);
+        m.on_bot_message(&bot_id, BotMessage::Ready);
+        m.shut_down();
+        m.reconcile();
+        assert_eq!(m.bots.contains_key(&bot_id), keep, "keep {keep}");
+        assert_eq!(matches!(rx.try_recv(), Ok(ControllerMessage::Retire)), !keep, "keep {keep}");
+    }
+}
+
 /// A recording assigned to a connected, warm bot; returns (recording id, bot id).
 async fn assigned(m: &mut Manager) -> (String, String) {
     m.reconcile();

@@ -1,0 +1,275 @@
+//! `--runtime ecs` end to end: the real controller binary against moto's ECS and S3, with
+//! `tests/ecs_agent.py` playing the ECS agent (each task moto runs is a container of the real bot
+//! image on the test's Docker network). The controller, the meeting and moto listen on that
+//! network's gateway, which the containers reach.
+
+use std::time::{Duration, Instant};
+
+use recfleet_tests::docker::{assert_images_built, Net};
+use recfleet_tests::ecs::EcsAgent;
+use recfleet_tests::meeting::MeetingServer;
+use recfleet_tests::pg::PgServer;
+use recfleet_tests::serve::{Api, ServeProcess, Tag};
+use serde_json::{json, Value};
+
+const KEY: &str = "ecs-key";
+const BOT_IMAGE: &str = "recfleet-bot:dev";
+
+/// A test's AWS: a Docker network, moto and the harness on its gateway, the meeting there too.
+struct Aws {
+    net: Net,
+    agent: EcsAgent,
+    dir: tempfile::TempDir,
+    pool: String,
+}
+
+impl Aws {
+    fn start(name: &str) -> Aws {
+        assert_images_built(&[BOT_IMAGE]);
+        let net = Net::create(name);
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("tasks");
+        std::fs::create_dir_all(&logs).unwrap();
+        let agent = EcsAgent::start(&net.name, net.gateway, BOT_IMAGE, &logs);
+        for (k, v) in agent.aws_env() {
+            // SAFETY (edition 2021: safe fn): set before any thread reads the environment; the
+            // controllers this test starts inherit it.
+            std::env::set_var(k, v);
+        }
+        let pool = format!("{name}{}", std::process::id());
+        Aws { net, agent, dir, pool }
+    }
+
+    /// `recfleet serve --runtime ecs` flags for this AWS; `extra` (flag and value pairs)
+    /// replaces a flag's value or adds the flag.
+    fn args(&self, port: u16, data: &str, extra: &[&str]) -> Vec<String> {
+        let a = &self.agent;
+        let mut args: Vec<String> = [
+            "--runtime",
+            "ecs",
+            "--ecs-cluster",
+            &a.cluster,
+            "--ecs-task-definition",
+            &a.task_definition,
+            "--ecs-subnets",
+            &a.subnet,
+            "--ecs-security-groups",
+            &a.security_group,
+            "--store",
+            &format!("s3://{}/fleet", a.bucket),
+            "--s3-path-style",
+            "--advertise-url",
+            &format!("ws://{}:{port}", self.net.gateway),
+            "--pool-name",
+            &self.pool,
+            "--api-key",
+            KEY,
+            "--data-dir",
+            data,
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(at) => args[at + 1] = pair[1].to_string(),
+                None => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        args
+    }
+
+    fn serve(&self, tag: &Tag, port: u16, data: &str, extra: &[&str]) -> ServeProcess {
+        ServeProcess::start_on(tag, self.net.gateway, port, &self.dir.path().join("serve.log"), &self.args(port, data, extra))
+    }
+
+    async fn pool_tasks(&self) -> Vec<Value> {
+        self.agent.tasks().await.into_iter().filter(|t| t["started_by"] == self.pool.as_str()).collect()
+    }
+
+    /// Polls the harness's tasks until `check` holds.
+    async fn wait_tasks(&self, what: &str, limit: Duration, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let tasks = self.pool_tasks().await;
+            if check(&tasks) {
+                return tasks;
+            }
+            assert!(started.elapsed() < limit, "{what} not reached within {limit:?}: {tasks:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn logs(&self, serve: &ServeProcess) -> String {
+        format!("controller:\n{}\n{}", serve.log_text(), self.agent.container_logs())
+    }
+}
+
+/// Dials the bots' endpoint as a task would, with `token`: the status of the answer.
+async fn dial_as_task(base: &str, task_id: &str, token: &str) -> u16 {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/bots/connect?task={task_id}"))
+        .bearer_auth(token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
+    let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "presigned GET");
+    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
+    let p = recfleet_tests::media::probe(file.path());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
+    assert!(p.faststart);
+    p
+}
+
+/// A warm task records the bundled meeting into the bucket, and the MP4 plays through the API's
+/// presigned link. The task's overrides carry no bot id and no lasting secret: its launch token,
+/// once spent, is refused. A controller restarted on the same PostgreSQL re-adopts the idle
+/// task by its tag (no new RunTask), and stops a task of its pool that no state knows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ecs_task_records_and_a_restarted_controller_re_adopts_its_tasks() {
+    let aws = Aws::start("ecs");
+    let meeting = MeetingServer::start_on(aws.net.gateway).await.unwrap();
+    let pg = PgServer::start();
+    let tag = Tag::new();
+    let port = recfleet_tests::free_port();
+    let data = aws.dir.path().join("data").display().to_string();
+    let db = ["--database-url", &pg.url(), "--pool-min-idle", "1", "--pool-max", "2"];
+    let mut serve = aws.serve(&tag, port, &data, &db);
+    let api = Api::new(&serve.base, KEY);
+    api.wait_for("a warm task", Duration::from_secs(120), "/v1/pool", |p| p["idle"] == 1).await;
+
+    let tasks = aws.pool_tasks().await;
+    assert_eq!(tasks.len(), 1, "{tasks:#?}");
+    let task = &tasks[0];
+    let bot_id = task["tags"]["recfleet.bot_id"].as_str().unwrap_or_else(|| panic!("no bot tag: {task:#}"));
+    assert!(bot_id.starts_with("bot_"), "{task:#}");
+    assert_eq!(task["tags"]["recfleet.pool"], aws.pool.as_str());
+    let calls = aws.agent.calls().await;
+    assert_eq!(calls.len(), 1, "one RunTask: {calls:#?}");
+    assert_eq!((calls[0]["count"].as_i64(), calls[0]["started_by"].as_str()), (Some(1), Some(aws.pool.as_str())));
+    let overrides = &task["overrides"];
+    assert!(overrides.get("RECFLEET_BOT_ID").is_none() && overrides.get("RECFLEET_BOT_TOKEN").is_none(), "{overrides:#}");
+    let launch_token = overrides["RECFLEET_LAUNCH_TOKEN"].as_str().unwrap_or_else(|| panic!("no launch token: {overrides:#}"));
+    let task_id = task["id"].as_str().unwrap();
+    assert_eq!(dial_as_task(&serve.base, task_id, launch_token).await, 401, "a spent launch token is refused");
+    assert_eq!(dial_as_task(&serve.base, "not-a-task-of-ours", launch_token).await, 503, "an unknown task is told to retry");
+
+    let (status, _, rec) =
+        api.post("/v1/recordings", &json!({"meeting_url": meeting.url("/m/ecs?end=8"), "recipe_name": "recfleet-test-meeting"})).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    let done = api.wait_for("finished", Duration::from_secs(120), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "{done:#}\n{}",
+        aws.logs(&serve)
+    );
+    let p = playable(&api.http, &done).await;
+    assert!(p.duration_secs >= 5.0 && p.duration_secs <= 9.5, "an 8 s meeting: {} s", p.duration_secs);
+    // The single-use bot's task ends with its container's success, and a new one is warm.
+    aws.wait_tasks("the first task stopped", Duration::from_secs(60), |ts| {
+        ts.iter().any(|t| {
+            t["id"] == task_id && t["last_status"] == "STOPPED" && t["stop_code"] == "EssentialContainerExited" && t["exit_code"] == 0
+        })
+    })
+    .await;
+    api.wait_for("a fresh warm task", Duration::from_secs(120), "/v1/pool", |p| p["idle"] == 1 && p["busy"] == 0).await;
+    let warm = aws
+        .wait_tasks("the second task", Duration::from_secs(10), |ts| ts.iter().filter(|t| t["container_running"] == true).count() == 1)
+        .await;
+    let warm = warm.iter().find(|t| t["container_running"] == true).unwrap()["id"].as_str().unwrap().to_string();
+
+    // The controller stops (its bots stay); a task of the pool appears that no state knows.
+    serve.signal(libc::SIGTERM);
+    assert!(serve.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", serve.log_text());
+    let stray_env = json!({
+        "RECFLEET_CONTROLLER_URL": format!("ws://{}:{port}/v1/bots/connect", aws.net.gateway),
+        "RECFLEET_LAUNCH_TOKEN": "not-one-we-issued",
+    });
+    let stray = aws.agent.foreign_task(&aws.pool, stray_env, json!({"recfleet.pool": aws.pool, "recfleet.bot_id": "bot_nobody"})).await;
+    let stray_id = stray["id"].as_str().unwrap().to_string();
+    aws.wait_tasks("the stray running", Duration::from_secs(30), |ts| {
+        ts.iter().any(|t| t["id"] == stray_id.as_str() && t["container_running"] == true)
+    })
+    .await;
+
+    let calls_before = aws.agent.calls().await.len();
+    let serve = aws.serve(&tag, port, &data, &db);
+    let api = Api::new(&serve.base, KEY);
+    let stopped = aws
+        .wait_tasks("the stray stopped", Duration::from_secs(60), |ts| {
+            ts.iter().any(|t| t["id"] == stray_id.as_str() && t["last_status"] == "STOPPED" && t["container_running"] == false)
+        })
+        .await;
+    let stray = stopped.iter().find(|t| t["id"] == stray_id.as_str()).unwrap();
+    assert!(stray["stopped_reason"].as_str().unwrap_or("").contains("no controller state knows"), "{stray:#}");
+    api.wait_for("the idle task re-adopted", Duration::from_secs(30), "/v1/pool", |p| p["idle"] == 1 && p["starting"] == 0).await;
+    let tasks = aws.pool_tasks().await;
+    let warm_task = tasks.iter().find(|t| t["id"] == warm.as_str()).unwrap();
+    assert_eq!(
+        (warm_task["last_status"].as_str(), warm_task["container_running"].as_bool()),
+        (Some("RUNNING"), Some(true)),
+        "{warm_task:#}\n{}",
+        aws.logs(&serve)
+    );
+    assert_eq!(aws.agent.calls().await.len(), calls_before, "re-adopted, not launched again: {}", aws.logs(&serve));
+}
+
+/// What can be checked at start is, naming the flag: a missing cluster, a task definition that
+/// does not exist, a store the tasks cannot share. Subnets that RunTask refuses show on
+/// `/v1/pool` and as a metric, the pool backs off, the controller stays up and no task is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_configuration_errors_are_named_and_refused_launches_back_off() {
+    let aws = Aws::start("ecsbad");
+    let port = recfleet_tests::free_port();
+    let data = aws.dir.path().join("data").display().to_string();
+    let refused = |extra: &[&str]| {
+        let out = std::process::Command::new(recfleet_tests::binary("recfleet"))
+            .arg("serve")
+            .args(["--listen", &format!("{}:{port}", aws.net.gateway)])
+            .args(aws.args(port, &data, extra))
+            .output()
+            .expect("recfleet serve runs");
+        assert_eq!(out.status.code(), Some(2), "{extra:?} must be refused at start");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&["--ecs-cluster", "nope"]);
+    assert!(err.contains("--ecs-cluster nope: no such cluster"), "{err}");
+    let err = refused(&["--ecs-task-definition", "nope:7"]);
+    assert!(err.contains("--ecs-task-definition nope:7"), "{err}");
+    let err = refused(&["--ecs-container", "recorder"]);
+    assert!(err.contains("--ecs-container recorder") && err.contains("it has: bot"), "{err}");
+    let err = refused(&["--store", &format!("file://{data}")]);
+    assert!(err.contains("s3:// --store"), "{err}");
+    let err = refused(&["--ecs-capacity-provider-strategy", "FARGATE_SPOT"]);
+    assert!(err.contains("--ecs-capacity-provider-strategy"), "{err}");
+
+    let tag = Tag::new();
+    let serve = aws.serve(&tag, port, &data, &["--ecs-subnets", "subnet-nope"]);
+    let api = Api::new(&serve.base, KEY);
+    let pool = api.wait_for("the pool backing off", Duration::from_secs(30), "/v1/pool", |p| !p["backoff"].is_null()).await;
+    let reason = pool["backoff"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("RunTask") && reason.contains("InvalidSubnetID.NotFound"), "{pool:#}");
+    assert!(api.metric("recfleet_pool_launch_failures_total").await >= 1.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = aws.agent.calls().await.len();
+    assert!((1..=4).contains(&calls), "backing off, not spinning: {calls} RunTask calls in about 6 s");
+    assert!(aws.pool_tasks().await.is_empty(), "no task left");
+    let (status, _, _) = api.call(reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200, "still up: {}", serve.log_text());
+}
