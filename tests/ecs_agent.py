@@ -237,8 +237,12 @@ class Control(BaseHTTPRequestHandler):
                 if not c or not c["running"]:
                     return self.reply(409, {"error": "no running container for that task"})
                 c["spot"] = True
+                # ECS sets the stop code when the stop begins; the task stops once its
+                # container has exited (at most the stop timeout after SIGTERM).
                 task.desired_status = "STOPPED"
                 task.last_status = "STOPPING"
+                task.stop_code = "SpotInterruption"
+                task.stopped_reason = "Your Spot Task was interrupted."
             threading.Thread(target=docker_stop, args=(c["name"], task), daemon=True).start()
             return self.reply(200, describe(task))
         if parts == ["foreign"]:

@@ -181,16 +181,21 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
         }
     });
 
-    // A `Stop` from the controller or a signal ends the recording with `stopped_by_api`.
+    // A `Stop` from the controller ends the recording with `stopped_by_api`, a signal (a
+    // host taken back, a scale-in) with `stopped_by_signal`.
     let stop = shutdown.child_token();
+    let stop_code = crate::record::StopCode::new(SubCode::StoppedBySignal);
     let stop_on_message = {
-        let stop = stop.clone();
+        let (stop, stop_code) = (stop.clone(), stop_code.clone());
         let id = recording_id.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 match msg {
                     ControllerMessage::Stop { recording_id } if recording_id == id => {
                         tracing::info!(recording_id = %id, "stop requested");
+                        if !stop.is_cancelled() {
+                            stop_code.set(SubCode::StoppedByApi);
+                        }
                         stop.cancel();
                     }
                     ControllerMessage::Stop { recording_id } => {
@@ -210,7 +215,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), live });
     cfg.logs.recording(&recording_id);
     let span = tracing::info_span!("recording", recording_id = %recording_id);
-    let result = tracing::Instrument::instrument(record_on(session, &record_cfg, &stop, SubCode::StoppedByApi, reporter), span).await;
+    let result = tracing::Instrument::instrument(record_on(session, &record_cfg, &stop, &stop_code, reporter), span).await;
     if let Ok(summary) = &result {
         // Everything is in the store: the spool has done its job. Otherwise it stays, for
         // `recfleet-bot upload` (nothing recorded is deleted before it is stored).

@@ -95,7 +95,26 @@ pub async fn record(cfg: &RecordConfig, shutdown: CancellationToken) -> Result<S
     // Checked before any child starts, so a bad folder costs nothing; `record_on` checks again.
     prepare_out_dir(&cfg.out_dir)?;
     let session = Session::start(&cfg.video).await?;
-    record_on(session, cfg, &shutdown, SubCode::StoppedBySignal, Arc::new(Silent)).await
+    record_on(session, cfg, &shutdown, &StopCode::new(SubCode::StoppedBySignal), Arc::new(Silent)).await
+}
+
+/// What a stop from outside means for a recording: set before the stop's token is cancelled,
+/// read when the recording ends (under a controller, an API stop and a signal share one token).
+#[derive(Debug, Clone)]
+pub struct StopCode(Arc<std::sync::Mutex<SubCode>>);
+
+impl StopCode {
+    pub fn new(code: SubCode) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(code)))
+    }
+
+    pub fn set(&self, code: SubCode) {
+        *self.0.lock().expect("stop code lock") = code;
+    }
+
+    pub fn get(&self) -> SubCode {
+        *self.0.lock().expect("stop code lock")
+    }
 }
 
 /// Records one meeting on an environment that is already warm (the agent's case), and tears
@@ -104,7 +123,7 @@ pub async fn record_on(
     session: Session,
     cfg: &RecordConfig,
     shutdown: &CancellationToken,
-    stop_code: SubCode,
+    stop_code: &StopCode,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Summary, RecordError> {
     let out_dir = match cfg.validate().map_err(RecordError::from).and_then(|()| prepare_out_dir(&cfg.out_dir)) {
@@ -145,7 +164,7 @@ struct Job<'a> {
     out_dir: &'a Path,
     journal: &'a Journal,
     shutdown: &'a CancellationToken,
-    stop_code: SubCode,
+    stop_code: &'a StopCode,
     upload: Option<UploadConfig>,
 }
 
@@ -163,7 +182,7 @@ impl Job<'_> {
         let mut capture = capture;
         self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
         tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
-        let ending = if end.sub_code == self.stop_code { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia };
+        let ending = if end.sub_code == self.stop_code.get() { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia };
         status = self.advance(status, ending, None);
         let ffmpeg_exit = capture.stop().await;
         tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
@@ -200,8 +219,8 @@ impl Job<'_> {
         let joined = tokio::select! {
             r = join::join(page, &self.cfg.url, self.cfg.recipe.as_ref(), &who, self.cfg.join_attempts, self.journal) => r,
             _ = self.shutdown.cancelled() => {
-                self.journal.record(EventKind::Ended { sub_code: self.stop_code, detail: "stopped while joining".into() });
-                return Err(RecordError::EndedBeforeRecording { sub_code: self.stop_code });
+                self.journal.record(EventKind::Ended { sub_code: self.stop_code.get(), detail: "stopped while joining".into() });
+                return Err(RecordError::EndedBeforeRecording { sub_code: self.stop_code.get() });
             }
         };
         if let Err(err) = joined {

@@ -42,8 +42,8 @@ impl End {
 pub struct Limits<'a> {
     pub max_duration: Option<Duration>,
     pub shutdown: &'a CancellationToken,
-    /// The sub-code a shutdown means here: a signal standalone, an API stop under a controller.
-    pub stop_code: SubCode,
+    /// The sub-code a shutdown means here: a signal, or an API stop under a controller.
+    pub stop_code: &'a crate::record::StopCode,
     /// Set (with the reason) when the disk cannot take more.
     pub disk_full: tokio::sync::watch::Receiver<Option<String>>,
 }
@@ -100,7 +100,7 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
             Ok(reason) = disk_full.wait_for(Option::is_some) => {
                 return End::new(SubCode::DiskFull, reason.clone().unwrap_or_default());
             }
-            _ = limits.shutdown.cancelled() => return End::new(limits.stop_code, "asked to stop"),
+            _ = limits.shutdown.cancelled() => return End::new(limits.stop_code.get(), "asked to stop"),
             _ = &mut max => {
                 let secs = limits.max_duration.map_or(0, |d| d.as_secs());
                 return End::new(SubCode::MaxDuration, format!("reached max_duration_secs={secs}"));

@@ -166,7 +166,7 @@ fn throttle_backoff() -> ExponentialBuilder {
 pub fn exit_reason(stop_code: Option<&str>, container_exit: Option<i32>, asked_to_stop: bool) -> ExitReason {
     match stop_code {
         Some("TaskFailedToStart") => ExitReason::LaunchFailed,
-        Some("SpotInterruption" | "TerminationNotice") => ExitReason::Preempted,
+        code if is_preemption(code) => ExitReason::Preempted,
         Some("UserInitiated" | "ServiceSchedulerInitiated") if asked_to_stop => ExitReason::Stopped,
         _ => match container_exit {
             Some(0) => ExitReason::Finished,
@@ -244,6 +244,9 @@ struct Inner {
     exits: mpsc::UnboundedSender<Exited>,
     tracked: Mutex<Tracked>,
     tokens: LaunchTokens,
+    /// Bots whose task is being taken back (its stop code says so while it still runs): bot id
+    /// → why.
+    preempting: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,7 +263,7 @@ impl EcsRuntime {
         let client = aws_sdk_ecs::Client::new(&conf);
         check(&client, &cfg).await?;
         let (launches, queue) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner { client, cfg, exits, tracked: Mutex::default(), tokens });
+        let inner = Arc::new(Inner { client, cfg, exits, tracked: Mutex::default(), tokens, preempting: Mutex::default() });
         tokio::spawn(launcher(inner.clone(), queue));
         tokio::spawn(reconciler(Arc::downgrade(&inner)));
         Ok(Self { inner, launches })
@@ -489,10 +492,11 @@ async fn reconcile(inner: &Inner) {
     };
     let mut ended = Vec::new();
     for task in &tasks {
+        let Some(&(bot_id, asked)) = task.task_arn().and_then(|a| by_arn.get(a)) else { continue };
+        note_preemption(inner, bot_id, task);
         if task.last_status() != Some("STOPPED") {
             continue;
         }
-        let Some(&(bot_id, asked)) = task.task_arn().and_then(|a| by_arn.get(a)) else { continue };
         let code = task.stop_code().map(|c| c.as_str());
         let container_exit = task.containers().iter().find(|c| c.name() == Some(inner.cfg.container.as_str())).and_then(|c| c.exit_code());
         let reason = exit_reason(code, container_exit, asked);
@@ -508,7 +512,23 @@ async fn reconcile(inner: &Inner) {
     let mut tracked = inner.tracked.lock().expect("tracked lock");
     for exit in ended {
         tracked.tasks.remove(&exit.bot_id);
+        inner.preempting.lock().expect("preempting lock").remove(&exit.bot_id);
         let _ = inner.exits.send(exit);
+    }
+}
+
+/// Whether a stop code means the task's host is being taken back.
+fn is_preemption(stop_code: Option<&str>) -> bool {
+    matches!(stop_code, Some("SpotInterruption" | "TerminationNotice"))
+}
+
+/// Remembers a task whose host is being taken back (ECS sets the stop code when the stop
+/// begins, two minutes before a Spot task is killed).
+fn note_preemption(inner: &Inner, bot_id: &str, task: &Task) {
+    let code = task.stop_code().map(|c| c.as_str());
+    if is_preemption(code) {
+        let why = format!("{}: {}", code.unwrap_or_default(), task.stopped_reason().unwrap_or("no reason given"));
+        inner.preempting.lock().expect("preempting lock").entry(bot_id.to_string()).or_insert(why);
     }
 }
 
@@ -526,6 +546,21 @@ impl Runtime for EcsRuntime {
         };
         let inner = self.inner.clone();
         tokio::spawn(async move { stop_task(&inner, &arn, "recfleet: retired by the controller").await });
+    }
+
+    fn look(&self, bot_id: &str) {
+        let Some((arn, _)) = self.inner.tracked.lock().expect("tracked lock").tasks.get(bot_id).cloned() else { return };
+        let (inner, bot_id) = (self.inner.clone(), bot_id.to_string());
+        tokio::spawn(async move {
+            match describe(&inner, &[arn]).await {
+                Ok((tasks, _)) => tasks.iter().for_each(|t| note_preemption(&inner, &bot_id, t)),
+                Err(e) => tracing::warn!(bot_id = %bot_id, error = %e, "cannot look at a signalled bot's task"),
+            }
+        });
+    }
+
+    fn preempted(&self, bot_id: &str) -> Option<String> {
+        self.inner.preempting.lock().expect("preempting lock").get(bot_id).cloned()
     }
 }
 

@@ -17,6 +17,7 @@ pub mod names {
     pub const POOL_MAX_BOTS: &str = "recfleet_pool_max_bots";
     pub const POOL_QUEUED_RECORDINGS: &str = "recfleet_pool_queued_recordings";
     pub const POOL_BOTS_LOST_TOTAL: &str = "recfleet_pool_bots_lost_total";
+    pub const POOL_BOTS_PREEMPTED_TOTAL: &str = "recfleet_pool_bots_preempted_total";
     pub const RECORDINGS_ACTIVE: &str = "recfleet_recordings_active";
     pub const RECORDINGS_FINISHED_TOTAL: &str = "recfleet_recordings_finished_total";
     pub const RECORDING_START_LATENCY_SECONDS: &str = "recfleet_recording_start_latency_seconds";
@@ -51,6 +52,7 @@ pub mod names {
         POOL_MAX_BOTS,
         POOL_QUEUED_RECORDINGS,
         POOL_BOTS_LOST_TOTAL,
+        POOL_BOTS_PREEMPTED_TOTAL,
         RECORDINGS_ACTIVE,
         RECORDINGS_FINISHED_TOTAL,
         RECORDING_START_LATENCY_SECONDS,
@@ -101,6 +103,7 @@ pub struct Metrics {
     pub pool_max_bots: IntGauge,
     pub pool_queued: IntGauge,
     pub bots_lost: IntCounter,
+    pub bots_preempted: IntCounter,
     pub recordings_active: IntGaugeVec,
     pub recordings_finished: IntCounterVec,
     pub start_latency: Histogram,
@@ -176,6 +179,11 @@ impl Metrics {
             pool_max_bots: gauge(&r, POOL_MAX_BOTS, "The most bots the pool may run."),
             pool_queued: gauge(&r, POOL_QUEUED_RECORDINGS, "Recordings waiting for a bot."),
             bots_lost: counter(&r, POOL_BOTS_LOST_TOTAL, "Bots declared lost (silent too long) or that exited before finishing."),
+            bots_preempted: counter(
+                &r,
+                POOL_BOTS_PREEMPTED_TOTAL,
+                "Bots whose host was taken back (Spot interruptions, termination notices).",
+            ),
             recordings_active: gauge_vec(&r, RECORDINGS_ACTIVE, "Recordings not yet finished, by status.", &["status"]),
             recordings_finished: counter_vec(
                 &r,

@@ -77,6 +77,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     fn launch(&self, spec: &LaunchSpec) -> Result<(), RuntimeError>;
     /// Stops a bot politely, then for good.
     fn stop(&self, bot_id: &str);
+    /// The bot was signalled by its host: find out now whether the host is being taken back
+    /// (what `preempted` then says). Runtimes that cannot tell do nothing.
+    fn look(&self, _bot_id: &str) {}
+    /// Why the bot's host is being taken back, as last seen (a Spot interruption), if it is.
+    fn preempted(&self, _bot_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Bots as child processes of the controller.

@@ -162,8 +162,11 @@ pub enum SubCode {
     MeetingEnded,
     /// Stopped through the controller's API.
     StoppedByApi,
-    /// Stopped by SIGINT or SIGTERM (standalone bot).
+    /// Stopped by SIGINT or SIGTERM (standalone, or a host scaled in or redeployed).
     StoppedBySignal,
+    /// The bot's host was taken back (a Fargate Spot interruption, an instance's termination
+    /// notice); what it stored is the recording.
+    Preempted,
     /// `max_duration_secs` was reached.
     MaxDuration,
     /// Every other participant left.
@@ -198,6 +201,7 @@ impl SubCode {
             SubCode::MeetingEnded => "meeting_ended",
             SubCode::StoppedByApi => "stopped_by_api",
             SubCode::StoppedBySignal => "stopped_by_signal",
+            SubCode::Preempted => "preempted",
             SubCode::MaxDuration => "max_duration",
             SubCode::EveryoneLeft => "everyone_left",
             SubCode::PageClosed => "page_closed",

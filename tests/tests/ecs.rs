@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use recfleet_storage::ObjectStore;
 use recfleet_tests::docker::{assert_images_built, Net};
 use recfleet_tests::ecs::EcsAgent;
 use recfleet_tests::meeting::MeetingServer;
@@ -137,9 +138,11 @@ async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media
 /// A warm task records the bundled meeting into the bucket, and the MP4 plays through the API's
 /// presigned link. The task's overrides carry no bot id and no lasting secret: its launch token,
 /// once spent, is refused. A controller restarted on the same PostgreSQL re-adopts the idle
-/// task by its tag (no new RunTask), and stops a task of its pool that no state knows.
+/// task by its tag (no new RunTask), and stops a task of its pool that no state knows. That
+/// task then records until Spot takes its host back: the recording is what the bot stored,
+/// `preempted`, and everything that reached the bucket is in it.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_ecs_task_records_and_a_restarted_controller_re_adopts_its_tasks() {
+async fn an_ecs_task_records_survives_a_controller_restart_and_a_spot_interruption() {
     let aws = Aws::start("ecs");
     let meeting = MeetingServer::start_on(aws.net.gateway).await.unwrap();
     let pg = PgServer::start();
@@ -228,6 +231,54 @@ async fn an_ecs_task_records_and_a_restarted_controller_re_adopts_its_tasks() {
         aws.logs(&serve)
     );
     assert_eq!(aws.agent.calls().await.len(), calls_before, "re-adopted, not launched again: {}", aws.logs(&serve));
+
+    // The re-adopted task records; Spot takes its host back mid-meeting. The bot stores what it
+    // has within the stop timeout, and the recording says why it ended.
+    let (status, _, rec) =
+        api.post("/v1/recordings", &json!({"meeting_url": meeting.url("/m/ecs-spot?end=0"), "recipe_name": "recfleet-test-meeting"})).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    api.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    aws.agent.spot_interrupt(&warm).await;
+    let done = api.wait_for("finished", Duration::from_secs(60), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str()),
+        (Some("completed"), Some("preempted")),
+        "{done:#}\n{}",
+        aws.logs(&serve)
+    );
+    let p = playable(&api.http, &done).await;
+    assert!(p.duration_secs >= 4.0, "what was recorded before the interruption: {} s", p.duration_secs);
+    let stopped = aws
+        .wait_tasks("the interrupted task stopped", Duration::from_secs(40), |ts| {
+            ts.iter().any(|t| t["id"] == warm.as_str() && t["last_status"] == "STOPPED")
+        })
+        .await;
+    let task = stopped.iter().find(|t| t["id"] == warm.as_str()).unwrap();
+    assert_eq!((task["stop_code"].as_str(), task["exit_code"].as_i64()), (Some("SpotInterruption"), Some(0)), "{task:#}");
+    // Nothing that reached the bucket is lost: every stored segment is in the final manifest,
+    // byte for byte.
+    let store = recfleet_tests::s3::store(&aws.agent.bucket, "fleet").await;
+    let prefix = format!("recordings/{id}/");
+    let manifest: Value =
+        serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().expect("a manifest")).unwrap();
+    let listed = manifest["segments"].as_array().unwrap();
+    for seg in listed {
+        let name = seg["name"].as_str().unwrap();
+        let bytes = store.get(&format!("{prefix}{name}")).await.unwrap().unwrap_or_else(|| panic!("{name} is not in the bucket"));
+        assert_eq!(recfleet_media::sha256_hex(&bytes), seg["sha256"].as_str().unwrap(), "{name}");
+    }
+    let stored = store.list(&prefix).await.unwrap().into_iter().filter(|o| o.name.starts_with("seg_")).count();
+    assert_eq!(stored, listed.len(), "every stored segment is in the recording: {manifest:#}");
+    api.wait_for("the pool refilled", Duration::from_secs(120), "/v1/pool", |p| p["idle"] == 1).await;
+    // Counted once the reconcile (every 5 s) sees the task stopped.
+    let started = Instant::now();
+    while api.metric("recfleet_pool_bots_preempted_total").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the preemption is counted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// What can be checked at start is, naming the flag: a missing cluster, a task definition that

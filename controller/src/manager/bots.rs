@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use recfleet_proto::protocol::{BotMessage, ControllerMessage};
-use recfleet_proto::RecordingStatus;
+use recfleet_proto::protocol::{BotMessage, ControllerMessage, Outcome};
+use recfleet_proto::{EventKind, RecordingStatus, SubCode};
 use time::OffsetDateTime;
 
 use super::{Bot, Heartbeat, Manager, Vitals, EXIT_GRACE};
@@ -68,12 +68,28 @@ impl Manager {
                 self.touch(&recording_id, LogKind::SegmentStored, serde_json::to_value(&segment).expect("serializes"));
             }
             BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
-            BotMessage::Timeline { recording_id, event } => self.apply_event(&recording_id, &event),
-            BotMessage::Finished { recording_id, outcome } => self.finish(&recording_id, outcome),
+            BotMessage::Timeline { recording_id, event } => {
+                if matches!(event.kind, EventKind::Ended { sub_code: SubCode::StoppedBySignal, .. }) {
+                    // Its host signalled it: ask the runtime why before its `Finished` comes.
+                    self.runtime.look(bot_id);
+                }
+                self.apply_event(&recording_id, &event)
+            }
+            BotMessage::Finished { recording_id, mut outcome } => {
+                if let Some(why) = self.runtime.preempted(bot_id) {
+                    if preempted(&mut outcome) {
+                        tracing::info!(%recording_id, why = %why, "the bot's host was taken back");
+                    }
+                }
+                self.finish(&recording_id, outcome)
+            }
         }
     }
 
     pub(super) fn bot_exited(&mut self, exit: Exited) {
+        if exit.reason == ExitReason::Preempted {
+            self.cfg.metrics.bots_preempted.inc();
+        }
         let Some(bot) = self.bots.remove(&exit.bot_id) else { return };
         self.dirty_bots.push(exit.bot_id.clone());
         tracing::info!(bot_id = %exit.bot_id, reason = exit.reason.as_str(), detail = %exit.detail, "bot exited");
@@ -87,22 +103,26 @@ impl Manager {
         }
         if let Some(id) = bot.recording {
             // Decided after `EXIT_GRACE`, when its last messages have had time to land.
-            self.orphaned.insert(id, (Instant::now(), exit.detail));
+            self.orphaned.insert(id, (Instant::now(), exit.detail, exit.reason));
         }
     }
 
     /// Recordings whose bot exited without `Finished` within the grace are the bot's crash.
     pub(super) fn settle_orphans(&mut self) {
-        let due: Vec<(String, String)> = self
+        let due: Vec<(String, String, ExitReason)> = self
             .orphaned
             .iter()
-            .filter(|(_, (at, _))| at.elapsed() >= EXIT_GRACE)
-            .map(|(id, (_, detail))| (id.clone(), detail.clone()))
+            .filter(|(_, (at, _, _))| at.elapsed() >= EXIT_GRACE)
+            .map(|(id, (_, detail, reason))| (id.clone(), detail.clone(), *reason))
             .collect();
-        for (id, detail) in due {
+        for (id, detail, reason) in due {
             self.orphaned.remove(&id);
             self.cfg.metrics.bots_lost.inc();
-            self.mark_crashed(&id, "bot_crashed", &format!("the bot exited before finishing: {detail}"));
+            if reason == ExitReason::Preempted {
+                self.mark_ended_by(&id, SubCode::Preempted, "preempted", &format!("the bot's host was taken back: {detail}"));
+            } else {
+                self.mark_crashed(&id, "bot_crashed", &format!("the bot exited before finishing: {detail}"));
+            }
         }
     }
 
@@ -222,4 +242,19 @@ impl Manager {
 
 fn seconds_since(t: OffsetDateTime) -> f64 {
     (OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0)
+}
+
+/// A recording its bot ended on a signal from a host being taken back is `preempted`, not
+/// `stopped_by_signal`. Returns whether it changed.
+fn preempted(outcome: &mut Outcome) -> bool {
+    let sub_code = match outcome {
+        Outcome::Completed { summary } => &mut summary.sub_code,
+        Outcome::Failed { sub_code: Some(code), .. } => code,
+        Outcome::Failed { sub_code: None, .. } => return false,
+    };
+    if *sub_code != SubCode::StoppedBySignal {
+        return false;
+    }
+    *sub_code = SubCode::Preempted;
+    true
 }

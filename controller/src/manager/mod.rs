@@ -180,7 +180,7 @@ pub struct Manager {
     dirty: VecDeque<(String, LogKind, serde_json::Value)>,
     dirty_bots: Vec<String>,
     /// Recordings whose bot exited before saying `Finished`: when, and how it exited.
-    orphaned: HashMap<String, (Instant, String)>,
+    orphaned: HashMap<String, (Instant, String, crate::runtime::ExitReason)>,
     /// Recoveries under way report here.
     recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
     recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,

@@ -238,12 +238,18 @@ impl Manager {
 
     /// A recording whose bot died before `Finished`: what it stored is finalized without it.
     pub(super) fn mark_crashed(&mut self, id: &str, code: &str, why: &str) {
+        self.mark_ended_by(id, SubCode::BotCrashed, code, why);
+    }
+
+    /// The recording's bot is gone without finishing (`sub_code` says why); what it stored is
+    /// finalized from the store.
+    pub(super) fn mark_ended_by(&mut self, id: &str, sub_code: SubCode, code: &str, why: &str) {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         if rec.status.is_terminal() {
             return;
         }
-        rec.sub_code = Some(SubCode::BotCrashed);
+        rec.sub_code = Some(sub_code);
         rec.error = Some(ErrorDetail::new(code, why));
         let started = rec.recording_started_at.is_some();
         if !started && advance(rec, RecordingEvent::EndedWithoutMedia, &self.cfg.metrics) {
