@@ -434,7 +434,7 @@ async fn connection(
                                     Ok(ControllerMessage::Welcome { bot_id, token: own }) => {
                                         // The launch token is spent: every later dial is as this bot.
                                         tracing::info!(%bot_id, "the controller took the launch token; dialling as this bot from now on");
-                                        urls = urls.iter().map(|u| dial_as(u, &bot_id)).collect();
+                                        urls = urls.iter().map(|u| dial_as(u, "bot_id", &bot_id)).collect();
                                         token = own;
                                     }
                                     Ok(msg) => { let _ = inbox.send(msg); }
@@ -468,10 +468,10 @@ async fn connection(
     }
 }
 
-/// `url` with its query naming the bot instead (a launch dials with its ECS task's id).
-fn dial_as(url: &str, bot_id: &str) -> String {
+/// `url` with its query naming the dialler: `bot_id`, or an ECS launch's `task`.
+pub fn dial_as(url: &str, key: &str, id: &str) -> String {
     let base = url.split_once('?').map_or(url, |(base, _)| base);
-    format!("{base}?bot_id={bot_id}")
+    format!("{base}?{key}={id}")
 }
 
 async fn send<S>(ws: &mut S, msg: &BotMessage) -> Result<(), ()>

@@ -235,7 +235,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         (Some(bot_id), Some(token), _) => (args.controller_url, bot_id, token),
         (_, _, Some(launch)) => match recfleet_bot::ecs_task::task_id().await {
             Ok(task) => {
-                let urls = args.controller_url.iter().map(|u| format!("{}?task={task}", u.split('?').next().unwrap_or(u))).collect();
+                let urls = args.controller_url.iter().map(|u| recfleet_bot::agent::dial_as(u, "task", &task)).collect();
                 (urls, format!("task-{task}"), launch)
             }
             Err(err) => {

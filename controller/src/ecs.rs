@@ -231,18 +231,13 @@ impl LaunchTokens {
     }
 }
 
-/// The pool's tasks this runtime follows: bot id → task ARN, and whether a stop was asked.
-#[derive(Debug, Default)]
-struct Tracked {
-    tasks: HashMap<String, (String, bool)>,
-}
-
 #[derive(Debug)]
 struct Inner {
     client: aws_sdk_ecs::Client,
     cfg: EcsConfig,
     exits: mpsc::UnboundedSender<Exited>,
-    tracked: Mutex<Tracked>,
+    /// The pool's tasks this runtime follows: bot id → (task ARN, whether a stop was asked).
+    tracked: Mutex<HashMap<String, (String, bool)>>,
     tokens: LaunchTokens,
     /// Bots whose task is being taken back (its stop code says so while it still runs): bot id
     /// → why.
@@ -290,7 +285,7 @@ impl EcsRuntime {
             match bot {
                 Some(bot_id) if known.contains(&bot_id) => {
                     tracing::info!(bot_id = %bot_id, task = %arn, "re-adopted a bot task");
-                    inner.tracked.lock().expect("tracked lock").tasks.insert(bot_id, (arn, false));
+                    inner.tracked.lock().expect("tracked lock").insert(bot_id, (arn, false));
                 }
                 _ => {
                     tracing::warn!(task = %arn, bot_id = bot.as_deref().unwrap_or(""), "stopping a bot task no state knows");
@@ -455,7 +450,7 @@ async fn run_batch(inner: &Inner, batch: Vec<LaunchSpec>) {
         };
         let task_id = arn.rsplit('/').next().unwrap_or(&arn).to_string();
         inner.tokens.add(&task_id, &spec.bot_id, &spec.token, &launch_token, now);
-        inner.tracked.lock().expect("tracked lock").tasks.insert(spec.bot_id.clone(), (arn.clone(), false));
+        inner.tracked.lock().expect("tracked lock").insert(spec.bot_id.clone(), (arn.clone(), false));
         tracing::info!(bot_id = %spec.bot_id, task = %arn, "bot task started");
         let tag = || inner.client.tag_resource().resource_arn(&arn).tags(Tag::builder().key(TAG_BOT).value(&spec.bot_id).build()).send();
         if let Err(e) = tag.retry(throttle_backoff().with_max_times(8)).when(is_throttling).await {
@@ -477,7 +472,7 @@ async fn reconciler(inner: std::sync::Weak<Inner>) {
 }
 
 async fn reconcile(inner: &Inner) {
-    let tracked: HashMap<String, (String, bool)> = inner.tracked.lock().expect("tracked lock").tasks.clone();
+    let tracked: HashMap<String, (String, bool)> = inner.tracked.lock().expect("tracked lock").clone();
     if tracked.is_empty() {
         return;
     }
@@ -511,7 +506,7 @@ async fn reconcile(inner: &Inner) {
     }
     let mut tracked = inner.tracked.lock().expect("tracked lock");
     for exit in ended {
-        tracked.tasks.remove(&exit.bot_id);
+        tracked.remove(&exit.bot_id);
         inner.preempting.lock().expect("preempting lock").remove(&exit.bot_id);
         let _ = inner.exits.send(exit);
     }
@@ -540,7 +535,7 @@ impl Runtime for EcsRuntime {
     fn stop(&self, bot_id: &str) {
         let arn = {
             let mut tracked = self.inner.tracked.lock().expect("tracked lock");
-            let Some((arn, asked)) = tracked.tasks.get_mut(bot_id) else { return };
+            let Some((arn, asked)) = tracked.get_mut(bot_id) else { return };
             *asked = true;
             arn.clone()
         };
@@ -549,7 +544,7 @@ impl Runtime for EcsRuntime {
     }
 
     fn look(&self, bot_id: &str) {
-        let Some((arn, _)) = self.inner.tracked.lock().expect("tracked lock").tasks.get(bot_id).cloned() else { return };
+        let Some((arn, _)) = self.inner.tracked.lock().expect("tracked lock").get(bot_id).cloned() else { return };
         let (inner, bot_id) = (self.inner.clone(), bot_id.to_string());
         tokio::spawn(async move {
             match describe(&inner, &[arn]).await {

@@ -134,3 +134,17 @@ pub fn mean_volume_db(path: &Path) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("dB").trim().parse().ok())
         .unwrap_or_else(|| panic!("volumedetect printed no mean_volume for {}:\n{log}", path.display()))
 }
+
+/// Downloads a finished recording's MP4 through its presigned link (`outputs.mp4_url`) and
+/// checks it plays as every common player needs: H.264 in yuv420p, AAC, faststart.
+pub async fn playable(http: &reqwest::Client, done: &serde_json::Value) -> Probe {
+    let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "presigned GET");
+    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
+    let p = probe(file.path());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
+    assert!(p.faststart);
+    p
+}

@@ -150,18 +150,6 @@ async fn network_with_bucket(tag: &str, bucket: &str) -> (Net, S3Server) {
     (net, s3)
 }
 
-async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
-    let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
-    let resp = http.get(url).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "presigned GET");
-    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
-    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
-    let p = recfleet_tests::media::probe(file.path());
-    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
-    assert!(p.faststart);
-    p
-}
-
 /// A warm bot container records the bundled meeting to a playable MP4; killing the next
 /// recording's container mid-meeting leaves a partial recording finalized from the bucket.
 #[tokio::test(flavor = "multi_thread")]
@@ -190,7 +178,7 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
         (Some("completed"), Some("meeting_ended"), Some(false)),
         "{done:#}"
     );
-    let p = playable(&c.http, &done).await;
+    let p = recfleet_tests::media::playable(&c.http, &done).await;
     // The file holds what the bot was in the call for, from its first frame to the end. In a
     // 1-CPU container on a 2-core host that also starts the pool's next container, FFmpeg's first
     // frame can come a second or more after the join (CI measured a 6.4 s file for the 8 s call):
@@ -227,7 +215,7 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
         (Some("completed"), Some("bot_crashed"), Some(true)),
         "{done:#}"
     );
-    let p = playable(&c.http, &done).await;
+    let p = recfleet_tests::media::playable(&c.http, &done).await;
     assert!(p.duration_secs >= 4.0, "duration {}", p.duration_secs);
     c.stop().await;
     // Stopped with its controller (bots not kept): no container of the pool is left, running or

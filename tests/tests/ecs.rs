@@ -123,18 +123,6 @@ async fn dial_as_task(base: &str, task_id: &str, token: &str) -> u16 {
     resp.status().as_u16()
 }
 
-async fn playable(http: &reqwest::Client, done: &Value) -> recfleet_tests::media::Probe {
-    let url = done["outputs"]["mp4_url"].as_str().unwrap_or_else(|| panic!("no outputs: {done:#}"));
-    let resp = http.get(url).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "presigned GET");
-    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
-    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
-    let p = recfleet_tests::media::probe(file.path());
-    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
-    assert!(p.faststart);
-    p
-}
-
 /// A warm task records the bundled meeting into the bucket, and the MP4 plays through the API's
 /// presigned link. The task's overrides carry no bot id and no lasting secret: its launch token,
 /// once spent, is refused. A controller restarted on the same PostgreSQL re-adopts the idle
@@ -182,7 +170,7 @@ async fn an_ecs_task_records_survives_a_controller_restart_and_a_spot_interrupti
         "{done:#}\n{}",
         aws.logs(&serve)
     );
-    let p = playable(&api.http, &done).await;
+    let p = recfleet_tests::media::playable(&api.http, &done).await;
     assert!(p.duration_secs >= 5.0 && p.duration_secs <= 9.5, "an 8 s meeting: {} s", p.duration_secs);
     // The single-use bot's task ends with its container's success, and a new one is warm.
     aws.wait_tasks("the first task stopped", Duration::from_secs(60), |ts| {
@@ -249,7 +237,7 @@ async fn an_ecs_task_records_survives_a_controller_restart_and_a_spot_interrupti
         "{done:#}\n{}",
         aws.logs(&serve)
     );
-    let p = playable(&api.http, &done).await;
+    let p = recfleet_tests::media::playable(&api.http, &done).await;
     assert!(p.duration_secs >= 4.0, "what was recorded before the interruption: {} s", p.duration_secs);
     let stopped = aws
         .wait_tasks("the interrupted task stopped", Duration::from_secs(40), |ts| {
