@@ -46,6 +46,16 @@ pub fn descendants(root: u32) -> Vec<u32> {
     pids
 }
 
+/// Whether `bot` (a bot's pid) is recording: its child is the capture's FFmpeg, which writes
+/// segments. A bot that is warming up runs FFmpeg too, for a few frames into nothing, so a child
+/// named `ffmpeg` alone does not tell.
+pub fn records(bot: u32) -> bool {
+    children(bot).into_iter().any(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        comm(pid).as_deref() == Some("ffmpeg") && cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(b"seg_"))
+    })
+}
+
 /// The command name of `pid`.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string())

@@ -363,10 +363,6 @@ fn bot_pids(base: &str) -> Vec<u32> {
         .collect()
 }
 
-fn has_child(parent: u32, comm: &str) -> bool {
-    recfleet_tests::procs::children(parent).into_iter().any(|pid| recfleet_tests::procs::comm(pid).as_deref() == Some(comm))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_bot_is_declared_lost_and_replaced() {
     let meeting = MeetingServer::start().await.unwrap();
@@ -379,8 +375,8 @@ async fn a_silent_bot_is_declared_lost_and_replaced() {
     c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
     // A few segments reach the store first.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // The pool refills at once; the busy bot is the one whose child is FFmpeg.
-    let busy = bot_pids(&c.base).into_iter().find(|pid| has_child(*pid, "ffmpeg")).expect("the busy bot's process");
+    // The pool refills at once; the busy bot is the one whose FFmpeg writes segments.
+    let busy = bot_pids(&c.base).into_iter().find(|pid| recfleet_tests::procs::records(*pid)).expect("the busy bot's process");
     // SAFETY: SIGSTOP to our own descendant: it stops heartbeating without exiting.
     unsafe { libc::kill(busy as libc::pid_t, libc::SIGSTOP) };
 
@@ -448,7 +444,7 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     assert!(live_playlist.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !live_playlist.contains("ENDLIST"), "{live_playlist}");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let busy = bot_pids(&c.base).into_iter().find(|pid| has_child(*pid, "ffmpeg")).expect("the busy bot's process");
+    let busy = bot_pids(&c.base).into_iter().find(|pid| recfleet_tests::procs::records(*pid)).expect("the busy bot's process");
     let killed = kill_tree(busy);
     assert!(killed >= 5, "the bot and its children (Xvfb, PulseAudio, Chromium, FFmpeg): {killed}");
 

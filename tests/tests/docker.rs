@@ -193,13 +193,17 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
     assert!((p.duration_secs - captured).abs() <= 1.0, "file {} s, captured {captured:.2} s: {done:#}", p.duration_secs);
     assert!(start_lag < 3.0 && p.duration_secs >= 5.0, "first frame {start_lag:.2} s after the join, file {} s: {done:#}", p.duration_secs);
 
-    // The next recording's container is killed mid-meeting.
-    c.wait_for("a fresh warm bot", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1 && p["busy"] == 0).await;
+    // The next recording's container is killed mid-meeting. It is the one warm container there
+    // is before the request: the pool's replacement, started meanwhile, runs FFmpeg too (its
+    // warm-up), so running FFmpeg alone does not tell which one records.
+    c.wait_for("a fresh warm bot", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1 && p["busy"] == 0 && p["starting"] == 0).await;
+    let warm = pool_containers(&pool);
+    assert_eq!(warm.len(), 1, "one warm bot container before the second recording");
     let id = c.record(meeting.url("/m/docker-kill?end=0")).await;
     let path = format!("/v1/recordings/{id}");
     c.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let busy: Vec<String> = pool_containers(&pool)
+    let busy: Vec<String> = warm
         .into_iter()
         .filter(|c| {
             std::process::Command::new("docker").args(["exec", c, "pgrep", "-x", "ffmpeg"]).output().is_ok_and(|o| o.status.success())

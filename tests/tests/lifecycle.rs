@@ -66,11 +66,9 @@ fn bots_of(tag: &Tag, port: u16) -> Vec<u32> {
         .collect()
 }
 
-/// The one of them that is recording: its child is FFmpeg.
+/// The one of them that is recording.
 fn recording_bot(tag: &Tag, port: u16) -> Option<u32> {
-    bots_of(tag, port)
-        .into_iter()
-        .find(|pid| recfleet_tests::procs::children(*pid).into_iter().any(|c| recfleet_tests::procs::comm(c).as_deref() == Some("ffmpeg")))
+    bots_of(tag, port).into_iter().find(|pid| recfleet_tests::procs::records(*pid))
 }
 
 /// Waits for recording `id` to finish and checks it completed whole: `meeting_ended`, not
