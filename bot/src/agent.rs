@@ -342,6 +342,13 @@ async fn flush(link: tokio::task::JoinHandle<()>) {
     }
 }
 
+/// `wss://` (a controller behind a TLS load balancer, as the Terraform deployment has it) goes
+/// through rustls, whose process-wide crypto provider is chosen once: aws-lc-rs, the AWS SDK's.
+fn install_tls_provider() {
+    // Err: one is installed already, which is as good.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Keeps one WebSocket to the controller: dials the URLs in turn (one that refuses or answers
 /// 503, a standby, gives way to the next; after a whole round without a connection it backs
 /// off), says the current `Hello` on every connection, sends queued messages in order
@@ -355,6 +362,7 @@ async fn connection(
     inbox: mpsc::UnboundedSender<ControllerMessage>,
     offline: watch::Sender<Option<std::time::Instant>>,
 ) {
+    install_tls_provider();
     let (mut urls, mut token) = (urls, token);
     let mut pending: Option<BotMessage> = None;
     let mut delay = Duration::from_millis(100);
@@ -480,4 +488,43 @@ where
 {
     let text = serde_json::to_string(msg).expect("messages serialize");
     ws.send(Message::text(text)).await.map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A `wss://` controller URL is dialled over TLS: the first bytes on the wire are a TLS
+    /// handshake record carrying the host's name (SNI), not an HTTP upgrade in the clear.
+    #[tokio::test]
+    async fn wss_urls_are_dialled_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hello = BotMessage::Hello {
+            bot_id: "bot_t".into(),
+            protocol: recfleet_proto::protocol::PROTOCOL_VERSION,
+            ready: false,
+            recording_id: None,
+        };
+        let (_hello_tx, hello_rx) = watch::channel(hello);
+        let (_out_tx, out_rx) = mpsc::unbounded_channel();
+        let (in_tx, _in_rx) = mpsc::unbounded_channel();
+        let (offline_tx, _offline_rx) = watch::channel(None);
+        let url = format!("wss://localhost:{port}/v1/bots/connect?bot_id=bot_t");
+        let dialler = tokio::spawn(connection(vec![url], "t".into(), hello_rx, out_rx, in_tx, offline_tx));
+        let (mut socket, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.expect("dialled").unwrap();
+        // The first record, whole: its 5-byte header says how long it is (a ClientHello with a
+        // post-quantum key share spans several TCP segments).
+        let mut first = Vec::new();
+        let mut buf = [0u8; 4096];
+        while first.len() < 5 || first.len() < 5 + usize::from(u16::from_be_bytes([first[3], first[4]])) {
+            let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await.expect("sent").unwrap();
+            assert!(n > 0, "closed after {} bytes: {first:?}", first.len());
+            first.extend_from_slice(&buf[..n]);
+        }
+        dialler.abort();
+        assert_eq!(first.get(..2), Some(&[0x16u8, 0x03][..]), "a TLS handshake record: {first:?}");
+        assert!(first.windows(9).any(|w| w == b"localhost"), "the ClientHello names the host");
+    }
 }

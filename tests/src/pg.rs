@@ -76,12 +76,35 @@ impl PgServer {
     /// A new cluster with a superuser `recfleet` (trust on loopback) and a database `recfleet`,
     /// accepting connections when this returns.
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// The same, taking TCP connections over TLS only (a self-signed certificate), as RDS with
+    /// `rds.force_ssl` does: a client that does not encrypt is refused.
+    pub fn start_tls_only() -> PgServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls_only: bool) -> PgServer {
         let dir = tempfile::Builder::new().prefix("recfleet-pg").tempdir().expect("a temporary folder");
         give_to_server_user(dir.path());
         let data = dir.path().join("data");
         let mut initdb = as_server_user(&bin("initdb"));
         initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"]);
         run(initdb, "initdb");
+        if tls_only {
+            let mut openssl = Command::new("openssl");
+            openssl.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"]);
+            openssl.arg(data.join("server.key")).arg("-out").arg(data.join("server.crt"));
+            run(openssl, "openssl req");
+            for file in ["server.key", "server.crt"] {
+                give_to_server_user(&data.join(file));
+            }
+            std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+            std::io::Write::write_all(&mut conf, b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n").unwrap();
+            std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        }
         let port = crate::free_port();
         let server = PgServer { child: spawn(dir.path(), port), port, dir };
         server.wait_ready();

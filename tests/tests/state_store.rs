@@ -139,6 +139,17 @@ async fn postgres_stores_and_reloads_everything() {
     assert!(want.len() >= 3, "{want:?}");
 }
 
+/// A server that takes TLS only (RDS with `rds.force_ssl`, as `terraform/` creates it): with
+/// `sslmode=require` the store works over TLS; without encryption the server refuses it, and the
+/// error says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_over_tls_with_sslmode_require() {
+    let pg = PgServer::start_tls_only();
+    let refused = Store::open(&format!("{}?sslmode=disable", pg.url()).parse().unwrap()).await.unwrap_err();
+    assert!(format!("{refused:?}").contains("no encryption"), "a plain connection is refused: {refused:?}");
+    stores_and_reloads(format!("{}?sslmode=require", pg.url()).parse().unwrap()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_server_that_goes_away_fails_writes_loudly() {
     let mut pg = PgServer::start();
