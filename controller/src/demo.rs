@@ -59,6 +59,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         api_key: api_key.clone(),
         pool_min_idle: 1,
         pool_max: 2,
+        pool_idle_ttl: Duration::from_secs(crate::pool::DEFAULT_IDLE_TTL_SECS),
+        pool_demand_window: Duration::from_secs(crate::pool::DEFAULT_DEMAND_WINDOW_SECS),
         allowed_hosts: None,
         bot_binary: cfg.bot_binary.clone(),
         webhook_secret: None,

@@ -42,6 +42,10 @@ const MIN_CALL_INTERVAL: Duration = Duration::from_millis(100);
 const DESCRIBE_BATCH: usize = 100;
 /// How often the pool's tasks are described.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// A task must connect and warm up within this: Fargate takes 30-90 s to start one, more when it
+/// pulls the bot's image (about 700 MB) onto a new host. A task that cannot start at all says so
+/// sooner, by its stop code (`TaskFailedToStart`).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// An unused launch token expires after this: a Fargate task that has not dialled by then is
 /// not coming (the pool declares it lost, too).
 pub const LAUNCH_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -253,14 +257,19 @@ pub struct EcsRuntime {
 impl EcsRuntime {
     /// Connects with the standard AWS configuration and checks, at start, what can be checked:
     /// the cluster exists and is active, the task definition exists and has the bot container.
-    pub async fn connect(cfg: EcsConfig, exits: mpsc::UnboundedSender<Exited>, tokens: LaunchTokens) -> Result<Self, RuntimeError> {
+    pub async fn connect(
+        cfg: EcsConfig,
+        exits: mpsc::UnboundedSender<Exited>,
+        tokens: LaunchTokens,
+        reconcile_duration: prometheus::Histogram,
+    ) -> Result<Self, RuntimeError> {
         let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let client = aws_sdk_ecs::Client::new(&conf);
         check(&client, &cfg).await?;
         let (launches, queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner { client, cfg, exits, tracked: Mutex::default(), tokens, preempting: Mutex::default() });
         tokio::spawn(launcher(inner.clone(), queue));
-        tokio::spawn(reconciler(Arc::downgrade(&inner)));
+        tokio::spawn(reconciler(Arc::downgrade(&inner), reconcile_duration));
         Ok(Self { inner, launches })
     }
 
@@ -463,18 +472,22 @@ async fn run_batch(inner: &Inner, batch: Vec<LaunchSpec>) {
 
 /// Describes the tracked tasks every `RECONCILE_EVERY` and reports those that stopped. Ends
 /// when the runtime is dropped.
-async fn reconciler(inner: std::sync::Weak<Inner>) {
+async fn reconciler(inner: std::sync::Weak<Inner>, duration: prometheus::Histogram) {
     loop {
         tokio::time::sleep(RECONCILE_EVERY).await;
         let Some(inner) = inner.upgrade() else { return };
-        reconcile(&inner).await;
+        let started = Instant::now();
+        if reconcile(&inner).await {
+            duration.observe(started.elapsed().as_secs_f64());
+        }
     }
 }
 
-async fn reconcile(inner: &Inner) {
+/// One pass; false when there was nothing to describe.
+async fn reconcile(inner: &Inner) -> bool {
     let tracked: HashMap<String, (String, bool)> = inner.tracked.lock().expect("tracked lock").clone();
     if tracked.is_empty() {
-        return;
+        return false;
     }
     let by_arn: HashMap<&str, (&str, bool)> = tracked.iter().map(|(bot, (arn, asked))| (arn.as_str(), (bot.as_str(), *asked))).collect();
     let arns: Vec<String> = by_arn.keys().map(|a| a.to_string()).collect();
@@ -482,7 +495,7 @@ async fn reconcile(inner: &Inner) {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot describe the pool's tasks; trying again");
-            return;
+            return true;
         }
     };
     let mut ended = Vec::new();
@@ -510,6 +523,7 @@ async fn reconcile(inner: &Inner) {
         inner.preempting.lock().expect("preempting lock").remove(&exit.bot_id);
         let _ = inner.exits.send(exit);
     }
+    true
 }
 
 /// Whether a stop code means the task's host is being taken back.
@@ -556,6 +570,10 @@ impl Runtime for EcsRuntime {
 
     fn preempted(&self, bot_id: &str) -> Option<String> {
         self.inner.preempting.lock().expect("preempting lock").get(bot_id).cloned()
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        STARTUP_TIMEOUT
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// A launched (or re-adopted) bot must connect and warm up within this.
+/// A launched (or re-adopted) bot must connect and warm up within this, unless its runtime
+/// says otherwise (`Runtime::startup_timeout`: an ECS task takes longer).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connected bot silent this long is declared lost.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,12 +81,14 @@ pub struct Liveness {
     pub state: BotState,
     pub connected: bool,
     pub last_seen: Instant,
+    /// How long its runtime gives a launch to connect and warm up.
+    pub startup: Duration,
 }
 
 /// How long a bot in this situation may be silent before it is declared lost.
-pub fn silence_limit(state: BotState, connected: bool) -> Duration {
+pub fn silence_limit(state: BotState, connected: bool, startup: Duration) -> Duration {
     match (state, connected) {
-        (BotState::Starting, _) => STARTUP_TIMEOUT,
+        (BotState::Starting, _) => startup,
         (BotState::Idle | BotState::Busy, false) => RECONNECT_TIMEOUT,
         (BotState::Idle | BotState::Busy, true) => HEARTBEAT_TIMEOUT,
     }
@@ -93,7 +96,7 @@ pub fn silence_limit(state: BotState, connected: bool) -> Duration {
 
 /// True when a bot has been silent longer than its situation allows, at `now`.
 pub fn is_lost(bot: Liveness, now: Instant) -> bool {
-    now.saturating_duration_since(bot.last_seen) > silence_limit(bot.state, bot.connected)
+    now.saturating_duration_since(bot.last_seen) > silence_limit(bot.state, bot.connected, bot.startup)
 }
 
 #[cfg(test)]
@@ -132,7 +135,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn liveness_follows_the_clock_passed_in() {
         let seen = tokio::time::Instant::now().into_std();
-        let bot = |state, connected| Liveness { state, connected, last_seen: seen };
+        let bot = |state, connected| Liveness { state, connected, last_seen: seen, startup: STARTUP_TIMEOUT };
         tokio::time::advance(HEARTBEAT_TIMEOUT + Duration::from_millis(1)).await;
         let now = tokio::time::Instant::now().into_std();
         assert!(is_lost(bot(S::Busy, true), now), "a connected bot past the heartbeat timeout");

@@ -43,6 +43,10 @@ pub struct ServeConfig {
     pub api_key: String,
     pub pool_min_idle: usize,
     pub pool_max: usize,
+    /// An idle bot above the pool's target is retired once idle this long.
+    pub pool_idle_ttl: std::time::Duration,
+    /// The window of recent requests the pool's demand is read from (zero: off).
+    pub pool_demand_window: std::time::Duration,
     pub allowed_hosts: Option<Vec<String>>,
     pub bot_binary: PathBuf,
     /// `whsec_…`; generated and kept in the data folder when absent.
@@ -175,7 +179,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime: Arc<dyn runtime::Runtime> = match (&cfg.ecs, &cfg.docker) {
         (Some(e), _) => {
-            let ecs = ecs::EcsRuntime::connect(e.clone(), exits_tx, launch_tokens).await?;
+            let ecs = ecs::EcsRuntime::connect(e.clone(), exits_tx, launch_tokens, metrics.ecs_reconcile.clone()).await?;
             let known = store.load_bots().await?.into_iter().map(|b| b.id).collect();
             let stopped = ecs.adopt_or_stop(&known).await?;
             if stopped > 0 {
@@ -205,6 +209,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     let manager_cfg = manager::ManagerConfig {
         min_idle: cfg.pool_min_idle,
         max: cfg.pool_max,
+        idle_ttl: cfg.pool_idle_ttl,
+        demand_window: cfg.pool_demand_window,
         controller_urls: advertised.iter().map(|u| format!("{}/v1/bots/connect", u.trim_end_matches('/'))).collect(),
         spool_root,
         bot_env,

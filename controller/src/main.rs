@@ -53,6 +53,14 @@ struct ServeArgs {
     pool_min_idle: usize,
     #[arg(long, env = "RECFLEET_POOL_MAX", default_value_t = 4)]
     pool_max: usize,
+    /// Seconds an idle bot above the pool's target (`--pool-min-idle` plus the demand) is kept
+    /// before it is retired.
+    #[arg(long, env = "RECFLEET_POOL_IDLE_TTL_SECS", default_value_t = recfleet::pool::DEFAULT_IDLE_TTL_SECS)]
+    pool_idle_ttl_secs: u64,
+    /// Seconds of recent requests the pool reads its demand from: it keeps warm, above
+    /// `--pool-min-idle`, the requests this rate brings during one measured launch. 0: off.
+    #[arg(long, env = "RECFLEET_POOL_DEMAND_WINDOW_SECS", default_value_t = recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS)]
+    pool_demand_window_secs: u64,
     /// Comma-separated meeting hosts to allow (all when unset).
     #[arg(long, env = "RECFLEET_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Option<Vec<String>>,
@@ -288,6 +296,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         api_key,
         pool_min_idle: args.pool_min_idle,
         pool_max: args.pool_max,
+        pool_idle_ttl: std::time::Duration::from_secs(args.pool_idle_ttl_secs),
+        pool_demand_window: std::time::Duration::from_secs(args.pool_demand_window_secs),
         allowed_hosts: args.allowed_hosts,
         bot_binary,
         webhook_secret: args.webhook_secret,

@@ -45,6 +45,9 @@ pub mod names {
     pub const CONTROLLER_STANDBY: &str = "recfleet_controller_standby";
     pub const POOL_LAUNCH_FAILURES_TOTAL: &str = "recfleet_pool_launch_failures_total";
     pub const POOL_LAUNCH_BACKOFF_SECONDS: &str = "recfleet_pool_launch_backoff_seconds";
+    pub const POOL_TARGET_IDLE_BOTS: &str = "recfleet_pool_target_idle_bots";
+    pub const POOL_LAUNCH_DURATION_SECONDS: &str = "recfleet_pool_launch_duration_seconds";
+    pub const ECS_RECONCILE_DURATION_SECONDS: &str = "recfleet_ecs_reconcile_duration_seconds";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -80,6 +83,9 @@ pub mod names {
         CONTROLLER_STANDBY,
         POOL_LAUNCH_FAILURES_TOTAL,
         POOL_LAUNCH_BACKOFF_SECONDS,
+        POOL_TARGET_IDLE_BOTS,
+        POOL_LAUNCH_DURATION_SECONDS,
+        ECS_RECONCILE_DURATION_SECONDS,
     ];
 }
 
@@ -131,6 +137,9 @@ pub struct Metrics {
     pub standby: IntGauge,
     pub launch_failures: IntCounter,
     pub launch_backoff: prometheus::Gauge,
+    pub target_idle: IntGauge,
+    pub launch_duration: Histogram,
+    pub ecs_reconcile: Histogram,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -277,6 +286,23 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            target_idle: gauge(
+                &r,
+                POOL_TARGET_IDLE_BOTS,
+                "Idle bots the pool keeps now: --pool-min-idle plus the demand expected during one launch.",
+            ),
+            launch_duration: histogram(
+                &r,
+                POOL_LAUNCH_DURATION_SECONDS,
+                "A launch until the bot is warm (its moving average sets the pool's demand term).",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0],
+            ),
+            ecs_reconcile: histogram(
+                &r,
+                ECS_RECONCILE_DURATION_SECONDS,
+                "One pass of the ECS runtime over its tracked tasks (DescribeTasks in batches of 100).",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
             registry: r,
         };
         // Closed label sets start at zero, so rules and panels see them before the first event.

@@ -38,6 +38,21 @@ pub struct Recording {
     /// What went wrong, when something did: a stable `code` (a bot's error code, `bot_crashed`,
     /// `bot_lost`, `upload_incomplete`, a recovery's code) and a message for people.
     pub error: Option<ErrorDetail>,
+    /// In the answer to a request that found no warm bot: where it waits, and when it should
+    /// get one. Not stored; absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePlace>,
+}
+
+/// A request waiting for a bot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct QueuePlace {
+    /// 1: the next to get a bot.
+    pub position: usize,
+    /// Seconds until a bot launched for it should be warm (the pool's measured launch time);
+    /// `null` when none is coming yet: the pool is at `--pool-max` and it waits for a recording
+    /// to end, or no launch was measured yet.
+    pub estimated_start_secs: Option<f64>,
 }
 
 impl Recording {
@@ -60,6 +75,7 @@ impl Recording {
             metadata,
             outputs: None,
             error: None,
+            queue: None,
         }
     }
 }
@@ -108,6 +124,11 @@ pub struct PoolView {
     pub busy: usize,
     pub max: usize,
     pub queued: usize,
+    /// Idle bots the pool keeps now: `--pool-min-idle` plus the requests expected during one
+    /// launch at the recent rate (capped by `max`).
+    pub target_idle: usize,
+    /// The measured time from launch to warm (a moving average); `null` before the first.
+    pub launch_secs: Option<f64>,
     /// Present while launches are held back because the last ones failed.
     pub backoff: Option<PoolBackoff>,
 }

@@ -1,9 +1,18 @@
 //! The warm pool's decision: a pure `plan(desired, observed)` that says how many bots to launch
-//! or retire. The runtime executes it and the pool re-plans on every change and on error.
+//! or retire, and the pure estimates it is fed (`expected_starts`, `estimated_start`). The
+//! runtime executes the plan and the pool re-plans on every change and on a tick.
 //!
 //! This module decides only; it must not launch, stop or assign anything.
 
-/// What the operator asked for, plus the demand waiting now.
+use std::time::Duration;
+
+/// `--pool-idle-ttl-secs`'s default: an idle bot above the target stays a minute, so demand
+/// that comes and goes within one does not launch and retire bots over and over.
+pub const DEFAULT_IDLE_TTL_SECS: u64 = 60;
+/// `--pool-demand-window-secs`'s default: demand is read from the last minute's requests.
+pub const DEFAULT_DEMAND_WINDOW_SECS: u64 = 60;
+
+/// What the operator asked for, plus the demand: waiting now, and expected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desired {
     /// Warm bots to keep idle when nothing waits (`--pool-min-idle`).
@@ -12,6 +21,9 @@ pub struct Desired {
     pub max: usize,
     /// Recordings waiting for a bot.
     pub queued: usize,
+    /// Requests expected while one launch takes (`expected_starts`): warm bots to keep on top
+    /// of `min_idle`, so that a burst finds them rather than waiting a launch.
+    pub expected: usize,
 }
 
 /// What the pool has now.
@@ -26,6 +38,9 @@ pub struct Observed {
     /// Of the busy bots, those assigned but not yet recording. A new bot's start (Chromium
     /// takes about a core for a second) would slow their join and first frame on a small host.
     pub joining: usize,
+    /// Of the idle bots, those idle for longer than `--pool-idle-ttl-secs`: only these are
+    /// retired when the pool has more idle than it wants.
+    pub idle_expired: usize,
 }
 
 impl Observed {
@@ -43,12 +58,13 @@ pub enum Action {
     Retire(usize),
 }
 
-/// The actions that move `observed` toward `desired`. Queued recordings count as demand for
-/// idle bots on top of `min_idle`; bots already starting count as supply. Never more than
-/// `max` bots in all; never retire a bot that is starting or busy. Refilling `min_idle` waits
-/// while a bot is joining; queued requests never wait for that.
+/// The actions that move `observed` toward `desired`. Queued recordings and expected requests
+/// count as demand for idle bots on top of `min_idle`; bots already starting count as supply.
+/// Never more than `max` bots in all; never retire a bot that is starting or busy. Idle bots
+/// above what is wanted are retired once their idle TTL is over; above `max`, at once.
+/// Refilling `min_idle` waits while a bot is joining; queued requests never wait for that.
 pub fn plan(desired: Desired, observed: Observed) -> Vec<Action> {
-    let wanted_idle = desired.min_idle + desired.queued;
+    let wanted_idle = desired.min_idle + desired.expected + desired.queued;
     let coming = observed.idle + observed.starting;
     let defer_refill = observed.joining > 0 && desired.queued == 0;
     if coming < wanted_idle && !defer_refill {
@@ -56,8 +72,9 @@ pub fn plan(desired: Desired, observed: Observed) -> Vec<Action> {
         let launch = (wanted_idle - coming).min(room);
         return if launch > 0 { vec![Action::Launch(launch)] } else { Vec::new() };
     }
-    // Too many: shrink idle bots down to what is wanted, and the whole pool down to max.
-    let over_idle = observed.idle.saturating_sub(wanted_idle);
+    // Too many: shrink idle bots down to what is wanted (those past their TTL), and the whole
+    // pool down to max.
+    let over_idle = observed.idle.saturating_sub(wanted_idle).min(observed.idle_expired);
     let over_max = observed.total().saturating_sub(desired.max).min(observed.idle);
     let retire = over_idle.max(over_max);
     if retire > 0 {
@@ -65,6 +82,38 @@ pub fn plan(desired: Desired, observed: Observed) -> Vec<Action> {
     } else {
         Vec::new()
     }
+}
+
+/// Requests expected while one launch takes: `requests` in the last `window`, times the
+/// measured launch time, rounded. A pool that starts bots in 3 s and gets a request a minute
+/// expects none; one on Fargate (a minute a launch) that got 8 in the last minute expects 8.
+/// Nothing is expected without a window or a measured launch.
+pub fn expected_starts(requests: usize, window: Duration, launch: Option<Duration>) -> usize {
+    match launch {
+        Some(launch) if !window.is_zero() => (requests as f64 * launch.as_secs_f64() / window.as_secs_f64()).round() as usize,
+        _ => 0,
+    }
+}
+
+/// The launch time's moving average: each new launch weighs a fifth, so one slow start (a cold
+/// host, a new image pulled) moves the estimate without taking it over.
+pub fn moving_average(average: Option<Duration>, sample: Duration) -> Duration {
+    match average {
+        None => sample,
+        Some(avg) => avg.mul_f64(0.8) + sample.mul_f64(0.2),
+    }
+}
+
+/// When the `position`-th queued request (1 = next) is expected to get a bot, in seconds from
+/// now: when the bot launched for it should be warm. `starting` holds how long each starting
+/// bot has been starting, and `launch` the measured launch time. `None` when no bot is coming
+/// for it (the pool is at `--pool-max`: it waits for a recording to end) or nothing was
+/// measured yet.
+pub fn estimated_start(position: usize, starting: &[Duration], launch: Option<Duration>) -> Option<f64> {
+    let launch = launch?;
+    let mut left: Vec<f64> = starting.iter().map(|age| launch.saturating_sub(*age).as_secs_f64()).collect();
+    left.sort_by(f64::total_cmp);
+    left.get(position.checked_sub(1)?).map(|secs| (secs * 10.0).round() / 10.0)
 }
 
 /// The first wait after a launch failure; each further failure in a row doubles it.
@@ -96,11 +145,22 @@ mod tests {
     }
 
     fn d(min_idle: usize, max: usize, queued: usize) -> Desired {
-        Desired { min_idle, max, queued }
+        Desired { min_idle, max, queued, expected: 0 }
     }
 
+    fn expecting(mut desired: Desired, n: usize) -> Desired {
+        desired.expected = n;
+        desired
+    }
+
+    /// Idle bots all past their TTL unless `fresh` says otherwise.
     fn o(idle: usize, starting: usize, busy: usize) -> Observed {
-        Observed { idle, starting, busy, joining: 0 }
+        Observed { idle, starting, busy, joining: 0, idle_expired: idle }
+    }
+
+    fn fresh(mut obs: Observed, n: usize) -> Observed {
+        obs.idle_expired = obs.idle - n;
+        obs
     }
 
     fn joining(mut obs: Observed, n: usize) -> Observed {
@@ -128,9 +188,50 @@ mod tests {
             ("refill waits while a bot joins", d(1, 4, 0), joining(o(0, 0, 1), 1), &[]),
             ("refill goes once it records", d(1, 4, 0), joining(o(0, 0, 1), 0), &[Launch(1)]),
             ("queued requests do not wait for a join", d(1, 4, 1), joining(o(0, 0, 1), 1), &[Launch(2)]),
+            ("expected requests keep more warm", expecting(d(1, 8, 0), 2), o(1, 0, 0), &[Launch(2)]),
+            ("expected and queued add up, capped by max", expecting(d(1, 8, 7), 2), o(0, 0, 1), &[Launch(7)]),
+            ("expected bots are kept while expected", expecting(d(1, 8, 0), 2), o(3, 0, 0), &[]),
+            ("idle bots within their TTL stay", d(1, 8, 0), fresh(o(3, 0, 0), 3), &[]),
+            ("only those past their TTL retire", d(1, 8, 0), fresh(o(4, 0, 0), 2), &[Retire(2)]),
+            ("past their TTL, down to what is wanted", d(1, 8, 0), fresh(o(4, 0, 0), 0), &[Retire(3)]),
+            ("over max retires at once, TTL or not", d(0, 2, 0), fresh(o(3, 0, 1), 3), &[Retire(2)]),
         ];
         for (name, desired, observed, want) in cases {
             assert_eq!(plan(*desired, *observed), want.to_vec(), "{name}");
+        }
+    }
+
+    #[test]
+    fn expected_starts_table() {
+        let s = Duration::from_secs;
+        let cases: &[(&str, usize, Duration, Option<Duration>, usize)] = &[
+            ("a request a minute, 3 s launches", 1, s(60), Some(s(3)), 0),
+            ("a burst of 8, a minute a launch", 8, s(60), Some(s(60)), 8),
+            ("8 a minute, 10 s launches", 8, s(60), Some(s(10)), 1),
+            ("8 in 10 s, 10 s launches", 8, s(10), Some(s(10)), 8),
+            ("nothing measured yet", 8, s(60), None, 0),
+            ("no window: off", 8, Duration::ZERO, Some(s(10)), 0),
+            ("no requests", 0, s(60), Some(s(60)), 0),
+        ];
+        for (name, requests, window, launch, want) in cases {
+            assert_eq!(expected_starts(*requests, *window, *launch), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn estimated_start_table() {
+        let s = Duration::from_secs;
+        // (name, position, how long each starting bot has been starting, launch time, want)
+        type Case<'a> = (&'a str, usize, &'a [Duration], Option<Duration>, Option<f64>);
+        let cases: &[Case] = &[
+            ("the next one gets the bot closest to warm", 1, &[s(2), s(8)], Some(s(10)), Some(2.0)),
+            ("the second the next closest", 2, &[s(2), s(8)], Some(s(10)), Some(8.0)),
+            ("a bot past its expected time: any moment", 1, &[s(15)], Some(s(10)), Some(0.0)),
+            ("no bot coming for it (at max)", 3, &[s(2), s(8)], Some(s(10)), None),
+            ("nothing measured yet", 1, &[s(2)], None, None),
+        ];
+        for (name, position, starting, launch, want) in cases {
+            assert_eq!(estimated_start(*position, starting, *launch), *want, "{name}");
         }
     }
 

@@ -84,6 +84,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     fn preempted(&self, _bot_id: &str) -> Option<String> {
         None
     }
+    /// How long a launch may take to connect and warm up before it counts as failed.
+    fn startup_timeout(&self) -> Duration {
+        crate::fleet::STARTUP_TIMEOUT
+    }
 }
 
 /// Bots as child processes of the controller.

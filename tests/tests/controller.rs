@@ -28,6 +28,8 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         api_key: KEY.into(),
         pool_min_idle: min_idle,
         pool_max: max,
+        pool_idle_ttl: Duration::from_secs(recfleet::pool::DEFAULT_IDLE_TTL_SECS),
+        pool_demand_window: Duration::from_secs(recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS),
         allowed_hosts: None,
         bot_binary: recfleet_tests::binary("recfleet-bot"),
         webhook_secret: Some(WEBHOOK_SECRET.into()),

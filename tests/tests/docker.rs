@@ -38,6 +38,8 @@ impl Controller {
             api_key: KEY.into(),
             pool_min_idle: 1,
             pool_max: 2,
+            pool_idle_ttl: Duration::from_secs(recfleet::pool::DEFAULT_IDLE_TTL_SECS),
+            pool_demand_window: Duration::from_secs(recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS),
             allowed_hosts: None,
             bot_binary: Default::default(),
             webhook_secret: None,

@@ -2,13 +2,13 @@
 //! annotations and the models' schemas.
 
 use super::recordings;
-use crate::model::{CreateRecording, ErrorBody, Outputs, PoolBackoff, PoolView, Recording};
+use crate::model::{CreateRecording, ErrorBody, Outputs, PoolBackoff, PoolView, QueuePlace, Recording};
 
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "recfleet", description = "Recordings of web meetings by a warm pool of bots. Every /v1 route takes `Authorization: Bearer <API key>`."),
     paths(recordings::create, recordings::list, recordings::get_one, recordings::stop, recordings::delete, recordings::file, recordings::pool),
-    components(schemas(Recording, Outputs, CreateRecording, PoolView, PoolBackoff, ErrorBody)),
+    components(schemas(Recording, Outputs, CreateRecording, PoolView, PoolBackoff, QueuePlace, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -32,6 +32,11 @@ impl Manager {
                     match bot.state.next(BotEvent::Ready) {
                         Ok(next) if next != bot.state => {
                             bot.state = next;
+                            bot.idle_since = Some(Instant::now());
+                            if let Some(launched) = bot.launched_at.take() {
+                                self.cfg.metrics.launch_duration.observe(launched.elapsed().as_secs_f64());
+                                self.launch_time = Some(pool::moving_average(self.launch_time, launched.elapsed()));
+                            }
                             self.dirty_bots.push(bot_id.to_string());
                             // A bot got warm: launches work again.
                             self.launch_failures = 0;
@@ -128,10 +133,13 @@ impl Manager {
 
     pub(super) fn find_lost_bots(&mut self) {
         let now = Instant::now();
+        let startup = self.runtime.startup_timeout();
         let lost: Vec<String> = self
             .bots
             .iter()
-            .filter(|(_, b)| crate::fleet::is_lost(Liveness { state: b.state, connected: b.tx.is_some(), last_seen: b.last_seen }, now))
+            .filter(|(_, b)| {
+                crate::fleet::is_lost(Liveness { state: b.state, connected: b.tx.is_some(), last_seen: b.last_seen, startup }, now)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
@@ -141,7 +149,7 @@ impl Manager {
             self.dirty_bots.push(id.clone());
             let Some(bot) = self.bots.remove(&id) else { continue };
             if bot.state == BotState::Starting {
-                self.launch_failed(&format!("the bot did not connect and warm up within {:?}", crate::fleet::STARTUP_TIMEOUT));
+                self.launch_failed(&format!("the bot did not connect and warm up within {startup:?}"));
             }
             if let Some(rec) = bot.recording {
                 self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
@@ -151,10 +159,15 @@ impl Manager {
 
     /// The pool as it is: one pass over the bots (a large fleet asks this often).
     pub(super) fn observed(&self) -> Observed {
-        let mut o = Observed { idle: 0, starting: 0, busy: 0, joining: 0 };
+        let mut o = Observed { idle: 0, starting: 0, busy: 0, joining: 0, idle_expired: 0 };
         for bot in self.bots.values() {
             match bot.state {
-                BotState::Idle => o.idle += 1,
+                BotState::Idle => {
+                    o.idle += 1;
+                    if bot.idle_since.is_none_or(|since| since.elapsed() >= self.cfg.idle_ttl) {
+                        o.idle_expired += 1;
+                    }
+                }
                 BotState::Starting => o.starting += 1,
                 BotState::Busy => o.busy += 1,
             }
@@ -170,7 +183,8 @@ impl Manager {
         if self.pool_frozen {
             return;
         }
-        let desired = Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len() };
+        let desired =
+            Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len(), expected: self.expected_starts() };
         for action in pool::plan(desired, self.observed()) {
             match action {
                 Action::Launch(_) if self.launch_held_for(Instant::now()).is_some() => {}
@@ -180,9 +194,13 @@ impl Manager {
                     }
                 }
                 Action::Retire(n) => {
-                    let idle: Vec<String> =
-                        self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, _)| id.clone()).take(n).collect();
+                    // The longest idle first: those past their TTL.
+                    let mut idle: Vec<(&String, Option<Instant>)> =
+                        self.bots.iter().filter(|(_, b)| b.state == BotState::Idle).map(|(id, b)| (id, b.idle_since)).collect();
+                    idle.sort_by_key(|(_, since)| *since);
+                    let idle: Vec<String> = idle.into_iter().take(n).map(|(id, _)| id.clone()).collect();
                     for id in idle {
+                        tracing::info!(bot_id = %id, "idle bot retired");
                         if let Some(tx) = self.bots.get(&id).and_then(|b| b.tx.as_ref()) {
                             let _ = tx.send(ControllerMessage::Retire);
                         }
@@ -193,6 +211,33 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Requests expected while a launch takes, from those of the last `demand_window`.
+    pub(super) fn expected_starts(&self) -> usize {
+        let window = self.cfg.demand_window;
+        let recent = self.requests.iter().rev().take_while(|at| at.elapsed() <= window).count();
+        pool::expected_starts(recent, window, self.launch_time)
+    }
+
+    /// A recording was requested: demand, for `expected_starts`.
+    pub(super) fn requested(&mut self) {
+        let window = self.cfg.demand_window;
+        while self.requests.front().is_some_and(|at| at.elapsed() > window) {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(Instant::now());
+    }
+
+    /// When the `position`-th queued request should get a bot (`pool::estimated_start`).
+    pub(super) fn estimated_start(&self, position: usize) -> Option<f64> {
+        let starting: Vec<Duration> = self
+            .bots
+            .values()
+            .filter(|b| b.state == BotState::Starting)
+            .map(|b| b.launched_at.map_or(Duration::ZERO, |at| at.elapsed()))
+            .collect();
+        pool::estimated_start(position, &starting, self.launch_time)
     }
 
     /// A launch did not give a warm bot: hold further launches for the back-off, and say so
@@ -231,6 +276,8 @@ impl Manager {
                     tx: None,
                     last_seen: Instant::now(),
                     vitals: Vitals::default(),
+                    launched_at: Some(Instant::now()),
+                    idle_since: None,
                 };
                 self.bots.insert(bot_id.clone(), bot);
                 self.dirty_bots.push(bot_id);

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fleet::BotState;
 use crate::metrics::Metrics;
-use crate::model::{ApiError, CreateRecording, PoolBackoff, PoolView, Recording};
+use crate::model::{ApiError, CreateRecording, PoolBackoff, PoolView, QueuePlace, Recording};
 use crate::recovery::{Recovered, RecoveryError};
 use crate::runtime::{Exited, Runtime};
 use crate::store::{token_hash, LogKind, Store, StoreError, StoredRecording};
@@ -113,6 +113,10 @@ struct Bot {
     last_seen: Instant,
     /// The last heartbeat's cumulative figures, to turn them into rates and deltas.
     vitals: Vitals,
+    /// When this controller launched it (to measure launches; `None` for a re-adopted bot).
+    launched_at: Option<Instant>,
+    /// Since when it is idle (the idle TTL counts from here).
+    idle_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +132,11 @@ struct Vitals {
 pub struct ManagerConfig {
     pub min_idle: usize,
     pub max: usize,
+    /// An idle bot above the pool's target is retired once idle this long.
+    pub idle_ttl: Duration,
+    /// Requests in this window, with the measured launch time, set how many bots the pool
+    /// keeps warm above `min_idle` (`pool::expected_starts`); zero turns that off.
+    pub demand_window: Duration,
     /// Cancelled when a write is refused because another controller took over the lease: the
     /// controller stops at once rather than act on a state it can no longer write.
     pub deposed: tokio_util::sync::CancellationToken,
@@ -193,6 +202,10 @@ pub struct Manager {
     /// Set by a shutdown that keeps the bots: the pool is left as it is (its idle bots too,
     /// warm for the next controller) rather than planned down.
     pool_frozen: bool,
+    /// When recordings were requested, within `demand_window`.
+    requests: VecDeque<Instant>,
+    /// Launch to warm, measured (a moving average of this controller's launches).
+    launch_time: Option<Duration>,
 }
 
 /// A heartbeat's figures.
@@ -234,6 +247,8 @@ impl Manager {
             launch_held_until: None,
             launch_failure_reason: String::new(),
             pool_frozen: false,
+            requests: VecDeque::new(),
+            launch_time: None,
         };
         for stored in m.store.load_recordings().await? {
             let id = stored.view.id.clone();
@@ -248,6 +263,7 @@ impl Manager {
             m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true });
         }
         for b in m.store.load_bots().await? {
+            let idle_since = (b.state == BotState::Idle).then(Instant::now);
             let bot = Bot {
                 token_sha256: b.token_sha256,
                 state: b.state,
@@ -255,6 +271,8 @@ impl Manager {
                 tx: None,
                 last_seen: Instant::now(),
                 vitals: Vitals::default(),
+                launched_at: None,
+                idle_since,
             };
             m.bots.insert(b.id, bot);
         }
@@ -355,7 +373,18 @@ impl Manager {
             retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
             reason: self.launch_failure_reason.clone(),
         });
-        PoolView { idle: o.idle, starting: o.starting, busy: o.busy, max: self.cfg.max, queued: self.queue.len(), backoff }
+        let target_idle = (self.cfg.min_idle + self.expected_starts()).min(self.cfg.max);
+        let launch_secs = self.launch_time.map(|t| (t.as_secs_f64() * 10.0).round() / 10.0);
+        PoolView {
+            idle: o.idle,
+            starting: o.starting,
+            busy: o.busy,
+            max: self.cfg.max,
+            queued: self.queue.len(),
+            target_idle,
+            launch_secs,
+            backoff,
+        }
     }
 
     fn lapsed(&self) -> bool {
@@ -385,6 +414,12 @@ impl Manager {
                     other => other,
                 };
                 let written = self.settle().await;
+                let result = result.map(|(mut view, created)| {
+                    if let Some(at) = self.queue.iter().position(|q| *q == view.id) {
+                        view.queue = Some(QueuePlace { position: at + 1, estimated_start_secs: self.estimated_start(at + 1) });
+                    }
+                    (view, created)
+                });
                 let _ = reply.send(Self::durable(result, written));
             }
             Command::Stop { id, reply } => {

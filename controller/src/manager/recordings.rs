@@ -49,6 +49,7 @@ impl Manager {
             self.idempotency.insert(k, id.clone());
         }
         self.queue.push_back(id.clone());
+        self.requested();
         self.touch(&id, LogKind::Created, json!({"meeting_url": view.meeting_url}));
         Ok((view, true))
     }
@@ -289,6 +290,7 @@ impl Manager {
             }
             tracing::info!(recording_id = %id, bot_id = %bot_id, "assigned");
             bot.state = bot.state.next(BotEvent::Assigned).expect("only idle bots are picked");
+            bot.idle_since = None;
             bot.recording = Some(id.clone());
             advance(rec, RecordingEvent::Assigned, &self.cfg.metrics);
             entry.assigned_at = Some(OffsetDateTime::now_utc());

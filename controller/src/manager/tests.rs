@@ -22,6 +22,8 @@ async fn manager(dir: &std::path::Path) -> Manager {
     let cfg = ManagerConfig {
         min_idle: 1,
         max: 2,
+        idle_ttl: Duration::from_secs(crate::pool::DEFAULT_IDLE_TTL_SECS),
+        demand_window: Duration::from_secs(crate::pool::DEFAULT_DEMAND_WINDOW_SECS),
         controller_urls: vec!["ws://127.0.0.1:1/v1/bots/connect".into()],
         deposed: Default::default(),
         lapsed: Default::default(),
