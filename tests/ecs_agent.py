@@ -12,10 +12,13 @@ the ECS agent would.
   the container's.
 - A control endpoint lets the test look and act: GET /tasks, GET /calls (RunTask calls with
   their counts), POST /spot/<task id> (a Spot interruption: SIGTERM, stop code SpotInterruption),
-  POST /foreign (a task of the pool that no controller launched).
+  POST /foreign (a task of the pool that no controller launched), POST /iam (an IAM user with
+  the policy in the body, and its keys; from then on moto checks every request's signature and
+  evaluates its IAM policies, as AWS does, so a call the policy does not allow is AccessDenied).
 
 Started by tests/src/ecs.rs; prints one JSON line with its addresses, then serves until killed.
 Usage: ecs_agent.py --network NAME --host IP --image IMAGE --logs DIR
+       ecs_agent.py --host IP --no-agent   (moto alone: tasks stay provisioning; for benchmarks)
 """
 
 import argparse
@@ -30,6 +33,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
+from moto import settings as moto_settings
 from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
 from moto.moto_api import state_manager
 from moto.server import ThreadedMotoServer
@@ -245,6 +249,16 @@ class Control(BaseHTTPRequestHandler):
                 task.stopped_reason = "Your Spot Task was interrupted."
             threading.Thread(target=docker_stop, args=(c["name"], task), daemon=True).start()
             return self.reply(200, describe(task))
+        if parts == ["iam"]:
+            iam = SESSION.client("iam", endpoint_url=ENDPOINT)
+            name = body.get("user", "recfleet-controller")
+            iam.create_user(UserName=name)
+            iam.put_user_policy(UserName=name, PolicyName="recfleet", PolicyDocument=json.dumps(body["policy"]))
+            key = iam.create_access_key(UserName=name)["AccessKey"]
+            # Every request to moto is now authenticated and authorized (the harness itself works
+            # on moto's backend directly, not through its API).
+            moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+            return self.reply(200, {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]})
         if parts == ["foreign"]:
             env = [{"name": k, "value": v} for k, v in body.get("env", {}).items()]
             tasks = original_run_task(
@@ -263,16 +277,21 @@ class Control(BaseHTTPRequestHandler):
 
 
 NETWORK = {}
+SESSION = None
+ENDPOINT = None
 
 
 def main():
-    global NETWORK
+    global NETWORK, SESSION, ENDPOINT
     p = argparse.ArgumentParser()
-    p.add_argument("--network", required=True)
+    p.add_argument("--network")
     p.add_argument("--host", required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("--logs", required=True)
+    p.add_argument("--image", default="recfleet-bot:dev")
+    p.add_argument("--logs")
+    p.add_argument("--no-agent", action="store_true", help="run no containers: moto's tasks stay provisioning")
     args = p.parse_args()
+    if not args.no_agent and not (args.network and args.logs):
+        p.error("--network and --logs are needed unless --no-agent")
 
     state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": 1_000_000})
     moto_port = free_port()
@@ -280,11 +299,12 @@ def main():
     server.start()
     endpoint = f"http://{args.host}:{moto_port}"
     session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+    SESSION, ENDPOINT = session, endpoint
     ec2 = session.client("ec2", endpoint_url=endpoint)
     vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
     # moto names a task's network interface only in a VPC with DNS hostnames (else RunTask fails).
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.1.0/24")["Subnet"]["SubnetId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.16.0/20")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName="recfleet-bots", Description="bots: egress only", VpcId=vpc)["GroupId"]
     NETWORK = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}}
     ecs = session.client("ecs", endpoint_url=endpoint)
@@ -320,7 +340,8 @@ def main():
     control = ThreadingHTTPServer((args.host, control_port), Control)
     threading.Thread(target=control.serve_forever, daemon=True).start()
     control_url = f"http://{args.host}:{control_port}"
-    threading.Thread(target=agent_loop, args=(args, control_url), daemon=True).start()
+    if not args.no_agent:
+        threading.Thread(target=agent_loop, args=(args, control_url), daemon=True).start()
 
     def stop(*_):
         for c in list(containers.values()):

@@ -113,6 +113,15 @@ impl EcsAgent {
         self.http.post(format!("{}/foreign", self.control)).json(&body).send().await.unwrap().json().await.unwrap()
     }
 
+    /// An IAM user allowed what `policy` allows, and its access key and secret. From then on
+    /// moto checks every request's signature and evaluates the caller's policies, as AWS does.
+    pub async fn enforce_iam(&self, policy: Value) -> (String, String) {
+        let resp = self.http.post(format!("{}/iam", self.control)).json(&json!({"policy": policy})).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "the IAM user is made");
+        let keys: Value = resp.json().await.unwrap();
+        (keys["access_key_id"].as_str().unwrap().to_string(), keys["secret_access_key"].as_str().unwrap().to_string())
+    }
+
     /// The log of an exited task's container, or of all of them.
     pub fn container_logs(&self) -> String {
         let mut out = String::new();

@@ -312,3 +312,125 @@ async fn ecs_configuration_errors_are_named_and_refused_launches_back_off() {
     let (status, _, _) = api.call(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(status, 200, "still up: {}", serve.log_text());
 }
+
+/// A burst of 8 requests against `--pool-min-idle 1 --pool-max 8`: one takes the warm task, the
+/// other seven queue with their place and an estimated start, and their tasks are launched
+/// together (RunTask counts, at most 10 a call, checked on moto). The pool's target rises with
+/// the demand and, once the burst is over and the idle TTL has passed, the pool is back to one
+/// warm task.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_8_launches_in_batches_and_the_pool_shrinks_back_after_the_idle_ttl() {
+    let aws = Aws::start("ecsburst");
+    let meeting = MeetingServer::start_on(aws.net.gateway).await.unwrap();
+    let tag = Tag::new();
+    let port = recfleet_tests::free_port();
+    let data = aws.dir.path().join("data").display().to_string();
+    let serve = aws.serve(
+        &tag,
+        port,
+        &data,
+        &["--pool-min-idle", "1", "--pool-max", "8", "--pool-idle-ttl-secs", "5", "--pool-demand-window-secs", "20", "--stop-bots-on-exit"],
+    );
+    let api = Api::new(&serve.base, KEY);
+    let warm = api.wait_for("a warm task", Duration::from_secs(120), "/v1/pool", |p| p["idle"] == 1).await;
+    assert!(warm["launch_secs"].as_f64().is_some_and(|s| s > 0.0), "the first launch is measured: {warm:#}");
+    assert_eq!(warm["target_idle"], 1, "{warm:#}");
+    let before = aws.agent.calls().await.len();
+
+    let burst = (0..8).map(|i| {
+        let body = json!({"meeting_url": meeting.url(&format!("/m/burst-{i}?end=3")), "recipe_name": "recfleet-test-meeting"});
+        let api = &api;
+        async move { api.post("/v1/recordings", &body).await }
+    });
+    let answers = futures::future::join_all(burst).await;
+    let mut places = Vec::new();
+    for (status, _, rec) in &answers {
+        assert_eq!(*status, 201, "{rec}");
+        if let Some(queue) = rec.get("queue") {
+            assert_eq!(rec["status"], "queued", "{rec:#}");
+            let eta = queue["estimated_start_secs"].as_f64().unwrap_or_else(|| panic!("a bot is coming for each: {rec:#}"));
+            assert!((0.0..=120.0).contains(&eta), "{rec:#}");
+            places.push(queue["position"].as_u64().unwrap());
+        }
+    }
+    places.sort();
+    assert_eq!(places, (1..=7).collect::<Vec<u64>>(), "one request took the warm task, seven queued in order: {answers:#?}");
+    let pool = api.get("/v1/pool").await;
+    assert!(pool["target_idle"].as_u64().unwrap() > 1, "8 requests in the window raise the target: {pool:#}");
+
+    // Seven tasks, launched together: batched calls of at most 10.
+    let started = Instant::now();
+    let launched = loop {
+        let calls: Vec<Value> = aws.agent.calls().await.into_iter().skip(before).collect();
+        let asked: u64 = calls.iter().map(|c| c["count"].as_u64().unwrap_or(1)).sum();
+        if asked >= 7 {
+            break calls;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "7 launches asked: {calls:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first_seven: Vec<u64> = launched.iter().map(|c| c["count"].as_u64().unwrap_or(1)).collect();
+    eprintln!("RunTask counts after the burst: {first_seven:?}");
+    assert!(first_seven.iter().all(|n| *n <= 10), "{launched:#?}");
+    assert!(launched.len() <= 2, "the burst's launches go in one or two RunTask calls, not seven: {first_seven:?}");
+
+    // Every request gets a task and ends; then the pool is one warm task again.
+    let ids: Vec<String> = answers.iter().map(|(_, _, r)| r["id"].as_str().unwrap().to_string()).collect();
+    for id in &ids {
+        let path = format!("/v1/recordings/{id}");
+        let done =
+            api.wait_for("finished", Duration::from_secs(240), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+        assert!(done["joined_at"].is_string(), "every request got a bot that joined: {done:#}\n{}", aws.logs(&serve));
+    }
+    let mut most_idle = 0;
+    let started = Instant::now();
+    loop {
+        let p = api.get("/v1/pool").await;
+        most_idle = most_idle.max(p["idle"].as_u64().unwrap());
+        if p["idle"] == 1 && p["starting"] == 0 && p["busy"] == 0 && p["target_idle"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "back to one warm task after the TTL: {p:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("most idle tasks after the burst: {most_idle}");
+    let running = aws
+        .wait_tasks("one running task", Duration::from_secs(60), |t| t.iter().filter(|t| t["last_status"] != "STOPPED").count() == 1)
+        .await;
+    assert!(running.len() >= 9, "8 recorded, 1 warm: {} tasks in all", running.len());
+}
+
+/// Credentials whose policy does not allow `ecs:RunTask` (moto evaluates IAM policies here):
+/// the controller starts (what it checks at start is allowed), the refused launches show on
+/// `/v1/pool` and as a metric, the pool backs off, and no task is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_on_run_task_backs_off_with_the_cause_shown() {
+    let aws = Aws::start("ecsdeny");
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": ["ecs:DescribeClusters", "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "ecs:ListTasks", "ecs:StopTask", "ecs:TagResource", "s3:*"],
+            "Resource": "*"
+        }]
+    });
+    let (key, secret) = aws.agent.enforce_iam(policy).await;
+    // SAFETY (edition 2021: safe fn): set before the controller starts; it inherits them.
+    std::env::set_var("AWS_ACCESS_KEY_ID", key);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", secret);
+    let tag = Tag::new();
+    let port = recfleet_tests::free_port();
+    let data = aws.dir.path().join("data").display().to_string();
+    let serve = aws.serve(&tag, port, &data, &[]);
+    let api = Api::new(&serve.base, KEY);
+    let pool = api.wait_for("the pool backing off", Duration::from_secs(30), "/v1/pool", |p| !p["backoff"].is_null()).await;
+    let reason = pool["backoff"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("RunTask") && reason.contains("AccessDenied"), "{pool:#}\n{}", serve.log_text());
+    assert!(api.metric("recfleet_pool_launch_failures_total").await >= 1.0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = aws.agent.calls().await;
+    assert!(calls.iter().all(|c| c["started"] == 0), "moto started nothing: {calls:#?}");
+    assert!(aws.pool_tasks().await.is_empty(), "no task made");
+    let (status, _, _) = api.call(reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200, "still up");
+}
