@@ -6,8 +6,8 @@ For each size, moto (ECS, EC2, S3) in `tests/ecs_agent.py --no-agent` (no contai
 stay provisioning, which is all a launch needs), and the real `recfleet serve --runtime ecs
 --pool-min-idle N --pool-max N`. The harness records every RunTask call (its `count` and when it
 came); the launch time is from the first call to the moment moto has started all N tasks. The
-reconcile figure is `recfleet_ecs_reconcile_duration_seconds` (sum / count) over the passes made
-while the 1,000 tasks were tracked (one pass is 10 DescribeTasks calls of 100).
+reconcile figure is `recfleet_ecs_reconcile_duration_seconds` (sum / count) over passes that begin
+once all 1,000 tasks are tracked (one pass is 10 DescribeTasks calls of 100).
 
 moto answers in-process, so these figures are the controller's pacing and batching, not AWS's
 latency: on AWS, RunTask takes 0.3-1 s a call and allows about 20 calls/s.
@@ -87,10 +87,14 @@ def one_size(folder, n, reconcile_passes):
         row = {"size": n, "calls": len(calls), "largest": max(counts), "took": took,
                "calls_per_s": len(calls) / took, "tasks_per_s": n / took}
         if reconcile_passes:
-            wait("reconcile passes", lambda: metric(base, "recfleet_ecs_reconcile_duration_seconds_count") >= reconcile_passes,
-                 limit=5 * reconcile_passes + 30)
-            total = metric(base, "recfleet_ecs_reconcile_duration_seconds_sum")
-            count = metric(base, "recfleet_ecs_reconcile_duration_seconds_count")
+            # Only passes that start once all N are tracked: the next one may have begun with fewer.
+            time.sleep(6)
+            sum0 = metric(base, "recfleet_ecs_reconcile_duration_seconds_sum")
+            count0 = metric(base, "recfleet_ecs_reconcile_duration_seconds_count")
+            wait("reconcile passes", lambda: metric(base, "recfleet_ecs_reconcile_duration_seconds_count") >= count0 + reconcile_passes,
+                 limit=6 * reconcile_passes + 30)
+            total = metric(base, "recfleet_ecs_reconcile_duration_seconds_sum") - sum0
+            count = metric(base, "recfleet_ecs_reconcile_duration_seconds_count") - count0
             row["reconcile_ms"] = 1000 * total / count
             row["reconcile_passes"] = int(count)
         return row

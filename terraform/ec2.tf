@@ -47,13 +47,21 @@ resource "aws_launch_template" "bots" {
     ebs {
       volume_size = 100
       volume_type = "gp3"
-      encrypted   = true
-      kms_key_id  = aws_kms_key.this.arn
+      # The account's EBS key (aws/ebs): Auto Scaling may use it without a grant in this
+      # module's key policy.
+      encrypted = true
     }
   }
   network_interfaces {
     associate_public_ip_address = false
     security_groups             = [aws_security_group.bots.id]
+  }
+
+  lifecycle {
+    precondition {
+      condition     = can(regex("^ami-", var.ec2_ami_id))
+      error_message = "capacity_mode ec2 needs ec2_ami_id: an ECS-optimized AMI (SSM parameter /aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id)."
+    }
   }
 }
 

@@ -39,14 +39,11 @@ resource "aws_ecs_task_definition" "bot" {
     }
   }
 
-  volume {
-    name = "spool"
-  }
-  volume {
-    name = "tmp"
-  }
-  volume {
-    name = "home"
+  dynamic "volume" {
+    for_each = local.bot_volumes
+    content {
+      name = volume.key
+    }
   }
 
   runtime_platform {
@@ -63,14 +60,10 @@ resource "aws_ecs_task_definition" "bot" {
     readonlyRootFilesystem = true
     stopTimeout            = local.bot_stop_timeout
     environment            = [for k, v in local.bot_environment : { name = k, value = v }]
-    mountPoints = [
-      { sourceVolume = "spool", containerPath = "/var/spool/recfleet", readOnly = false },
-      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-      { sourceVolume = "home", containerPath = "/home/recfleet", readOnly = false },
-    ]
+    mountPoints            = [for name, path in local.bot_volumes : { sourceVolume = name, containerPath = path, readOnly = false }]
     # Healthy while the agent heartbeats: it touches the file every 2 s once warm.
     healthCheck = {
-      command     = ["CMD-SHELL", "test -n \"$(find ${local.bot_environment.RECFLEET_HEALTH_FILE} -newermt '15 seconds ago' 2>/dev/null)\""]
+      command     = local.bot_health_command
       interval    = 10
       timeout     = 3
       retries     = 3
@@ -99,11 +92,11 @@ resource "aws_ecs_task_definition" "controller" {
   task_role_arn            = aws_iam_role.controller_task.arn
   tags                     = local.tags
 
-  volume {
-    name = "data"
-  }
-  volume {
-    name = "tmp"
+  dynamic "volume" {
+    for_each = local.controller_volumes
+    content {
+      name = volume.key
+    }
   }
 
   runtime_platform {
@@ -123,12 +116,9 @@ resource "aws_ecs_task_definition" "controller" {
     portMappings = [{ containerPort = local.controller_api, protocol = "tcp", name = "api" }]
     environment  = [for k, v in local.controller_environment : { name = k, value = v }]
     secrets      = [for k, v in local.controller_secrets : { name = k, valueFrom = v }]
-    mountPoints = [
-      { sourceVolume = "data", containerPath = "/var/lib/recfleet", readOnly = false },
-      { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-    ]
+    mountPoints  = [for name, path in local.controller_volumes : { sourceVolume = name, containerPath = path, readOnly = false }]
     healthCheck = {
-      command     = ["CMD-SHELL", "exec 3<>/dev/tcp/127.0.0.1/${local.controller_api}"]
+      command     = local.controller_health_command
       interval    = 10
       timeout     = 3
       retries     = 3

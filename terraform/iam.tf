@@ -39,6 +39,21 @@ data "aws_iam_policy_document" "pull_images" {
   }
 }
 
+# The bucket and its key, for both task roles' policies: HeadBucket (is the store there?) and
+# listing are authorized as s3:ListBucket; SSE-KMS needs the key for every put and get.
+data "aws_iam_policy_document" "bucket_and_key" {
+  statement {
+    sid       = "Bucket"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.recordings.arn]
+  }
+  statement {
+    sid       = "EncryptRecordings"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+  }
+}
+
 # --- The bot ---
 
 resource "aws_iam_role" "bot_execution" {
@@ -69,21 +84,11 @@ resource "aws_iam_role" "bot_task" {
 }
 
 data "aws_iam_policy_document" "bot_task" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_and_key.json]
   statement {
     sid       = "PutRecordings"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
     resources = ["${aws_s3_bucket.recordings.arn}/${var.recordings_prefix}/*"]
-  }
-  # HeadBucket at start (is the store there?) is authorized as s3:ListBucket.
-  statement {
-    sid       = "CheckBucket"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.recordings.arn]
-  }
-  statement {
-    sid       = "EncryptRecordings"
-    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-    resources = [aws_kms_key.this.arn]
   }
 }
 
@@ -133,6 +138,7 @@ resource "aws_iam_role" "controller_task" {
 }
 
 data "aws_iam_policy_document" "controller_task" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_and_key.json]
   statement {
     sid       = "LaunchBots"
     actions   = ["ecs:RunTask"]
@@ -183,16 +189,6 @@ data "aws_iam_policy_document" "controller_task" {
     sid       = "Recordings"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
     resources = ["${aws_s3_bucket.recordings.arn}/${var.recordings_prefix}/*"]
-  }
-  statement {
-    sid       = "ListRecordings"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.recordings.arn]
-  }
-  statement {
-    sid       = "EncryptRecordings"
-    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-    resources = [aws_kms_key.this.arn]
   }
 }
 

@@ -4,8 +4,9 @@
 locals {
   tags = merge({ "recfleet.deployment" = var.name }, var.tags)
 
-  api_url        = "https://${var.domain_name}"
-  bot_connect    = "wss://${var.domain_name}/v1/bots/connect"
+  api_url = "https://${var.domain_name}"
+  # The controller's address for the bots (it adds the bots' path, /v1/bots/connect).
+  bot_connect    = "wss://${var.domain_name}"
   lb_subnet_ids  = coalescelist(var.load_balancer_subnet_ids, var.private_subnet_ids)
   create_db      = contains([""], var.database_url)
   ec2            = contains(["ec2"], var.capacity_mode)
@@ -55,10 +56,28 @@ locals {
   }
 
   controller_secrets = {
-    RECFLEET_API_KEY        = aws_secretsmanager_secret.api_key.arn
-    RECFLEET_WEBHOOK_SECRET = aws_secretsmanager_secret.webhook_secret.arn
-    RECFLEET_DATABASE_URL   = aws_secretsmanager_secret.database_url.arn
+    RECFLEET_API_KEY        = aws_secretsmanager_secret.controller["api-key"].arn
+    RECFLEET_WEBHOOK_SECRET = aws_secretsmanager_secret.controller["webhook-secret"].arn
+    RECFLEET_DATABASE_URL   = aws_secretsmanager_secret.controller["database-url"].arn
   }
+
+  # Where each container writes under its read-only root: a task volume each, on the task's
+  # ephemeral storage. The images declare a VOLUME at each path, so ECS fills the volume from the
+  # image, its owner (the containers' user) included.
+  bot_volumes = {
+    spool = "/var/spool/recfleet"
+    tmp   = "/tmp"
+    home  = "/home/recfleet"
+  }
+  controller_volumes = {
+    data = "/var/lib/recfleet"
+    tmp  = "/tmp"
+  }
+
+  # The containers' health checks. The controller's: its port answers (bash: the image's sh is
+  # dash, which has no /dev/tcp). The bot's: the agent touched its heartbeat file lately.
+  controller_health_command = ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${local.controller_api}"]
+  bot_health_command        = ["CMD-SHELL", "find ${local.bot_environment.RECFLEET_HEALTH_FILE} -newermt '15 seconds ago' 2>/dev/null | grep -q ."]
 
   # The paths the load balancer and the container health checks ask.
   controller_health_path = "/readyz"

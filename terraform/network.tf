@@ -71,6 +71,21 @@ resource "aws_vpc_security_group_egress_rule" "controller_database" {
   referenced_security_group_id = aws_security_group.database[0].id
 }
 
+# An existing database (database_url): somewhere in the VPC, on database_port.
+data "aws_vpc" "this" {
+  id = var.vpc_id
+}
+
+resource "aws_vpc_security_group_egress_rule" "controller_existing_database" {
+  count             = local.create_db ? 0 : 1
+  security_group_id = aws_security_group.controller.id
+  description       = "The state database given as database_url, in the VPC"
+  ip_protocol       = "tcp"
+  from_port         = var.database_port
+  to_port           = var.database_port
+  cidr_ipv4         = data.aws_vpc.this.cidr_block
+}
+
 resource "aws_security_group" "bots" {
   name        = "${var.name}-bots"
   description = "recfleet bots: egress only (meetings, S3, the controller)"

@@ -5,7 +5,7 @@ output "api_url" {
 
 output "api_key_secret_arn" {
   description = "The Secrets Manager secret that holds the API key."
-  value       = aws_secretsmanager_secret.api_key.arn
+  value       = aws_secretsmanager_secret.controller["api-key"].arn
 }
 
 output "bucket" {

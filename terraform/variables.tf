@@ -31,7 +31,7 @@ variable "load_balancer_subnet_ids" {
 }
 
 variable "internal_load_balancer" {
-  description = "Whether the API's load balancer is internal (reachable inside the VPC only). The bots reach the controller through it either way."
+  description = "Whether the API's load balancer is internal (reachable inside the VPC only). The bots reach the controller through it; an internet-facing one sees them come from the NAT gateways' addresses, which api_allowed_cidrs must then include."
   type        = bool
   default     = true
 }
@@ -189,6 +189,12 @@ variable "database_url" {
   type        = string
   default     = ""
   sensitive   = true
+}
+
+variable "database_port" {
+  description = "With database_url: the port the controller reaches it on (in the VPC)."
+  type        = number
+  default     = 5432
 }
 
 variable "database_instance_class" {

@@ -3,8 +3,9 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = ">= 5.40, < 7.0"
+      source = "hashicorp/aws"
+      # v6 deprecates data.aws_region's name, which this module reads.
+      version = ">= 5.40, < 6.0"
     }
     random = {
       source  = "hashicorp/random"

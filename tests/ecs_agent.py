@@ -3,9 +3,10 @@ an agent that runs every task moto lists as running as a Docker container of the
 the ECS agent would.
 
 - A task's container gets the task definition's environment plus the task's overrides, the
-  task definition's CPU and memory, the test's Docker network, Docker's default /dev/shm (64 MB:
-  Fargate's cannot be sized either), and ECS_CONTAINER_METADATA_URI_V4 pointing at this
-  process's metadata endpoint.
+  task definition's CPU and memory, user and read-only root, its volumes as ECS makes them (filled
+  from the image where the image declares a VOLUME, else empty and root-owned), the test's Docker
+  network, Docker's default /dev/shm (64 MB: Fargate's cannot be sized either), and
+  ECS_CONTAINER_METADATA_URI_V4 pointing at this process's metadata endpoint.
 - StopTask (the controller's) turns into `docker stop` with the container's stopTimeout; the
   task reads STOPPING until the container is gone, then STOPPED with stop code UserInitiated. A
   container that exits on its own stops its task with EssentialContainerExited. Exit codes are
@@ -28,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -142,6 +144,24 @@ def start_container(task, args, metadata_base):
         cmd += ["--cpus", str(int(cpu) / 1024)]
     for k, v in env.items():
         cmd += ["-e", f"{k}={v}"]
+    if container.get("user"):
+        cmd += ["--user", container["user"]]
+    if container.get("readonlyRootFilesystem"):
+        cmd.append("--read-only")
+    # A task's volumes as ECS makes them: filled from the image (contents, owner, mode) where the
+    # image declares a VOLUME at that path, otherwise an empty folder owned by root, mode 0755.
+    declared = json.loads(docker("image", "inspect", "--format", "{{json .Config.Volumes}}", container["image"]) or "null") or {}
+    for m in container.get("mountPoints", []):
+        path = m["containerPath"]
+        if path in declared:
+            cmd += ["-v", path]
+        else:
+            # Beside the logs, in the test's folder, so it goes with it.
+            volumes = os.path.join(os.path.dirname(os.path.abspath(args.logs)), "volumes")
+            os.makedirs(volumes, exist_ok=True)
+            empty = tempfile.mkdtemp(prefix=f"{task_id}-", dir=volumes)
+            os.chmod(empty, 0o755)
+            cmd += ["-v", f"{empty}:{path}"]
     cmd.append(container["image"])
     try:
         docker(*cmd)
@@ -161,7 +181,7 @@ def watch_container(task, name, logs):
     exit_code = int(code) if code.lstrip("-").isdigit() else None
     with open(os.path.join(logs, f"{name}.log"), "w") as f:
         subprocess.run(["docker", "logs", name], stdout=f, stderr=subprocess.STDOUT)
-    docker("rm", "-f", name, check=False)
+    docker("rm", "-f", "-v", name, check=False)
     with lock:
         c = containers[task.task_arn]
         c["running"], c["exit_code"] = False, exit_code
@@ -315,6 +335,7 @@ def main():
         family=FAMILY,
         requiresCompatibilities=["FARGATE"],
         networkMode="awsvpc",
+        volumes=[{"name": "spool"}, {"name": "tmp"}, {"name": "home"}],
         cpu="1024",
         memory="2048",
         containerDefinitions=[
@@ -324,6 +345,14 @@ def main():
                 "memory": 2048,
                 "essential": True,
                 "stopTimeout": 30,
+                # As terraform/ runs it: not root, a read-only root, volumes where it writes.
+                "user": "10001",
+                "readonlyRootFilesystem": True,
+                "mountPoints": [
+                    {"sourceVolume": "spool", "containerPath": "/var/spool/recfleet"},
+                    {"sourceVolume": "tmp", "containerPath": "/tmp"},
+                    {"sourceVolume": "home", "containerPath": "/home/recfleet"},
+                ],
                 "environment": [
                     {"name": "AWS_ENDPOINT_URL", "value": endpoint},
                     {"name": "AWS_ACCESS_KEY_ID", "value": "test"},
@@ -345,7 +374,7 @@ def main():
 
     def stop(*_):
         for c in list(containers.values()):
-            docker("rm", "-f", c["name"], check=False)
+            docker("rm", "-f", "-v", c["name"], check=False)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)

@@ -131,6 +131,11 @@ def task_definitions(root):
         "controller_health_path": values["controller_health_path"],
         "bot_container": values["bot_container"],
         "capacity_strategy": values["capacity_strategy"],
+        "bot_volumes": values["bot_volumes"],
+        "bot_connect": values["bot_connect"],
+        "bot_health_command": values["bot_health_command"],
+        "controller_health_command": values["controller_health_command"],
+        "controller_volumes": values["controller_volumes"],
     }
 
 

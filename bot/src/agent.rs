@@ -522,6 +522,8 @@ mod tests {
             let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await.expect("sent").unwrap();
             assert!(n > 0, "closed after {} bytes: {first:?}", first.len());
             first.extend_from_slice(&buf[..n]);
+            // An HTTP upgrade in the clear says so at once, rather than as a wait for a record.
+            assert_eq!(first[0], 0x16, "not a TLS handshake: {:?}", String::from_utf8_lossy(&first));
         }
         dialler.abort();
         assert_eq!(first.get(..2), Some(&[0x16u8, 0x03][..]), "a TLS handshake record: {first:?}");

@@ -45,10 +45,10 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// A task must connect and warm up within this: Fargate takes 30-90 s to start one, more when it
 /// pulls the bot's image (about 700 MB) onto a new host. A task that cannot start at all says so
 /// sooner, by its stop code (`TaskFailedToStart`).
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
-/// An unused launch token expires after this: a Fargate task that has not dialled by then is
-/// not coming (the pool declares it lost, too).
-pub const LAUNCH_TOKEN_TTL: Duration = Duration::from_secs(300);
+pub const ECS_STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
+/// An unused launch token expires after this: a task that has not dialled by then is not coming
+/// (the pool declares it lost then, too).
+pub const LAUNCH_TOKEN_TTL: Duration = ECS_STARTUP_TIMEOUT;
 
 /// A capacity provider and its share, as in `FARGATE_SPOT=3,FARGATE=1` (`NAME=WEIGHT[:BASE]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,17 +477,24 @@ async fn reconciler(inner: std::sync::Weak<Inner>, duration: prometheus::Histogr
         tokio::time::sleep(RECONCILE_EVERY).await;
         let Some(inner) = inner.upgrade() else { return };
         let started = Instant::now();
-        if reconcile(&inner).await {
+        if reconcile(&inner).await == Pass::Described {
             duration.observe(started.elapsed().as_secs_f64());
         }
     }
 }
 
-/// One pass; false when there was nothing to describe.
-async fn reconcile(inner: &Inner) -> bool {
+/// How a reconcile pass went (only described ones are timed).
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    Nothing,
+    Failed,
+    Described,
+}
+
+async fn reconcile(inner: &Inner) -> Pass {
     let tracked: HashMap<String, (String, bool)> = inner.tracked.lock().expect("tracked lock").clone();
     if tracked.is_empty() {
-        return false;
+        return Pass::Nothing;
     }
     let by_arn: HashMap<&str, (&str, bool)> = tracked.iter().map(|(bot, (arn, asked))| (arn.as_str(), (bot.as_str(), *asked))).collect();
     let arns: Vec<String> = by_arn.keys().map(|a| a.to_string()).collect();
@@ -495,7 +502,7 @@ async fn reconcile(inner: &Inner) -> bool {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot describe the pool's tasks; trying again");
-            return true;
+            return Pass::Failed;
         }
     };
     let mut ended = Vec::new();
@@ -523,7 +530,7 @@ async fn reconcile(inner: &Inner) -> bool {
         inner.preempting.lock().expect("preempting lock").remove(&exit.bot_id);
         let _ = inner.exits.send(exit);
     }
-    true
+    Pass::Described
 }
 
 /// Whether a stop code means the task's host is being taken back.
@@ -573,7 +580,7 @@ impl Runtime for EcsRuntime {
     }
 
     fn startup_timeout(&self) -> Duration {
-        STARTUP_TIMEOUT
+        ECS_STARTUP_TIMEOUT
     }
 }
 

@@ -295,7 +295,7 @@ impl Metrics {
                 &r,
                 POOL_LAUNCH_DURATION_SECONDS,
                 "A launch until the bot is warm (its moving average sets the pool's demand term).",
-                vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0],
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0],
             ),
             ecs_reconcile: histogram(
                 &r,

@@ -50,8 +50,9 @@ pub struct QueuePlace {
     /// 1: the next to get a bot.
     pub position: usize,
     /// Seconds until a bot launched for it should be warm (the pool's measured launch time);
-    /// `null` when none is coming yet: the pool is at `--pool-max` and it waits for a recording
-    /// to end, or no launch was measured yet.
+    /// `null` when none is coming yet (the pool is at `--pool-max` and it waits for a recording
+    /// to end, or launches are held after failures: see `/v1/pool`'s `backoff`) or no launch
+    /// was measured yet.
     pub estimated_start_secs: Option<f64>,
 }
 

@@ -95,6 +95,12 @@ pub fn expected_starts(requests: usize, window: Duration, launch: Option<Duratio
     }
 }
 
+/// The idle bots the pool keeps when nothing is queued: `min_idle` plus the expected requests,
+/// within `max` (what `/v1/pool` and `recfleet_pool_target_idle_bots` show).
+pub fn target_idle(desired: Desired) -> usize {
+    (desired.min_idle + desired.expected).min(desired.max)
+}
+
 /// The launch time's moving average: each new launch weighs a fifth, so one slow start (a cold
 /// host, a new image pulled) moves the estimate without taking it over.
 pub fn moving_average(average: Option<Duration>, sample: Duration) -> Duration {
@@ -219,6 +225,17 @@ mod tests {
     }
 
     #[test]
+    fn the_launch_time_average_moves_a_fifth_toward_each_launch() {
+        let s = Duration::from_secs;
+        assert_eq!(moving_average(None, s(10)), s(10), "the first launch is the estimate");
+        assert_eq!(moving_average(Some(s(10)), s(60)), s(20), "one slow launch moves it a fifth of the way");
+        let settled = (0..30).fold(s(10), |avg, _| moving_average(Some(avg), s(60)));
+        assert!((settled.as_secs_f64() - 60.0).abs() < 0.1, "launches that stay slow take it over: {settled:?}");
+        assert_eq!(target_idle(expecting(d(2, 8, 5), 3)), 5, "min_idle plus the expected, queued aside");
+        assert_eq!(target_idle(expecting(d(2, 4, 0), 9)), 4, "within max");
+    }
+
+    #[test]
     fn estimated_start_table() {
         let s = Duration::from_secs;
         // (name, position, how long each starting bot has been starting, launch time, want)
@@ -243,11 +260,19 @@ mod tests {
                     for idle in 0..5 {
                         for starting in 0..3 {
                             for busy in 0..5 {
-                                let obs = joining(o(idle, starting, busy), busy.min(1));
-                                for action in plan(d(min_idle, max, queued), obs) {
-                                    match action {
-                                        Action::Launch(n) => assert!(obs.total() + n <= max, "{obs:?} + {n} > {max}"),
-                                        Action::Retire(n) => assert!(n <= idle, "retires {n} of {idle} idle"),
+                                for (expected, fresh_idle) in [(0, 0), (2, 0), (0, idle), (3, idle / 2)] {
+                                    let obs = fresh(joining(o(idle, starting, busy), busy.min(1)), fresh_idle);
+                                    let desired = expecting(d(min_idle, max, queued), expected);
+                                    for action in plan(desired, obs) {
+                                        match action {
+                                            Action::Launch(n) => assert!(obs.total() + n <= max, "{obs:?} + {n} > {max}"),
+                                            Action::Retire(n) => {
+                                                assert!(n <= idle, "retires {n} of {idle} idle");
+                                                // Within their TTL, idle bots go only to get under max.
+                                                let over_max = obs.total().saturating_sub(max);
+                                                assert!(n <= obs.idle_expired.max(over_max), "{desired:?} {obs:?}: retires {n}");
+                                            }
+                                        }
                                     }
                                 }
                             }

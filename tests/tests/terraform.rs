@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use recfleet_tests::docker::{assert_images_built, docker};
 use recfleet_tests::serve::{ServeProcess, Tag};
 use serde_json::Value;
 
@@ -15,7 +16,8 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The facts about `terraform/`, gathered once for the tests of this file.
+/// The facts about `terraform/`, gathered once per test process (nextest runs each test in its
+/// own, so about 4 s each).
 fn facts() -> &'static Value {
     static FACTS: OnceLock<Value> = OnceLock::new();
     FACTS.get_or_init(|| {
@@ -76,9 +78,8 @@ fn terraform_is_formatted_and_every_module_loads_with_what_it_references_declare
         "aws_iam_role.controller_execution",
         "aws_cloudwatch_log_group.bots",
         "aws_cloudwatch_log_group.controller",
-        "aws_secretsmanager_secret.api_key",
-        "aws_secretsmanager_secret.webhook_secret",
-        "aws_secretsmanager_secret.database_url",
+        "aws_secretsmanager_secret.controller",
+        "aws_secretsmanager_secret_version.controller",
         "aws_security_group.bots",
         "aws_security_group.controller",
         "aws_db_instance.state",
@@ -138,11 +139,24 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     files
 }
 
+/// Runs an ECS health-check command in `container`: whether it passed.
+fn health_check(container: &str, command: &[String]) -> bool {
+    let mut exec = std::process::Command::new("docker");
+    exec.args(["exec", container]);
+    match command.first().map(String::as_str) {
+        Some("CMD") => exec.args(&command[1..]),
+        Some("CMD-SHELL") => exec.args(["sh", "-c", &command[1]]),
+        other => panic!("not an ECS health check: {other:?}"),
+    };
+    exec.output().expect("docker exec").status.success()
+}
+
 /// Read by the AWS SDK's standard configuration (`aws-config`), which both binaries use.
 const AWS_STANDARD: &[&str] = &["AWS_REGION"];
 
 #[tokio::test]
 async fn the_task_definitions_set_only_what_the_code_reads_and_probe_what_it_serves() {
+    assert_images_built(&["recfleet:dev", "recfleet-bot:dev"]);
     let td = &facts()["task_definitions"];
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
 
@@ -165,10 +179,73 @@ async fn the_task_definitions_set_only_what_the_code_reads_and_probe_what_it_ser
     let health_file = td["bot_environment"]["RECFLEET_HEALTH_FILE"].as_str().unwrap();
     assert!(dockerfile.contains(&format!("RECFLEET_HEALTH_FILE={health_file}")), "the image and the task agree on {health_file}");
 
+    // Every folder a task writes under its read-only root is a VOLUME of its image, so ECS fills
+    // the task's volume from the image (owned by the containers' user, not root).
+    for (volumes, dockerfile) in [("bot_volumes", "Dockerfile.bot"), ("controller_volumes", "Dockerfile.controller")] {
+        let text = std::fs::read_to_string(repo().join("container").join(dockerfile)).unwrap();
+        let declared = text.lines().find(|l| l.starts_with("VOLUME ")).unwrap_or_else(|| panic!("{dockerfile} declares no VOLUME"));
+        for path in td[volumes].as_object().unwrap().values() {
+            let path = path.as_str().unwrap();
+            assert!(declared.contains(&format!("\"{path}\"")), "{dockerfile}'s VOLUME lacks {path}, which the task mounts: {declared}");
+        }
+    }
+
     // The port the controller listens on is the one the load balancer and health check use.
     let port = td["controller_api"].as_u64().unwrap();
     let listen = td["controller_environment"]["RECFLEET_LISTEN"].as_str().unwrap();
     assert_eq!(listen.replace("${local.controller_api}", &port.to_string()), format!("0.0.0.0:{port}"));
+
+    // Bots are told the controller's address; they add the bots' path themselves.
+    let advertise = td["controller_environment"]["RECFLEET_ADVERTISE_URL"]
+        .as_str()
+        .unwrap()
+        .replace("${local.bot_connect}", td["bot_connect"].as_str().unwrap());
+    assert_eq!(advertise, "wss://${var.domain_name}", "the bots' address: the load balancer's name, no path");
+
+    // Each container's health check passes in its image when the container is healthy, and
+    // fails when it is not (run as ECS runs them: CMD as argv, CMD-SHELL through /bin/sh).
+    let command = |key: &str| {
+        let filled = |p: String| {
+            p.replace("${local.controller_api}", &port.to_string()).replace("${local.bot_environment.RECFLEET_HEALTH_FILE}", health_file)
+        };
+        let argv: Vec<String> = strings(&td[key]).into_iter().map(filled).collect();
+        assert!(argv.iter().all(|a| !a.contains("${")), "a reference the test does not fill: {argv:?}");
+        argv
+    };
+    let controller = command("controller_health_command");
+    // No bots: the process runtime with a stand-in binary it never launches.
+    let c = docker(&[
+        "run",
+        "-d",
+        "--rm",
+        "recfleet:dev",
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+        "--api-key",
+        "k",
+        "--pool-min-idle",
+        "0",
+        "--bot-binary",
+        "/bin/true",
+    ]);
+    let healthy = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        health_check(&c, &controller)
+    });
+    docker(&["rm", "-f", &c]);
+    assert!(healthy, "{controller:?} never passed in recfleet:dev with the controller up");
+    let idle = docker(&["run", "-d", "--rm", "--entrypoint", "sleep", "recfleet:dev", "60"]);
+    let passes = health_check(&idle, &controller);
+    docker(&["rm", "-f", &idle]);
+    assert!(!passes, "{controller:?} passes with no controller listening");
+
+    let bot = command("bot_health_command");
+    let b = docker(&["run", "-d", "--rm", "--entrypoint", "sleep", "recfleet-bot:dev", "60"]);
+    let before = health_check(&b, &bot);
+    std::process::Command::new("docker").args(["exec", &b, "touch", health_file]).status().unwrap();
+    let after = health_check(&b, &bot);
+    docker(&["rm", "-f", &b]);
+    assert!(!before && after, "{bot:?}: fails with no heartbeat file ({before}), passes once it is fresh ({after})");
 
     // Every capacity mode's strategy is one the controller accepts.
     for (mode, strategy) in td["capacity_strategy"].as_object().unwrap() {

@@ -34,8 +34,9 @@ impl Manager {
                             bot.state = next;
                             bot.idle_since = Some(Instant::now());
                             if let Some(launched) = bot.launched_at.take() {
-                                self.cfg.metrics.launch_duration.observe(launched.elapsed().as_secs_f64());
-                                self.launch_time = Some(pool::moving_average(self.launch_time, launched.elapsed()));
+                                let took = launched.elapsed();
+                                self.cfg.metrics.launch_duration.observe(took.as_secs_f64());
+                                self.launch_time = Some(pool::moving_average(self.launch_time, took));
                             }
                             self.dirty_bots.push(bot_id.to_string());
                             // A bot got warm: launches work again.
@@ -183,9 +184,7 @@ impl Manager {
         if self.pool_frozen {
             return;
         }
-        let desired =
-            Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len(), expected: self.expected_starts() };
-        for action in pool::plan(desired, self.observed()) {
+        for action in pool::plan(self.desired(), self.observed()) {
             match action {
                 Action::Launch(_) if self.launch_held_for(Instant::now()).is_some() => {}
                 Action::Launch(n) => {
@@ -213,8 +212,13 @@ impl Manager {
         }
     }
 
+    /// What the pool should be now: the settings, the queue and the expected demand.
+    pub(super) fn desired(&self) -> Desired {
+        Desired { min_idle: self.cfg.min_idle, max: self.cfg.max, queued: self.queue.len(), expected: self.expected_starts() }
+    }
+
     /// Requests expected while a launch takes, from those of the last `demand_window`.
-    pub(super) fn expected_starts(&self) -> usize {
+    fn expected_starts(&self) -> usize {
         let window = self.cfg.demand_window;
         let recent = self.requests.iter().rev().take_while(|at| at.elapsed() <= window).count();
         pool::expected_starts(recent, window, self.launch_time)

@@ -373,7 +373,7 @@ impl Manager {
             retry_in_secs: (left.as_secs_f64() * 10.0).round() / 10.0,
             reason: self.launch_failure_reason.clone(),
         });
-        let target_idle = (self.cfg.min_idle + self.expected_starts()).min(self.cfg.max);
+        let target_idle = crate::pool::target_idle(self.desired());
         let launch_secs = self.launch_time.map(|t| (t.as_secs_f64() * 10.0).round() / 10.0);
         PoolView {
             idle: o.idle,

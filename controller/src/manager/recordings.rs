@@ -56,6 +56,8 @@ impl Manager {
 
     /// Forgets a recording whose creation could not be written: nothing else has seen it.
     pub(super) fn undo_create(&mut self, id: &str) {
+        // Not made, so not demand either (it was the latest request).
+        self.requests.pop_back();
         self.recordings.remove(id);
         self.order.retain(|o| o != id);
         self.idempotency.retain(|_, v| v != id);

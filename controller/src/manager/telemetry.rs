@@ -22,7 +22,7 @@ impl Manager {
             m.pool_bots.with_label_values(&[state.as_str()]).set(n as i64);
         }
         m.pool_max_bots.set(self.cfg.max as i64);
-        m.target_idle.set((self.cfg.min_idle + self.expected_starts()).min(self.cfg.max) as i64);
+        m.target_idle.set(crate::pool::target_idle(self.desired()) as i64);
         m.pool_queued.set(self.queue.len() as i64);
         let mut active = [0i64; ACTIVE_STATUSES.len()];
         for entry in self.recordings.values() {

@@ -165,6 +165,35 @@ async fn a_shutdown_that_keeps_bots_leaves_the_idle_ones_warm() {
     }
 }
 
+/// Idle bots above the target stay while within their idle TTL and are retired after it, the
+/// pool keeping `min_idle`.
+#[tokio::test]
+async fn idle_bots_above_the_target_retire_only_after_their_ttl() {
+    for (ttl, kept) in [(Duration::from_secs(3600), 3), (Duration::ZERO, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manager(dir.path()).await;
+        m.cfg.max = 4;
+        m.cfg.min_idle = 3;
+        m.reconcile();
+        let ids: Vec<String> = m.bots.keys().cloned().collect();
+        assert_eq!(ids.len(), 3);
+        let mut inboxes = Vec::new();
+        for id in &ids {
+            let (tx, rx) = mpsc::unbounded_channel();
+            m.bots.get_mut(id).unwrap().tx = Some(tx);
+            m.on_bot_message(id, BotMessage::Ready);
+            inboxes.push(rx);
+        }
+        // Demand fell: one warm bot is the target now.
+        m.cfg.min_idle = 1;
+        m.cfg.idle_ttl = ttl;
+        m.reconcile();
+        assert_eq!(m.bots.len(), kept, "idle TTL {ttl:?}");
+        let retired = inboxes.iter_mut().map(|rx| matches!(rx.try_recv(), Ok(ControllerMessage::Retire))).filter(|r| *r).count();
+        assert_eq!(retired, 3 - kept, "idle TTL {ttl:?}");
+    }
+}
+
 /// A recording assigned to a connected, warm bot; returns (recording id, bot id).
 async fn assigned(m: &mut Manager) -> (String, String) {
     m.reconcile();
