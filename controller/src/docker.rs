@@ -153,7 +153,8 @@ impl DockerRuntime {
                 tokio::spawn(watch(self.docker.clone(), bot_id, id, self.exits.clone()));
             } else {
                 tracing::warn!(bot_id = %bot_id, container = %id, "removing an orphaned bot container");
-                let opts = RemoveContainerOptions { force: true, ..Default::default() };
+                // With its anonymous volumes (the image declares some), or they would pile up.
+                let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
                 match self.docker.remove_container(&id, Some(opts)).await {
                     Ok(()) => removed += 1,
                     Err(e) => tracing::warn!(bot_id = %bot_id, error = %e, "cannot remove an orphaned container"),

@@ -38,7 +38,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         for id in docker(&["ps", "-aq", "--filter", &format!("network={}", self.name)]).split_whitespace() {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+            let _ = std::process::Command::new("docker").args(["rm", "-f", "-v", id]).output();
         }
         let _ = std::process::Command::new("docker").args(["network", "rm", &self.name]).output();
     }

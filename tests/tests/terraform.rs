@@ -232,11 +232,11 @@ async fn the_task_definitions_set_only_what_the_code_reads_and_probe_what_it_ser
         std::thread::sleep(Duration::from_millis(100));
         health_check(&c, &controller)
     });
-    docker(&["rm", "-f", &c]);
+    docker(&["rm", "-f", "-v", &c]);
     assert!(healthy, "{controller:?} never passed in recfleet:dev with the controller up");
     let idle = docker(&["run", "-d", "--rm", "--entrypoint", "sleep", "recfleet:dev", "60"]);
     let passes = health_check(&idle, &controller);
-    docker(&["rm", "-f", &idle]);
+    docker(&["rm", "-f", "-v", &idle]);
     assert!(!passes, "{controller:?} passes with no controller listening");
 
     let bot = command("bot_health_command");
@@ -244,7 +244,7 @@ async fn the_task_definitions_set_only_what_the_code_reads_and_probe_what_it_ser
     let before = health_check(&b, &bot);
     std::process::Command::new("docker").args(["exec", &b, "touch", health_file]).status().unwrap();
     let after = health_check(&b, &bot);
-    docker(&["rm", "-f", &b]);
+    docker(&["rm", "-f", "-v", &b]);
     assert!(!before && after, "{bot:?}: fails with no heartbeat file ({before}), passes once it is fresh ({after})");
 
     // Every capacity mode's strategy is one the controller accepts.
