@@ -69,14 +69,7 @@ resource "aws_ecs_task_definition" "bot" {
       retries     = 3
       startPeriod = 30
     }
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = aws_cloudwatch_log_group.bots.name
-        awslogs-region        = data.aws_region.current.name
-        awslogs-stream-prefix = "bot"
-      }
-    }
+    logConfiguration = local.awslogs["bot"]
   }])
 }
 
@@ -124,14 +117,7 @@ resource "aws_ecs_task_definition" "controller" {
       retries     = 3
       startPeriod = 15
     }
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = aws_cloudwatch_log_group.controller.name
-        awslogs-region        = data.aws_region.current.name
-        awslogs-stream-prefix = "controller"
-      }
-    }
+    logConfiguration = local.awslogs["controller"]
   }])
 }
 

@@ -79,6 +79,18 @@ locals {
   controller_health_command = ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${local.controller_api}"]
   bot_health_command        = ["CMD-SHELL", "find ${local.bot_environment.RECFLEET_HEALTH_FILE} -newermt '15 seconds ago' 2>/dev/null | grep -q ."]
 
+  # Each container's JSON log lines to its log group, by the awslogs driver.
+  awslogs = {
+    for prefix, group in { bot = aws_cloudwatch_log_group.bots.name, controller = aws_cloudwatch_log_group.controller.name } : prefix => {
+      logDriver                = "awslogs"
+      options = {
+        awslogs-group         = group
+        awslogs-region        = data.aws_region.current.name
+        awslogs-stream-prefix = prefix
+      }
+    }
+  }
+
   # The paths the load balancer and the container health checks ask.
   controller_health_path = "/readyz"
 }
