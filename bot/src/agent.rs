@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub upload: Option<UploadSettings>,
     pub min_free_bytes: u64,
     pub video: VideoConfig,
+    /// Browser restarts and rejoins allowed per recording.
+    pub max_rejoins: u32,
     /// Where the bot's own warn and error events are forwarded from.
     pub logs: crate::forward_log::LogForward,
 }
@@ -248,6 +250,7 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
         max_duration: a.max_duration_secs.map(Duration::from_secs),
         video: cfg.video.clone(),
         join_attempts: DEFAULT_JOIN_ATTEMPTS,
+        max_rejoins: cfg.max_rejoins,
         upload: cfg.upload.clone(),
         min_free_bytes: cfg.min_free_bytes,
     }

@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::error::CdpError;
 use chromiumoxide::{Browser, Handler, Page};
 use futures::StreamExt;
 
@@ -114,6 +115,8 @@ pub struct Chromium {
     pub browser: Browser,
     pub page: Page,
     handler: tokio::task::JoinHandle<()>,
+    /// Set, with the reason, once the DevTools connection is broken (the browser died).
+    connection_lost: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Chromium {
@@ -173,7 +176,8 @@ impl Chromium {
             tokio::time::sleep(PAGE_POLL).await;
         };
         let (browser, handler) = Browser::connect(ws_url.clone()).await.map_err(|source| BrowserError::Connect { url: ws_url, source })?;
-        let handler = tokio::spawn(drive(handler));
+        let (lost_tx, connection_lost) = tokio::sync::watch::channel(None);
+        let handler = tokio::spawn(drive(handler, lost_tx));
         let page = loop {
             let pages = browser.pages().await.map_err(|source| BrowserError::Cdp { call: "pages", source })?;
             if let Some(page) = pages.into_iter().next() {
@@ -185,7 +189,7 @@ impl Chromium {
             }
             tokio::time::sleep(PAGE_POLL).await;
         };
-        let chromium = Self { child, browser, page, handler };
+        let chromium = Self { child, browser, page, handler, connection_lost };
         chromium.fix_viewport(cfg.width, cfg.height).await?;
         tracing::debug!(ready_ms = started.elapsed().as_millis() as u64, "chromium ready");
         Ok(chromium)
@@ -208,6 +212,20 @@ impl Chromium {
         Ok(())
     }
 
+    /// Set, with the reason, once the DevTools connection breaks: a browser killed outright
+    /// breaks it at once, before its exit can be read.
+    pub fn connection_lost(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.connection_lost.clone()
+    }
+
+    /// Stops a browser that is being replaced: no polite close (it is dead or its page is),
+    /// SIGTERM so it takes its helpers with it, SIGKILL after `grace`.
+    pub async fn discard(mut self, grace: Duration) {
+        self.handler.abort();
+        let status = self.child.stop(libc::SIGTERM, grace).await;
+        tracing::debug!(status = %describe_exit(status), "discarded the lost browser");
+    }
+
     /// Closes the browser politely, then makes sure the process is gone.
     pub async fn shutdown(mut self, grace: Duration) {
         match tokio::time::timeout(grace, self.browser.close()).await {
@@ -222,20 +240,43 @@ impl Chromium {
     }
 }
 
-/// Polls chromiumoxide's handler; it stops when the connection does.
-async fn drive(mut handler: Handler) {
+/// Polls chromiumoxide's handler. Its stream does not end when the connection does (a closed
+/// socket leaves it pending, FIELD-NOTES), so a WebSocket error is the one sign of a dead browser
+/// that arrives here: it is passed on through `lost`.
+async fn drive(mut handler: Handler, lost: tokio::sync::watch::Sender<Option<String>>) {
     while let Some(event) = handler.next().await {
-        if let Err(err) = event {
+        match event {
+            Err(CdpError::Ws(err)) => {
+                tracing::debug!(error = %err, "devtools connection broke");
+                report_lost(&lost, || format!("the DevTools connection broke ({err})"));
+            }
             // Chromium 156 sends events this CDP revision cannot parse; those are harmless.
-            tracing::trace!(error = %err, "devtools handler");
+            Err(err) => tracing::trace!(error = %err, "devtools handler"),
+            Ok(()) => {}
         }
     }
+    report_lost(&lost, || "the DevTools connection closed".into());
     tracing::debug!("devtools connection closed");
 }
 
-/// Where Chromium keeps its profile for this bot.
-pub fn profile_dir(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("chromium-profile")
+/// The first reason given wins; later ones are the same death seen again.
+fn report_lost(lost: &tokio::sync::watch::Sender<Option<String>>, reason: impl FnOnce() -> String) {
+    lost.send_if_modified(|current| {
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(reason());
+        true
+    });
+}
+
+/// Where Chromium keeps its profile for this bot. Each restart of the browser (`generation`
+/// counts them from 0) gets a fresh one: the dead browser's lock and crash flags stay behind.
+pub fn profile_dir(runtime_dir: &Path, generation: u32) -> PathBuf {
+    match generation {
+        0 => runtime_dir.join("chromium-profile"),
+        n => runtime_dir.join(format!("chromium-profile-{n}")),
+    }
 }
 
 #[cfg(test)]

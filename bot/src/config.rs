@@ -22,6 +22,9 @@ pub const DEFAULT_BOT_NAME: &str = "Recorder";
 pub const DEFAULT_JOIN_ATTEMPTS: u32 = 4;
 /// First retry delay; each next one doubles, with jitter.
 pub const JOIN_RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
+/// Times a lost browser (crashed, killed, frozen) is replaced and the meeting rejoined within
+/// one recording before it ends with `page_crashed`.
+pub const DEFAULT_MAX_REJOINS: u32 = 3;
 /// How long a page load may take before the attempt counts as failed.
 pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the page is asked whether the meeting ended.
@@ -72,6 +75,8 @@ pub struct RecordConfig {
     pub max_duration: Option<Duration>,
     pub video: VideoConfig,
     pub join_attempts: u32,
+    /// Browser restarts and rejoins allowed in this recording (0: a lost browser ends it).
+    pub max_rejoins: u32,
     /// Where the segments go as they close; `None` keeps them in `out_dir` only.
     pub upload: Option<UploadSettings>,
     /// The recording stops (`disk_full`) before `out_dir`'s file system has less than this free.
@@ -168,6 +173,7 @@ mod tests {
             max_duration: None,
             video: VideoConfig::default(),
             join_attempts: DEFAULT_JOIN_ATTEMPTS,
+            max_rejoins: DEFAULT_MAX_REJOINS,
             upload: None,
             min_free_bytes: 0,
         }

@@ -117,6 +117,17 @@ struct AgentArgs {
     store: StoreArgs,
     #[command(flatten)]
     video: VideoArgs,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// How a recording rides out faults, shared by `record` and `agent` (docs/FAULTS.md).
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct FaultArgs {
+    /// Times a lost browser (crashed, killed, frozen) is restarted and the meeting rejoined in
+    /// one recording; 0 ends the recording with `page_crashed` at the first loss.
+    #[arg(long, env = "RECFLEET_MAX_REJOINS", default_value_t = config::DEFAULT_MAX_REJOINS)]
+    max_rejoins: u32,
 }
 
 /// Capture size, rate and encoder, shared by `record` and `agent`.
@@ -168,6 +179,8 @@ struct RecordArgs {
     recording_id: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 fn main() -> ExitCode {
@@ -260,6 +273,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         },
         min_free_bytes: args.store.min_free_disk_mb * MB,
         video,
+        max_rejoins: args.faults.max_rejoins,
         logs,
     };
     let shutdown = CancellationToken::new();
@@ -292,6 +306,7 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         max_duration: args.max_duration_secs.map(Duration::from_secs),
         video: args.video.into(),
         join_attempts: args.join_attempts,
+        max_rejoins: args.faults.max_rejoins,
         upload,
         min_free_bytes: args.store.min_free_disk_mb * MB,
     })

@@ -21,7 +21,7 @@ use crate::page_js;
 use crate::session::{Session, SessionError};
 use crate::spool::{Spool, MANIFEST};
 use crate::upload::{self, UploadConfig, Uploader};
-use crate::watch::{self, End, Limits};
+use crate::watch::{self, End, Limits, Watched};
 use recfleet_media::{self as finalize, MP4};
 
 /// How often the spool looks for newly closed segments.
@@ -169,9 +169,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    async fn run(&self, session: Session) -> Result<Summary, RecordError> {
+    async fn run(&self, mut session: Session) -> Result<Summary, RecordError> {
         let mut status = self.advance(RecordingStatus::Queued, RecordingEvent::Assigned, None);
-        let captured = self.join_and_capture(&session, &mut status).await;
+        let captured = self.join_and_capture(&mut session, &mut status).await;
         let (capture, end, spool, uploader) = match captured {
             Ok(ok) => ok,
             Err(err) => {
@@ -197,27 +197,21 @@ impl Job<'_> {
         finalized
     }
 
-    /// Joins, starts the capture and watches until the end. The spool runs alongside.
+    /// Joins, starts the capture and watches until the end, rejoining when the browser is lost.
+    /// The spool runs alongside.
     async fn join_and_capture(
         &self,
-        session: &Session,
+        session: &mut Session,
         status: &mut RecordingStatus,
     ) -> Result<(Capture, End, Spool, Option<Uploader>), RecordError> {
-        let page = &session.chromium.page;
         if let Some(recipe) = &self.cfg.recipe {
-            join::check_selectors(page, recipe).await.map_err(|e| match e {
+            join::check_selectors(&session.chromium.page, recipe).await.map_err(|e| match e {
                 JoinError::BadSelectors(msg) => RecordError::Recipe(msg),
                 other => RecordError::Capture { reason: format!("the browser did not answer: {other}") },
             })?;
         }
-        let hide = self.cfg.recipe.as_ref().map(|r| r.hide_selectors.clone()).unwrap_or_default();
-        page.evaluate_on_new_document(page_js::init_script(&hide))
-            .await
-            .map_err(|e| RecordError::Capture { reason: format!("cannot prepare the page: {e}") })?;
-
-        let who = Identity { bot_name: self.cfg.bot_name.clone(), recording_id: self.cfg.recording_id.clone() };
         let joined = tokio::select! {
-            r = join::join(page, &self.cfg.url, self.cfg.recipe.as_ref(), &who, self.cfg.join_attempts, self.journal) => r,
+            r = self.enter(&session.chromium.page) => r,
             _ = self.shutdown.cancelled() => {
                 self.journal.record(EventKind::Ended { sub_code: self.stop_code.get(), detail: "stopped while joining".into() });
                 return Err(RecordError::EndedBeforeRecording { sub_code: self.stop_code.get() });
@@ -262,14 +256,67 @@ impl Job<'_> {
             disk_full: disk_full_tx,
         };
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
-        let limits = Limits { max_duration: self.cfg.max_duration, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
+        let max_until = self.cfg.max_duration.map(|d| (tokio::time::Instant::now() + d, d));
+        let limits = Limits { max_until, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {
-            let end = watch::until_end(&session.chromium.browser, page, self.cfg.recipe.as_ref(), &mut capture, limits).await;
+            let end = self.watch_and_rejoin(session, &mut capture, &limits).await;
             let _ = spool_stop.send(());
             end
         };
         let (end, spool) = tokio::join!(watching, spool_task);
         Ok((capture, end, spool, uploader))
+    }
+
+    /// Prepares the page (the recipe's hidden elements) and joins with the recipe.
+    async fn enter(&self, page: &chromiumoxide::Page) -> Result<(), JoinError> {
+        let hide = self.cfg.recipe.as_ref().map(|r| r.hide_selectors.clone()).unwrap_or_default();
+        page.evaluate_on_new_document(page_js::init_script(&hide))
+            .await
+            .map_err(|e| JoinError::PageUnresponsive(format!("cannot prepare the page: {e}")))?;
+        let who = Identity { bot_name: self.cfg.bot_name.clone(), recording_id: self.cfg.recording_id.clone() };
+        join::join(page, &self.cfg.url, self.cfg.recipe.as_ref(), &who, self.cfg.join_attempts, self.journal).await
+    }
+
+    /// Watches until the end. A lost browser is replaced and the meeting rejoined, up to
+    /// `max_rejoins` times, while the capture goes on: one recording, with the gap on the
+    /// timeline.
+    async fn watch_and_rejoin(&self, session: &mut Session, capture: &mut Capture, limits: &Limits<'_>) -> End {
+        let mut rejoins = 0;
+        loop {
+            let reason = match watch::until_end(&mut session.chromium, self.cfg.recipe.as_ref(), capture, limits).await {
+                Watched::End(end) => return end,
+                Watched::BrowserLost { reason } => reason,
+            };
+            tracing::warn!(%reason, rejoins, max_rejoins = self.cfg.max_rejoins, "browser lost");
+            if rejoins >= self.cfg.max_rejoins {
+                return End::new(SubCode::PageCrashed, reason);
+            }
+            rejoins += 1;
+            let lost_at = std::time::Instant::now();
+            self.journal.record(EventKind::BrowserLost { reason: reason.clone(), attempt: rejoins });
+            let rejoined = tokio::select! {
+                r = self.rejoin(session) => r,
+                end = limits.reached() => return end,
+                errors = capture.exited() => return End::new(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),
+            };
+            match rejoined {
+                Ok(()) => {
+                    let gap_ms = lost_at.elapsed().as_millis() as u64;
+                    tracing::info!(gap_ms, attempt = rejoins, "rejoined the meeting");
+                    self.journal.record(EventKind::Rejoined { attempt: rejoins, gap_ms });
+                }
+                Err(JoinError::MeetingEnded) => {
+                    return End::new(SubCode::MeetingEnded, format!("the meeting ended while the bot rejoined ({reason})"));
+                }
+                Err(err) => return End::new(SubCode::PageCrashed, format!("{reason}; the rejoin failed: {err}")),
+            }
+        }
+    }
+
+    /// A fresh browser on the same display and sink, into the meeting again.
+    async fn rejoin(&self, session: &mut Session) -> Result<(), JoinError> {
+        session.restart_browser().await.map_err(|e| JoinError::PageUnresponsive(format!("the browser did not restart: {e}")))?;
+        self.enter(&session.chromium.page).await
     }
 
     /// Seals the playlist, lists the last segments, makes and checks the MP4, and lets the

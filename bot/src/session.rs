@@ -36,7 +36,10 @@ pub struct Session {
     pub audio: Audio,
     pub display: Display,
     pub video: VideoConfig,
-    _runtime_dir: TempDir,
+    browser_cfg: BrowserConfig,
+    /// How many times Chromium was replaced (0: the first browser).
+    browser_generation: u32,
+    runtime_dir: TempDir,
 }
 
 impl Session {
@@ -53,7 +56,7 @@ impl Session {
             binary: CHROMIUM_BIN.into(),
             width: video.width,
             height: video.height,
-            user_data_dir: profile_dir(runtime_dir.path()),
+            user_data_dir: profile_dir(runtime_dir.path(), 0),
             small_shm: crate::browser::shm_is_small(),
         };
         // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
@@ -71,12 +74,27 @@ impl Session {
         }
         let x_display = display.display.clone();
         tracing::info!(ready_ms = started.elapsed().as_millis() as u64, display = %x_display, "bot environment ready");
-        Ok(Self { chromium, audio, display, video: video.clone(), _runtime_dir: runtime_dir })
+        Ok(Self { chromium, audio, display, video: video.clone(), browser_cfg, browser_generation: 0, runtime_dir })
+    }
+
+    /// Replaces a lost Chromium with a fresh one on the same display and sound server, with a
+    /// fresh profile. The capture does not depend on the browser and keeps running meanwhile.
+    pub async fn restart_browser(&mut self) -> Result<(), BrowserError> {
+        self.browser_generation += 1;
+        let cfg =
+            BrowserConfig { user_data_dir: profile_dir(self.runtime_dir.path(), self.browser_generation), ..self.browser_cfg.clone() };
+        // The new window maps above the old one (no window manager), so the old browser can go
+        // after: a start that fails leaves the dead one in place for the caller to report.
+        let fresh = Chromium::start(&cfg, &self.display.display, &self.audio.server, self.audio.sink, BROWSER_READY_TIMEOUT).await?;
+        let lost = std::mem::replace(&mut self.chromium, fresh);
+        lost.discard(CHILD_STOP_GRACE).await;
+        tracing::info!(generation = self.browser_generation, "browser restarted");
+        Ok(())
     }
 
     /// Stops Chromium, then PulseAudio, then Xvfb, each politely first.
     pub async fn shutdown(self) {
-        let Session { chromium, mut audio, mut display, _runtime_dir, .. } = self;
+        let Session { chromium, mut audio, mut display, runtime_dir: _runtime_dir, .. } = self;
         chromium.shutdown(CHILD_STOP_GRACE).await;
         audio.shutdown(CHILD_STOP_GRACE).await;
         display.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;

@@ -1,6 +1,7 @@
 //! Watching a meeting in progress for its end: the recipe's `ended_when` becoming visible, the
-//! page logging `RECFLEET_END`, the page crashing or closing, the maximum duration, a stop
-//! request, or the capture dying. Each end has its sub-code.
+//! page logging `RECFLEET_END`, the page closing, the maximum duration, a stop request, or the
+//! capture dying. Each end has its sub-code. A lost browser (its process gone, its renderer
+//! crashed, its page frozen) is not an end here: the caller may rejoin.
 //!
 //! This module decides *that* and *why* the recording ends; it must not stop anything itself.
 
@@ -8,12 +9,13 @@ use std::time::Duration;
 
 use chromiumoxide::cdp::browser_protocol::inspector::{EnableParams as InspectorEnable, EventTargetCrashed as EventRendererCrashed};
 use chromiumoxide::cdp::browser_protocol::target::{EventTargetCrashed, EventTargetDestroyed};
-use chromiumoxide::{Browser, Page};
 use futures::StreamExt;
 use recfleet_proto::{Recipe, SubCode};
 use tokio_util::sync::CancellationToken;
 
+use crate::browser::Chromium;
 use crate::capture::Capture;
+use crate::child::describe_exit;
 use crate::config::WATCH_INTERVAL;
 use crate::page_js::{self, Probe, Target};
 
@@ -32,20 +34,61 @@ pub struct End {
 }
 
 impl End {
-    fn new(sub_code: SubCode, detail: impl Into<String>) -> Self {
+    pub fn new(sub_code: SubCode, detail: impl Into<String>) -> Self {
         Self { sub_code, detail: detail.into() }
+    }
+}
+
+/// What the watch saw: the end of the recording, or the browser lost while the meeting may go
+/// on (the caller decides whether to rejoin).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Watched {
+    End(End),
+    BrowserLost { reason: String },
+}
+
+impl Watched {
+    fn lost(reason: impl Into<String>) -> Self {
+        Watched::BrowserLost { reason: reason.into() }
+    }
+
+    fn end(sub_code: SubCode, detail: impl Into<String>) -> Self {
+        Watched::End(End::new(sub_code, detail))
     }
 }
 
 /// What ends a recording besides the page itself.
 #[derive(Debug)]
 pub struct Limits<'a> {
-    pub max_duration: Option<Duration>,
+    /// When `max_duration` runs out (counted from the first frame, across rejoins).
+    pub max_until: Option<(tokio::time::Instant, Duration)>,
     pub shutdown: &'a CancellationToken,
     /// The sub-code a shutdown means here: a signal, or an API stop under a controller.
     pub stop_code: &'a crate::record::StopCode,
     /// Set (with the reason) when the disk cannot take more.
     pub disk_full: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl Limits<'_> {
+    /// Resolves when something other than the page ends the recording: a stop, the disk, the
+    /// maximum duration. Also watched while the bot rejoins.
+    pub async fn reached(&self) -> End {
+        let mut disk_full = self.disk_full.clone();
+        let max = async {
+            match self.max_until {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Ok(reason) = disk_full.wait_for(Option::is_some) => End::new(SubCode::DiskFull, reason.clone().unwrap_or_default()),
+            _ = self.shutdown.cancelled() => End::new(self.stop_code.get(), "asked to stop"),
+            _ = max => {
+                let secs = self.max_until.map_or(0, |(_, d)| d.as_secs());
+                End::new(SubCode::MaxDuration, format!("reached max_duration_secs={secs}"))
+            }
+        }
+    }
 }
 
 /// The events of one kind that `keep` accepts; a stream that never yields when the listener
@@ -67,8 +110,20 @@ where
     }
 }
 
-/// Resolves when the meeting is over for the bot.
-pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, capture: &mut Capture, limits: Limits<'_>) -> End {
+/// The first reason the DevTools connection gave for breaking.
+async fn connection_broke(lost: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    match lost.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        // The handler task is gone without a word: so is the connection.
+        Err(_) => "the DevTools connection closed".into(),
+    }
+}
+
+/// Resolves when the meeting is over for the bot, or when its browser is lost: the browser
+/// process exits, the DevTools connection breaks, the renderer crashes, or the page stops
+/// answering.
+pub async fn until_end(chromium: &mut Chromium, recipe: Option<&Recipe>, capture: &mut Capture, limits: &Limits<'_>) -> Watched {
+    let (browser, page) = (&chromium.browser, &chromium.page);
     let target = page.target_id().clone();
     let mut crashed = listen(browser.event_listener::<EventTargetCrashed>().await, "page crashes", {
         let target = target.clone();
@@ -83,46 +138,40 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
             futures::stream::pending().boxed()
         }
     };
-    let max = async {
-        match limits.max_duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(max);
+    let mut lost = chromium.connection_lost();
     let js = page_js::probe(Target::None, None, recipe.and_then(|r| r.ended_when.as_deref()));
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut silent = 0u32;
-    let mut disk_full = limits.disk_full.clone();
     loop {
         tokio::select! {
-            Ok(reason) = disk_full.wait_for(Option::is_some) => {
-                return End::new(SubCode::DiskFull, reason.clone().unwrap_or_default());
-            }
-            _ = limits.shutdown.cancelled() => return End::new(limits.stop_code.get(), "asked to stop"),
-            _ = &mut max => {
-                let secs = limits.max_duration.map_or(0, |d| d.as_secs());
-                return End::new(SubCode::MaxDuration, format!("reached max_duration_secs={secs}"));
-            }
+            end = limits.reached() => return Watched::End(end),
             Some(e) = crashed.next() => {
-                return End::new(SubCode::PageCrashed, format!("the page's renderer crashed ({}, code {})", e.status, e.error_code));
+                return Watched::lost(format!("the page's renderer crashed ({}, code {})", e.status, e.error_code));
             }
-            Some(_) = renderer_crashed.next() => {
-                return End::new(SubCode::PageCrashed, "the page's renderer crashed");
-            }
-            Some(_) = destroyed.next() => return End::new(SubCode::PageClosed, "the meeting page closed"),
-            errors = capture.exited() => return End::new(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),
+            Some(_) = renderer_crashed.next() => return Watched::lost("the page's renderer crashed"),
+            Some(_) = destroyed.next() => return Watched::end(SubCode::PageClosed, "the meeting page closed"),
+            reason = connection_broke(&mut lost) => return Watched::lost(reason),
+            errors = capture.exited() => return Watched::end(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),
             _ = tick.tick() => {
-                match tokio::time::timeout(PROBE_TIMEOUT, page.evaluate(js.as_str())).await {
+                if let Some(status) = chromium.child.try_exit() {
+                    return Watched::lost(format!("the browser process exited ({})", describe_exit(status)));
+                }
+                // A probe of a dead browser would wait out its timeout: the broken connection
+                // says so at once.
+                let answer = tokio::select! {
+                    answer = tokio::time::timeout(PROBE_TIMEOUT, page.evaluate(js.as_str())) => answer,
+                    reason = connection_broke(&mut lost) => return Watched::lost(reason),
+                };
+                match answer {
                     Ok(Ok(result)) => {
                         silent = 0;
                         let probe: Probe = result.into_value().unwrap_or_default();
                         if probe.ended {
-                            return End::new(SubCode::MeetingEnded, "the recipe's ended_when is visible");
+                            return Watched::end(SubCode::MeetingEnded, "the recipe's ended_when is visible");
                         }
                         if probe.end_requested {
-                            return End::new(SubCode::MeetingEnded, "the page logged RECFLEET_END");
+                            return Watched::end(SubCode::MeetingEnded, "the page logged RECFLEET_END");
                         }
                     }
                     Ok(Err(err)) => {
@@ -135,7 +184,7 @@ pub async fn until_end(browser: &Browser, page: &Page, recipe: Option<&Recipe>, 
                     }
                 }
                 if silent >= MAX_SILENT_PROBES {
-                    return End::new(SubCode::PageCrashed, format!("the page stopped answering ({silent} probes in a row)"));
+                    return Watched::lost(format!("the page stopped answering ({silent} probes in a row)"));
                 }
             }
         }

@@ -48,6 +48,7 @@ pub mod names {
     pub const POOL_TARGET_IDLE_BOTS: &str = "recfleet_pool_target_idle_bots";
     pub const POOL_LAUNCH_DURATION_SECONDS: &str = "recfleet_pool_launch_duration_seconds";
     pub const ECS_RECONCILE_DURATION_SECONDS: &str = "recfleet_ecs_reconcile_duration_seconds";
+    pub const BOT_BROWSER_LOST_TOTAL: &str = "recfleet_bot_browser_lost_total";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -86,6 +87,7 @@ pub mod names {
         POOL_TARGET_IDLE_BOTS,
         POOL_LAUNCH_DURATION_SECONDS,
         ECS_RECONCILE_DURATION_SECONDS,
+        BOT_BROWSER_LOST_TOTAL,
     ];
 }
 
@@ -140,6 +142,7 @@ pub struct Metrics {
     pub target_idle: IntGauge,
     pub launch_duration: Histogram,
     pub ecs_reconcile: Histogram,
+    pub browser_lost: IntCounter,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -302,6 +305,11 @@ impl Metrics {
                 ECS_RECONCILE_DURATION_SECONDS,
                 "One pass of the ECS runtime over its tracked tasks (DescribeTasks in batches of 100).",
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            browser_lost: counter(
+                &r,
+                BOT_BROWSER_LOST_TOTAL,
+                "Browsers lost mid-meeting (crashed, killed, frozen); each is followed by a rejoin or a page_crashed end.",
             ),
             registry: r,
         };

@@ -22,6 +22,11 @@ pub enum EventKind {
     RecordingStarted,
     /// The first segment is closed on disk.
     FirstSegment { name: String },
+    /// The browser was lost mid-meeting (crashed, killed, frozen); the capture goes on and the
+    /// bot rejoins (`attempt` counts from 1).
+    BrowserLost { reason: String, attempt: u32 },
+    /// Back in the meeting with a fresh browser, `gap_ms` after the loss.
+    Rejoined { attempt: u32, gap_ms: u64 },
     /// Why the meeting ended for the bot.
     Ended { sub_code: SubCode, detail: String },
     /// `recording.mp4` is made and checked.

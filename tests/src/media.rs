@@ -96,6 +96,31 @@ pub fn frame_at(path: &Path, at_secs: f64) -> Frame {
     Frame { width: FRAME_W, height: FRAME_H, rgb: out.stdout }
 }
 
+/// Every frame at `fps` frames per second, small, in one pass over the file.
+pub fn frames(path: &Path, fps: f64) -> Vec<Frame> {
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
+        "-vf",
+        &format!("fps={fps},scale={FRAME_W}:{FRAME_H}"),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]));
+    assert!(out.status.success(), "ffmpeg could not decode {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks_exact(FRAME_W * FRAME_H * 3).map(|rgb| Frame { width: FRAME_W, height: FRAME_H, rgb: rgb.to_vec() }).collect()
+}
+
+/// The longest run of consecutive frames for which `pred` is false, in frames.
+pub fn longest_gap(frames: &[Frame], pred: impl Fn(&Frame) -> bool) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for f in frames {
+        run = if pred(f) { 0 } else { run + 1 };
+        longest = longest.max(run);
+    }
+    longest
+}
+
 impl Frame {
     /// Mean brightness, 0 to 255.
     pub fn mean_luma(&self) -> f64 {

@@ -79,3 +79,20 @@ fn scan(needle: &str) -> Vec<(u32, String)> {
     }
     found
 }
+
+/// Chromium's processes under `root` (a bot's pid): each pid with its `--type=` (`None` for the
+/// browser process itself; `renderer`, `gpu-process`, `zygote`… for its helpers).
+pub fn chromium(root: u32) -> Vec<(u32, Option<String>)> {
+    descendants(root)
+        .into_iter()
+        .filter_map(|pid| {
+            // Chromium's helpers rewrite their title: all arguments in one, space-separated.
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+            let mut args = cmdline.split_whitespace();
+            if !args.next()?.ends_with("/chromium") {
+                return None;
+            }
+            Some((pid, args.find_map(|a| a.strip_prefix("--type=").map(str::to_string))))
+        })
+        .collect()
+}

@@ -186,15 +186,18 @@ async fn page_asking_to_end_without_a_recipe() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn crashing_tab_ends_with_page_crashed_and_keeps_the_recording() {
+async fn with_no_rejoins_a_crashing_tab_ends_with_page_crashed_and_keeps_the_recording() {
+    // `--max-rejoins 0`: the behaviour before rejoins (tests/tests/faults.rs has the rejoins).
     let server = MeetingServer::start().await.unwrap();
     let out = out_dir();
     let url = server.url("/m/crash?end=0&crash=5");
-    let run = bot::record(out.path(), &["--url", &url, "--recipe", &recipe_path(), "--max-duration-secs", "40"], LIMIT).await;
+    let args = ["--url", &url, "--recipe", &recipe_path(), "--max-duration-secs", "40", "--max-rejoins", "0"];
+    let run = bot::record(out.path(), &args, LIMIT).await;
     run.assert_exit(0);
     assert_eq!(run.summary()["sub_code"], "page_crashed", "{}", run.stdout);
     let detail = run.event("ended").unwrap()["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("renderer crashed"), "Chromium's crash event ends it, not a probe timeout: {detail}");
+    assert!(run.events_of("browser_lost").is_empty(), "no rejoin was tried: {:#}", run.events());
     let p = media::probe(&run.mp4());
     assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")));
     assert!(p.duration_secs >= 4.0, "the recording before the crash is kept: {p:?}");

@@ -113,10 +113,12 @@ impl Manager {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         match &event.kind {
-            EventKind::WaitingRoom => {
+            // A rejoin's waiting room is on the timeline; the recording goes on meanwhile.
+            EventKind::WaitingRoom if rec.recording_started_at.is_none() => {
                 advance(rec, RecordingEvent::WaitingRoomEntered, &metrics);
             }
-            EventKind::Joined => {
+            // A rejoin joins again: the first join is the one a user waited for.
+            EventKind::Joined if rec.joined_at.is_none() => {
                 rec.joined_at = Some(event.at);
                 if let Some(assigned) = entry.assigned_at {
                     metrics.join_duration.observe((event.at - assigned).as_seconds_f64().max(0.0));
@@ -137,7 +139,11 @@ impl Manager {
                     to_finalizing(rec, &metrics);
                 }
             }
-            EventKind::PageLoaded { .. }
+            EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
+            EventKind::Joined
+            | EventKind::WaitingRoom
+            | EventKind::Rejoined { .. }
+            | EventKind::PageLoaded { .. }
             | EventKind::JoinAttemptFailed { .. }
             | EventKind::FirstSegment { .. }
             | EventKind::Finalized { .. } => {}

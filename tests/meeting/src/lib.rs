@@ -1,7 +1,8 @@
 //! The bundled test meeting, served over HTTP on loopback: `meeting.html` (lobby, waiting
 //! room, tiles, tone, chat, host end, crash and close injection) and `other.html` (a second
 //! platform built differently). Server-side failure injection: `?fail_loads=N` answers the
-//! first N loads of a meeting id with 503.
+//! first N loads of a meeting id with 503. The server also keeps each meeting's clock
+//! (`POST /m/{id}/joined`), so a bot that rejoins finds the meeting where it left it.
 //!
 //! It serves the tests and the demo (`recfleet demo`); it must never be reachable beyond
 //! loopback.
@@ -22,30 +23,45 @@ pub const OTHER_HTML: &str = include_str!("../other.html");
 /// The recipe for `meeting.html`.
 pub const RECIPE_JSON: &str = include_str!("../recipe.json");
 
+/// What the server remembers per meeting id.
 #[derive(Debug, Default, Clone)]
-struct Loads(Arc<Mutex<HashMap<String, u32>>>);
+struct Meetings {
+    loads: Arc<Mutex<HashMap<String, u32>>>,
+    /// When someone first entered the call, and how many entries there were since.
+    calls: Arc<Mutex<HashMap<String, (std::time::Instant, u32)>>>,
+}
 
 pub fn router() -> Router {
     Router::new()
         .route("/", get(|| async { Html("<h1>recfleet test meetings</h1><p>/m/{id}?end=8 and /other/{id}</p>") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/m/{id}", get(meeting))
+        .route("/m/{id}/joined", axum::routing::post(joined))
         .route("/other/{id}", get(other))
-        .with_state(Loads::default())
+        .with_state(Meetings::default())
 }
 
-async fn meeting(State(loads): State<Loads>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+/// A participant entered the call: how long the call has run (ms) and how many entries it has
+/// seen, this one included.
+async fn joined(State(meetings): State<Meetings>, Path(id): Path<String>) -> axum::Json<serde_json::Value> {
+    let mut calls = meetings.calls.lock().expect("calls lock");
+    let (since, entries) = calls.entry(id).or_insert((std::time::Instant::now(), 0));
+    *entries += 1;
+    axum::Json(serde_json::json!({ "since_ms": since.elapsed().as_millis() as u64, "entries": *entries }))
+}
+
+async fn meeting(State(loads): State<Meetings>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     page(&loads, &id, &q, MEETING_HTML)
 }
 
-async fn other(State(loads): State<Loads>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn other(State(loads): State<Meetings>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     page(&loads, &format!("other/{id}"), &q, OTHER_HTML)
 }
 
-fn page(loads: &Loads, id: &str, q: &HashMap<String, String>, html: &'static str) -> Response {
+fn page(meetings: &Meetings, id: &str, q: &HashMap<String, String>, html: &'static str) -> Response {
     let fail: u32 = q.get("fail_loads").and_then(|v| v.parse().ok()).unwrap_or(0);
     let n = {
-        let mut map = loads.0.lock().expect("loads lock");
+        let mut map = meetings.loads.lock().expect("loads lock");
         let n = map.entry(id.to_string()).or_insert(0);
         *n += 1;
         *n
