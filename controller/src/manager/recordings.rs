@@ -113,8 +113,7 @@ impl Manager {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
         match &event.kind {
-            // A rejoin's waiting room is on the timeline; the recording goes on meanwhile.
-            EventKind::WaitingRoom if rec.recording_started_at.is_none() => {
+            EventKind::WaitingRoom => {
                 advance(rec, RecordingEvent::WaitingRoomEntered, &metrics);
             }
             // A rejoin joins again: the first join is the one a user waited for.
@@ -141,7 +140,6 @@ impl Manager {
             }
             EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
             EventKind::Joined
-            | EventKind::WaitingRoom
             | EventKind::Rejoined { .. }
             | EventKind::PageLoaded { .. }
             | EventKind::JoinAttemptFailed { .. }
