@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub video: VideoConfig,
     /// Browser restarts and rejoins allowed per recording.
     pub max_rejoins: u32,
+    /// Encoder restarts allowed per recording.
+    pub max_capture_restarts: u32,
     /// Where the bot's own warn and error events are forwarded from.
     pub logs: crate::forward_log::LogForward,
 }
@@ -251,6 +253,7 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
         video: cfg.video.clone(),
         join_attempts: DEFAULT_JOIN_ATTEMPTS,
         max_rejoins: cfg.max_rejoins,
+        max_capture_restarts: cfg.max_capture_restarts,
         upload: cfg.upload.clone(),
         min_free_bytes: cfg.min_free_bytes,
     }

@@ -3,8 +3,10 @@
 //!
 //! Queues are bounded (`-thread_queue_size`), so a starved encoder drops frames instead of
 //! growing by gigabytes; speed, dropped and duplicated frames are reported. Readiness is FFmpeg's
-//! first progress report with a frame. This module owns the FFmpeg process; it must not read
-//! or move the segments (that is `spool`'s job).
+//! first progress report with a frame. An encoder that dies is replaced by the next generation,
+//! which continues the segment numbers (docs/FAULTS.md). This module owns the FFmpeg process and
+//! clears its half-written files; it must not read or move closed segments (that is `spool`'s
+//! job).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::child::{describe_exit, set_parent_death_signal};
 use crate::config::{VideoConfig, CAPTURE_STOP_GRACE, SEGMENT_SECS};
 
-pub use recfleet_media::{INIT_SEGMENT, PLAYLIST};
+pub use recfleet_media::{capture_playlist, init_name};
 /// Raw frames FFmpeg may queue between grabbing and encoding: about 1 s, 32 x 3.7 MB at 720p.
 /// Enough to ride out the encoder's start-up (8 froze the picture several times in the first
 /// seconds), small enough that a starved encoder drops frames instead of growing by gigabytes.
@@ -45,10 +47,15 @@ pub struct CaptureConfig {
     pub audio_source: String,
     pub video: VideoConfig,
     pub out_dir: PathBuf,
+    /// 1 for the first capture of a recording, one more for each restart.
+    pub generation: u32,
+    /// The first segment's number: segment numbers only grow within a recording.
+    pub start_number: u64,
 }
 
 /// Pure: FFmpeg's arguments (after the program name). FFmpeg runs in the spool folder, so the
-/// playlist names its segments relative to itself.
+/// playlist names its segments relative to itself. Each generation has its own playlist
+/// (`capture_<g>.m3u8`) and init segment; the bot publishes `index.m3u8` of them all.
 pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
     let v = &cfg.video;
     let mut args: Vec<String> = Vec::new();
@@ -113,17 +120,17 @@ pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
         "-hls_segment_type",
         "fmp4",
         "-hls_fmp4_init_filename",
-        INIT_SEGMENT,
+        &init_name(cfg.generation),
         "-hls_playlist_type",
         "event",
         // temp_file: a segment appears under its name only once it is closed.
         "-hls_flags",
         "independent_segments+temp_file",
         "-start_number",
-        "1",
+        &cfg.start_number.to_string(),
         "-hls_segment_filename",
         "seg_%06d.m4s",
-        PLAYLIST,
+        &capture_playlist(cfg.generation),
     ]);
     args
 }
@@ -197,6 +204,26 @@ pub enum CaptureError {
     WarmUp(String),
 }
 
+/// The capture statistics of a whole recording, carried from each encoder to the one that
+/// replaces it, so counters only grow.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    stats: Arc<Mutex<CaptureStats>>,
+    began: std::time::Instant,
+}
+
+impl Totals {
+    pub fn new() -> Self {
+        Self { stats: Arc::default(), began: std::time::Instant::now() }
+    }
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What the event thread tells the recording.
 #[derive(Debug)]
 enum Update {
@@ -206,6 +233,8 @@ enum Update {
 
 /// A running capture.
 pub struct Capture {
+    cfg: CaptureConfig,
+    totals: Totals,
     child: FfmpegChild,
     pid: u32,
     stats: Arc<Mutex<CaptureStats>>,
@@ -222,24 +251,24 @@ impl std::fmt::Debug for Capture {
 
 impl Capture {
     /// Starts FFmpeg and waits for its first frame; returns the capture and when that frame was
-    /// grabbed.
-    pub async fn start(cfg: &CaptureConfig, first_frame_within: Duration) -> Result<(Self, OffsetDateTime), CaptureError> {
+    /// grabbed. Its statistics add to `totals`.
+    pub async fn start(cfg: &CaptureConfig, first_frame_within: Duration, totals: &Totals) -> Result<(Self, OffsetDateTime), CaptureError> {
         let mut cmd = FfmpegCommand::new();
         cmd.args(ffmpeg_args(cfg));
         cmd.as_inner_mut().current_dir(&cfg.out_dir).env("PULSE_SERVER", &cfg.pulse_server).env("DISPLAY", &cfg.display);
         set_parent_death_signal(cmd.as_inner_mut());
         let mut child = cmd.spawn().map_err(CaptureError::Spawn)?;
         let events = child.iter().map_err(|e| CaptureError::Spawn(std::io::Error::other(e.to_string())))?;
-        let stats = Arc::new(Mutex::new(CaptureStats::default()));
+        let stats = totals.stats.clone();
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (tx, updates) = mpsc::unbounded_channel();
-        let (thread_stats, thread_errors) = (stats.clone(), errors.clone());
+        let (thread_totals, thread_errors) = (totals.clone(), errors.clone());
         std::thread::Builder::new()
             .name("ffmpeg-events".into())
-            .spawn(move || consume(events, &thread_stats, &thread_errors, &tx))
+            .spawn(move || consume(events, &thread_totals, &thread_errors, &tx))
             .map_err(CaptureError::Spawn)?;
         let pid = child.as_inner().id();
-        let mut capture = Self { child, pid, stats, updates, errors, exited: None };
+        let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, stats, updates, errors, exited: None };
         match tokio::time::timeout(first_frame_within, capture.updates.recv()).await {
             Ok(Some(Update::FirstFrame(at))) => {
                 tracing::info!(pid = capture.pid(), "capture started");
@@ -260,7 +289,34 @@ impl Capture {
         self.pid
     }
 
-    /// Resolves when FFmpeg exits on its own (a crash, a lost display): the recording's cue to end.
+    /// 1 for the recording's first encoder, one more for each restart.
+    pub fn generation(&self) -> u32 {
+        self.cfg.generation
+    }
+
+    /// The number of this encoder's first segment.
+    pub fn start_number(&self) -> u64 {
+        self.cfg.start_number
+    }
+
+    /// Replaces an encoder that died with the next generation: FFmpeg's half-written files are
+    /// removed, segment numbers continue past every one on disk, and the new encoder writes its
+    /// own init segment and playlist. Returns when its first frame was grabbed. The one that
+    /// died is reaped; one that still runs is stopped first.
+    pub async fn restart(&mut self, first_frame_within: Duration) -> Result<OffsetDateTime, CaptureError> {
+        let _ = self.stop().await;
+        let dir = &self.cfg.out_dir;
+        let leftovers = remove_partial_files(dir).map_err(CaptureError::Spawn)?;
+        let start_number = recfleet_media::next_sequence(dir).map_err(CaptureError::Spawn)?;
+        let cfg = CaptureConfig { generation: self.cfg.generation + 1, start_number, ..self.cfg.clone() };
+        tracing::info!(generation = cfg.generation, start_number, leftovers, "restarting the capture");
+        let (next, first_frame_at) = Capture::start(&cfg, first_frame_within, &self.totals).await?;
+        *self = next;
+        Ok(first_frame_at)
+    }
+
+    /// Resolves when FFmpeg exits on its own (a crash, a lost display, a kill): the recording's
+    /// cue to restart it or to end.
     pub async fn exited(&mut self) -> String {
         loop {
             match self.updates.recv().await {
@@ -325,16 +381,28 @@ impl Drop for Capture {
     }
 }
 
+/// Removes what a killed FFmpeg left half-written in `dir` (`seg_*.m4s.tmp`, its playlist's
+/// `.tmp`): never listed, never complete. Returns how many.
+fn remove_partial_files(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".tmp") && (name.starts_with("seg_") || name.starts_with("capture_")) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Reads every event FFmpeg emits (the sidecar's channel has no buffer: an unread event
-/// stalls FFmpeg), keeps the stats current and tells the recording about the first frame.
-fn consume(
-    events: ffmpeg_sidecar::iter::FfmpegIterator,
-    stats: &Mutex<CaptureStats>,
-    errors: &Mutex<Vec<String>>,
-    tx: &mpsc::UnboundedSender<Update>,
-) {
+/// stalls FFmpeg), keeps the stats current (added to what earlier encoders of the recording
+/// counted) and tells the recording about the first frame.
+fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors: &Mutex<Vec<String>>, tx: &mpsc::UnboundedSender<Update>) {
+    let stats = &totals.stats;
+    let base = stats.lock().expect("stats lock").clone();
     let mut started = false;
-    let began = std::time::Instant::now();
     let mut last_report = std::time::Instant::now();
     let mut last_slow_warning: Option<std::time::Instant> = None;
     for event in events {
@@ -342,21 +410,22 @@ fn consume(
             FfmpegEvent::Progress(p) => {
                 let now = OffsetDateTime::now_utc();
                 let (dup, dropped) = parse_dup_drop(&p.raw_log_message);
+                let warm = u64::from(p.frame) > SPEED_WARMUP_FRAMES;
                 let mut s = stats.lock().expect("stats lock");
-                s.frames = u64::from(p.frame);
-                s.progress_ms = Some(began.elapsed().as_millis() as u64);
-                s.duplicated_frames = dup;
-                s.dropped_frames = dropped;
+                s.frames = base.frames + u64::from(p.frame);
+                s.progress_ms = Some(totals.began.elapsed().as_millis() as u64);
+                s.duplicated_frames = base.duplicated_frames + dup;
+                s.dropped_frames = base.dropped_frames + dropped;
                 if p.speed > 0.0 {
                     let speed = f64::from(p.speed);
                     s.last_speed = Some(speed);
-                    if s.frames > SPEED_WARMUP_FRAMES {
+                    if warm {
                         s.min_speed = Some(s.min_speed.map_or(speed, |m| m.min(speed)));
                     }
                 }
                 let health = s.clone();
                 drop(s);
-                let slow = health.frames > SPEED_WARMUP_FRAMES && health.last_speed.is_some_and(|v| v < SLOW_SPEED);
+                let slow = warm && health.last_speed.is_some_and(|v| v < SLOW_SPEED);
                 if slow && last_slow_warning.is_none_or(|t| t.elapsed() >= HEALTH_REPORT_EVERY) {
                     last_slow_warning = Some(std::time::Instant::now());
                     tracing::warn!(
@@ -436,6 +505,8 @@ mod tests {
             audio_source: "recfleet.monitor".into(),
             video: VideoConfig::default(),
             out_dir: "/rec/out".into(),
+            generation: 1,
+            start_number: 1,
         }
     }
 
@@ -461,7 +532,15 @@ mod tests {
         ] {
             assert!(has(&args, pair), "missing {pair:?}");
         }
-        assert_eq!(args.last().unwrap(), "index.m3u8");
+        assert_eq!(args.last().unwrap(), "capture_1.m3u8");
+    }
+
+    #[test]
+    fn a_restarted_capture_continues_the_numbers_with_its_own_init_and_playlist() {
+        let args = ffmpeg_args(&CaptureConfig { generation: 3, start_number: 42, ..cfg() });
+        assert!(has(&args, ["-start_number", "42"]) && has(&args, ["-hls_fmp4_init_filename", "init_3.mp4"]), "{args:?}");
+        assert!(has(&args, ["-hls_segment_filename", "seg_%06d.m4s"]));
+        assert_eq!(args.last().unwrap(), "capture_3.m3u8");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const JOIN_RETRY_MIN_DELAY: Duration = Duration::from_millis(500);
 /// Times a lost browser (crashed, killed, frozen) is replaced and the meeting rejoined within
 /// one recording before it ends with `page_crashed`.
 pub const DEFAULT_MAX_REJOINS: u32 = 3;
+/// Times an encoder that died (crashed, killed) is restarted within one recording, the
+/// segments continuing, before it ends with `capture_failed`.
+pub const DEFAULT_MAX_CAPTURE_RESTARTS: u32 = 3;
 /// How long a page load may take before the attempt counts as failed.
 pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the page is asked whether the meeting ended.
@@ -77,6 +80,8 @@ pub struct RecordConfig {
     pub join_attempts: u32,
     /// Browser restarts and rejoins allowed in this recording (0: a lost browser ends it).
     pub max_rejoins: u32,
+    /// Encoder restarts allowed in this recording (0: an encoder that dies ends it).
+    pub max_capture_restarts: u32,
     /// Where the segments go as they close; `None` keeps them in `out_dir` only.
     pub upload: Option<UploadSettings>,
     /// The recording stops (`disk_full`) before `out_dir`'s file system has less than this free.
@@ -174,6 +179,7 @@ mod tests {
             video: VideoConfig::default(),
             join_attempts: DEFAULT_JOIN_ATTEMPTS,
             max_rejoins: DEFAULT_MAX_REJOINS,
+            max_capture_restarts: DEFAULT_MAX_CAPTURE_RESTARTS,
             upload: None,
             min_free_bytes: 0,
         }

@@ -128,6 +128,10 @@ struct FaultArgs {
     /// one recording; 0 ends the recording with `page_crashed` at the first loss.
     #[arg(long, env = "RECFLEET_MAX_REJOINS", default_value_t = config::DEFAULT_MAX_REJOINS)]
     max_rejoins: u32,
+    /// Times an encoder that died is restarted in one recording (segment numbers continue, the
+    /// playlist marks the break); 0 ends the recording with `capture_failed` at the first death.
+    #[arg(long, env = "RECFLEET_MAX_CAPTURE_RESTARTS", default_value_t = config::DEFAULT_MAX_CAPTURE_RESTARTS)]
+    max_capture_restarts: u32,
 }
 
 /// Capture size, rate and encoder, shared by `record` and `agent`.
@@ -274,6 +278,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         min_free_bytes: args.store.min_free_disk_mb * MB,
         video,
         max_rejoins: args.faults.max_rejoins,
+        max_capture_restarts: args.faults.max_capture_restarts,
         logs,
     };
     let shutdown = CancellationToken::new();
@@ -307,6 +312,7 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         video: args.video.into(),
         join_attempts: args.join_attempts,
         max_rejoins: args.faults.max_rejoins,
+        max_capture_restarts: args.faults.max_capture_restarts,
         upload,
         min_free_bytes: args.store.min_free_disk_mb * MB,
     })

@@ -13,13 +13,13 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{Capture, CaptureConfig, PLAYLIST};
+use crate::capture::{Capture, CaptureConfig, Totals};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
 use crate::join::{self, Identity, JoinError};
 use crate::journal::{Journal, Reporter, Silent};
 use crate::page_js;
 use crate::session::{Session, SessionError};
-use crate::spool::{Spool, MANIFEST};
+use crate::spool::{Spool, MANIFEST, PLAYLIST};
 use crate::upload::{self, UploadConfig, Uploader};
 use crate::watch::{self, End, Limits, Watched};
 use recfleet_media::{self as finalize, MP4};
@@ -238,15 +238,20 @@ impl Job<'_> {
             audio_source: session.audio.monitor_source(),
             video: self.cfg.video.clone(),
             out_dir: self.out_dir.to_path_buf(),
+            generation: 1,
+            start_number: 1,
         };
-        let (mut capture, first_frame_at) =
-            Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT).await.map_err(|e| RecordError::Capture { reason: e.to_string() })?;
+        let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT, &Totals::new())
+            .await
+            .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
         self.journal.reporter().capture(capture.stats_handle());
         *status = self.advance(*status, RecordingEvent::RecordingStarted, None);
 
         let uploader = self.upload.clone().map(|cfg| Uploader::start(self.out_dir, cfg, self.journal.reporter_arc()));
         let (disk_full_tx, disk_full) = tokio::sync::watch::channel(None);
+        let first = Generation { generation: 1, start_number: 1, first_frame_at };
+        let (generation_tx, generations) = tokio::sync::watch::channel(first);
         let watch_cfg = SpoolWatch {
             dir: self.out_dir.to_path_buf(),
             recording_id: self.cfg.recording_id.clone(),
@@ -254,12 +259,13 @@ impl Job<'_> {
             uploader: uploader.as_ref(),
             min_free_bytes: self.cfg.min_free_bytes,
             disk_full: disk_full_tx,
+            generations,
         };
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
         let max_until = self.cfg.max_duration.map(|d| (tokio::time::Instant::now() + d, d));
         let limits = Limits { max_until, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {
-            let end = self.watch_and_rejoin(session, &mut capture, &limits).await;
+            let end = self.watch_and_recover(session, &mut capture, &limits, &generation_tx).await;
             let _ = spool_stop.send(());
             end
         };
@@ -278,14 +284,27 @@ impl Job<'_> {
     }
 
     /// Watches until the end. A lost browser is replaced and the meeting rejoined, up to
-    /// `max_rejoins` times, while the capture goes on: one recording, with the gap on the
-    /// timeline.
-    async fn watch_and_rejoin(&self, session: &mut Session, capture: &mut Capture, limits: &Limits<'_>) -> End {
-        let mut rejoins = 0;
+    /// `max_rejoins` times, while the capture goes on; an encoder that dies is restarted, up to
+    /// `max_capture_restarts` times, while the browser stays in the meeting: one recording, with
+    /// each break on the timeline.
+    async fn watch_and_recover(
+        &self,
+        session: &mut Session,
+        capture: &mut Capture,
+        limits: &Limits<'_>,
+        generations: &tokio::sync::watch::Sender<Generation>,
+    ) -> End {
+        let (mut rejoins, mut restarts) = (0, 0);
         loop {
             let reason = match watch::until_end(&mut session.chromium, self.cfg.recipe.as_ref(), capture, limits).await {
                 Watched::End(end) => return end,
                 Watched::BrowserLost { reason } => reason,
+                Watched::CaptureLost { reason } => {
+                    if let Err(end) = self.restart_capture(capture, reason, &mut restarts, generations).await {
+                        return end;
+                    }
+                    continue;
+                }
             };
             tracing::warn!(%reason, rejoins, max_rejoins = self.cfg.max_rejoins, "browser lost");
             if rejoins >= self.cfg.max_rejoins {
@@ -311,6 +330,33 @@ impl Job<'_> {
                 Err(err) => return End::new(SubCode::PageCrashed, format!("{reason}; the rejoin failed: {err}")),
             }
         }
+    }
+
+    /// Replaces an encoder that died with the next generation, and tells the spool; the end
+    /// (`capture_failed`) once the restarts are used up or the new encoder does not start.
+    async fn restart_capture(
+        &self,
+        capture: &mut Capture,
+        reason: String,
+        restarts: &mut u32,
+        generations: &tokio::sync::watch::Sender<Generation>,
+    ) -> Result<(), End> {
+        tracing::warn!(%reason, restarts = *restarts, max_capture_restarts = self.cfg.max_capture_restarts, "capture lost");
+        if *restarts >= self.cfg.max_capture_restarts {
+            return Err(End::new(SubCode::CaptureFailed, reason));
+        }
+        *restarts += 1;
+        let lost_at = std::time::Instant::now();
+        let first_frame_at = capture
+            .restart(FIRST_FRAME_TIMEOUT)
+            .await
+            .map_err(|e| End::new(SubCode::CaptureFailed, format!("{reason}; the restart failed: {e}")))?;
+        let gap_ms = lost_at.elapsed().as_millis() as u64;
+        let generation = capture.generation();
+        let _ = generations.send(Generation { generation, start_number: capture.start_number(), first_frame_at });
+        tracing::info!(gap_ms, generation, attempt = *restarts, "capture restarted");
+        self.journal.record_at(first_frame_at, EventKind::CaptureRestarted { attempt: *restarts, generation, reason, gap_ms });
+        Ok(())
     }
 
     /// A fresh browser on the same display and sink, into the meeting again.
@@ -357,9 +403,6 @@ impl Job<'_> {
 
     async fn make_outputs(&self, spool: &mut Spool, end: &End, uploader: Option<&Uploader>) -> Result<finalize::Mp4Info, RecordError> {
         let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
-        if self.out_dir.join(PLAYLIST).exists() {
-            finalize::seal_playlist(self.out_dir).map_err(|e| finalize_err(e.to_string()))?;
-        }
         // The segments FFmpeg closed while stopping.
         for seg in spool.scan().map_err(|e| finalize_err(e.to_string()))? {
             if let Some(up) = uploader {
@@ -370,7 +413,7 @@ impl Job<'_> {
             return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
         }
         spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
-        let info = finalize::make_mp4(self.out_dir).await.map_err(|e| finalize_err(e.to_string()))?;
+        let info = finalize::make_mp4(self.out_dir, spool.manifest()).await.map_err(|e| finalize_err(e.to_string()))?;
         self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
         Ok(info)
     }
@@ -405,6 +448,16 @@ struct SpoolWatch<'a> {
     min_free_bytes: u64,
     /// Set with the reason when the disk cannot take more.
     disk_full: tokio::sync::watch::Sender<Option<String>>,
+    /// The capture generation recording now.
+    generations: tokio::sync::watch::Receiver<Generation>,
+}
+
+/// A capture generation, as the spool needs to know it.
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    generation: u32,
+    start_number: u64,
+    first_frame_at: OffsetDateTime,
 }
 
 /// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
@@ -413,7 +466,7 @@ struct SpoolWatch<'a> {
 fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = async move {
-        let mut spool = Spool::new(&w.dir, &w.recording_id);
+        let mut spool = Spool::new(&w.dir, &w.recording_id, w.generations.borrow().first_frame_at);
         let mut first = true;
         let mut tick = tokio::time::interval(SPOOL_INTERVAL);
         loop {
@@ -421,7 +474,16 @@ fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::futur
                 _ = tick.tick() => false,
                 _ = &mut rx => true,
             };
-            match spool.scan() {
+            let current = *w.generations.borrow();
+            let scanned = if current.generation != spool.generation() {
+                spool.begin_generation(current.generation, current.start_number, current.first_frame_at).and_then(|mut last| {
+                    last.extend(spool.scan()?);
+                    Ok(last)
+                })
+            } else {
+                spool.scan()
+            };
+            match scanned {
                 Ok(new) => {
                     if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
                         if first {

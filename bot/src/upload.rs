@@ -294,8 +294,8 @@ pub async fn resume(
         min_free_bytes,
         drain_deadline: settings.drain_deadline,
     };
-    let mut spool = crate::spool::Spool::new(dir, recording_id);
-    let closed = spool.scan().map_err(|e| crate::RecordError::OutDir { path: dir.to_path_buf(), reason: e.to_string() })?;
+    let (_, closed) = crate::spool::Spool::reopen(dir, recording_id)
+        .map_err(|e| crate::RecordError::OutDir { path: dir.to_path_buf(), reason: e.to_string() })?;
     let uploader = Uploader::start(dir, cfg, Arc::new(crate::journal::Silent));
     let mut sent = 0;
     for seg in &closed {
@@ -339,6 +339,8 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 fn add_to_manifest(manifest: &mut Manifest, seg: &ManifestSegment) {
     if seg.name == INIT_SEGMENT {
         manifest.init = Some(seg.clone());
+    } else if recfleet_media::is_init(&seg.name) {
+        manifest.inits.push(seg.clone());
     } else if recfleet_media::sequence_of(&seg.name).is_some() {
         manifest.segments.push(seg.clone());
     }
@@ -471,7 +473,7 @@ impl Worker {
             p.stats.stored += 1;
             p.stats.backlog = p.stats.backlog.saturating_sub(1);
             p.stats.backlog_bytes = p.stats.backlog_bytes.saturating_sub(item.segment.bytes);
-            if item.listed && item.segment.name != INIT_SEGMENT {
+            if item.listed && !recfleet_media::is_init(&item.segment.name) {
                 p.lags.push(lag_ms);
             }
             p.snapshot()
@@ -491,6 +493,11 @@ impl Worker {
             return Ok(());
         }
         self.manifest.complete = complete;
+        // When each capture generation started, as the spool noted it: recovery keeps the time
+        // between them.
+        if let Some(local) = std::fs::read(self.dir.join(MANIFEST)).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) {
+            self.manifest.generations = local.generations;
+        }
         let key = |name: &str| recording_key(&self.recording_id, name);
         let manifest = serde_json::to_vec_pretty(&self.manifest).expect("the manifest serializes");
         self.store.put_bytes(&key(MANIFEST), manifest).await?;

@@ -1,7 +1,7 @@
 //! Watching a meeting in progress for its end: the recipe's `ended_when` becoming visible, the
-//! page logging `RECFLEET_END`, the page closing, the maximum duration, a stop request, or the
-//! capture dying. Each end has its sub-code. A lost browser (its process gone, its renderer
-//! crashed, its page frozen) is not an end here: the caller may rejoin.
+//! page logging `RECFLEET_END`, the page closing, the maximum duration, or a stop request. Each
+//! end has its sub-code. A lost browser (its process gone, its renderer crashed, its page
+//! frozen) and a dead encoder are not ends here: the caller may rejoin or restart.
 //!
 //! This module decides *that* and *why* the recording ends; it must not stop anything itself.
 
@@ -39,12 +39,18 @@ impl End {
     }
 }
 
-/// What the watch saw: the end of the recording, or the browser lost while the meeting may go
-/// on (the caller decides whether to rejoin).
+/// What the watch saw: the end of the recording, or a part lost while the meeting may go on
+/// (the caller decides whether to rejoin or restart).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Watched {
     End(End),
-    BrowserLost { reason: String },
+    BrowserLost {
+        reason: String,
+    },
+    /// FFmpeg exited by itself; `reason` holds its last errors.
+    CaptureLost {
+        reason: String,
+    },
 }
 
 impl Watched {
@@ -119,9 +125,9 @@ async fn connection_broke(lost: &mut tokio::sync::watch::Receiver<Option<String>
     }
 }
 
-/// Resolves when the meeting is over for the bot, or when its browser is lost: the browser
+/// Resolves when the meeting is over for the bot, when its browser is lost (the browser
 /// process exits, the DevTools connection breaks, the renderer crashes, or the page stops
-/// answering.
+/// answering), or when its encoder dies.
 pub async fn until_end(chromium: &mut Chromium, recipe: Option<&Recipe>, capture: &mut Capture, limits: &Limits<'_>) -> Watched {
     let (browser, page) = (&chromium.browser, &chromium.page);
     let target = page.target_id().clone();
@@ -152,7 +158,7 @@ pub async fn until_end(chromium: &mut Chromium, recipe: Option<&Recipe>, capture
             Some(_) = renderer_crashed.next() => return Watched::lost("the page's renderer crashed"),
             Some(_) = destroyed.next() => return Watched::end(SubCode::PageClosed, "the meeting page closed"),
             reason = connection_broke(&mut lost) => return Watched::lost(reason),
-            errors = capture.exited() => return Watched::end(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),
+            errors = capture.exited() => return Watched::CaptureLost { reason: format!("ffmpeg stopped by itself: {errors}") },
             _ = tick.tick() => {
                 if let Some(status) = chromium.child.try_exit() {
                     return Watched::lost(format!("the browser process exited ({})", describe_exit(status)));

@@ -49,6 +49,7 @@ pub mod names {
     pub const POOL_LAUNCH_DURATION_SECONDS: &str = "recfleet_pool_launch_duration_seconds";
     pub const ECS_RECONCILE_DURATION_SECONDS: &str = "recfleet_ecs_reconcile_duration_seconds";
     pub const BOT_BROWSER_LOST_TOTAL: &str = "recfleet_bot_browser_lost_total";
+    pub const BOT_CAPTURE_RESTARTS_TOTAL: &str = "recfleet_bot_capture_restarts_total";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -88,6 +89,7 @@ pub mod names {
         POOL_LAUNCH_DURATION_SECONDS,
         ECS_RECONCILE_DURATION_SECONDS,
         BOT_BROWSER_LOST_TOTAL,
+        BOT_CAPTURE_RESTARTS_TOTAL,
     ];
 }
 
@@ -143,6 +145,7 @@ pub struct Metrics {
     pub launch_duration: Histogram,
     pub ecs_reconcile: Histogram,
     pub browser_lost: IntCounter,
+    pub capture_restarts: IntCounter,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -310,6 +313,11 @@ impl Metrics {
                 &r,
                 BOT_BROWSER_LOST_TOTAL,
                 "Browsers lost mid-meeting (crashed, killed, frozen); each is followed by a rejoin or a page_crashed end.",
+            ),
+            capture_restarts: counter(
+                &r,
+                BOT_CAPTURE_RESTARTS_TOTAL,
+                "Encoders that died mid-meeting and were restarted into the same recording (a discontinuity in its playlist).",
             ),
             registry: r,
         };

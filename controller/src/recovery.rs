@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use recfleet_media::{describe, hash_file, playlist_text, INIT_SEGMENT, MANIFEST, MP4, PLAYLIST, SEGMENT_SECS};
+use recfleet_media::{describe, hash_file, is_init, playlist_text, INIT_SEGMENT, MANIFEST, MP4, PLAYLIST, SEGMENT_SECS};
 use recfleet_proto::{Manifest, ManifestSegment};
 use recfleet_storage::{recording_key, ObjectStore, Store};
 
@@ -64,10 +64,7 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
     };
     let known = |name: &str| -> Option<ManifestSegment> {
         let m = stored_manifest.as_ref()?;
-        if name == INIT_SEGMENT {
-            return m.init.clone();
-        }
-        m.segments.iter().find(|s| s.name == name).cloned()
+        m.init_named(name).or_else(|| m.segments.iter().find(|s| s.name == name)).cloned()
     };
     let mut names: Vec<(u64, String)> =
         listed.iter().filter_map(|o| recfleet_media::sequence_of(&o.name).map(|n| (n, o.name.clone()))).collect();
@@ -75,10 +72,18 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
     if names.is_empty() || !listed.iter().any(|o| o.name == INIT_SEGMENT) {
         return Err(RecoveryError::NothingStored);
     }
+    // The first capture's init, then each restarted capture's, then the segments.
+    let mut inits: Vec<String> = listed.iter().filter(|o| is_init(&o.name) && o.name != INIT_SEGMENT).map(|o| o.name.clone()).collect();
+    inits.sort_by_key(|n| (n.len(), n.clone()));
 
-    let mut manifest = Manifest { recording_id: recording_id.to_string(), ..Manifest::default() };
+    let mut manifest = Manifest {
+        recording_id: recording_id.to_string(),
+        generations: stored_manifest.as_ref().map(|m| m.generations.clone()).unwrap_or_default(),
+        ..Manifest::default()
+    };
     let mut corrupt = Vec::new();
-    for name in std::iter::once(INIT_SEGMENT.to_string()).chain(names.into_iter().map(|(_, n)| n)) {
+    let files = std::iter::once(INIT_SEGMENT.to_string()).chain(inits).chain(names.into_iter().map(|(_, n)| n));
+    for name in files {
         let path = scratch.join(&name);
         if !store.get_to_file(&key(&name), &path).await? {
             continue; // deleted while we listed
@@ -93,20 +98,40 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
                 continue;
             }
         }
-        let seg = expected.unwrap_or_else(|| describe(&name, f64::from(SEGMENT_SECS), bytes, sha256));
+        let seg = expected.unwrap_or_else(|| {
+            // Not in the stored manifest yet: it belongs to the capture that started at or before
+            // its number (or, in a manifest without generations, to the segment's before it).
+            let seg = describe(&name, f64::from(SEGMENT_SECS), bytes, sha256);
+            match manifest.generation_of(seg.sequence) {
+                Some(g) if g.generation > 1 => {
+                    ManifestSegment { init: Some(g.init.clone()), discontinuity: g.first_sequence == seg.sequence, ..seg }
+                }
+                Some(_) => seg,
+                None => ManifestSegment { init: manifest.segments.last().and_then(|s| s.init.clone()), ..seg },
+            }
+        });
         if name == INIT_SEGMENT {
             manifest.init = Some(seg);
+        } else if is_init(&name) {
+            manifest.inits.push(seg);
         } else {
             manifest.segments.push(seg);
         }
     }
+    // A segment is playable only with its init.
+    let (playable, orphaned): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut manifest.segments).into_iter().partition(|s| manifest.init_named(s.init_name()).is_some());
+    for seg in &orphaned {
+        tracing::warn!(recording_id, file = %seg.name, init = seg.init_name(), "a stored segment's init is missing; left out");
+    }
+    manifest.segments = playable;
     if manifest.init.is_none() || manifest.segments.is_empty() {
         return Err(RecoveryError::NothingStored);
     }
     manifest.complete = true;
     let playlist = playlist_text(&manifest, true);
     tokio::fs::write(scratch.join(PLAYLIST), &playlist).await.map_err(scratch_err)?;
-    let info = recfleet_media::make_mp4(scratch).await?;
+    let info = recfleet_media::make_mp4(scratch, &manifest).await?;
     store.put_file(&key(MP4), &scratch.join(MP4)).await?;
     store.put_bytes(&key(MANIFEST), serde_json::to_vec_pretty(&manifest).expect("the manifest serializes")).await?;
     store.put_bytes(&key(PLAYLIST), playlist.into_bytes()).await?;

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 pub const PLAYLIST: &str = "index.m3u8";
-pub const INIT_SEGMENT: &str = "init.mp4";
+pub const INIT_SEGMENT: &str = recfleet_proto::INIT_SEGMENT_NAME;
 pub const MANIFEST: &str = "manifest.json";
 pub const EVENTS: &str = "events.json";
 /// Target segment length, in seconds.
@@ -29,8 +29,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
-    #[error("cannot seal the playlist {path}: {source}")]
-    Seal { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot run {tool}: {source}; is FFmpeg installed? (run `make setup`)")]
     Spawn { tool: &'static str, source: std::io::Error },
     #[error("{tool} did not finish within {secs} s")]
@@ -52,57 +52,148 @@ pub struct Mp4Info {
     pub audio_codec: Option<String>,
 }
 
-/// Makes the playlist a finished VOD: `EXT-X-PLAYLIST-TYPE:VOD` and `EXT-X-ENDLIST`. FFmpeg
-/// writes the end tag on a clean stop; a killed FFmpeg did not, and players then wait forever.
-pub fn seal_playlist(dir: &Path) -> Result<(), FinalizeError> {
-    let path = dir.join(PLAYLIST);
-    let seal_err = |source| FinalizeError::Seal { path: path.clone(), source };
-    let text = std::fs::read_to_string(&path).map_err(seal_err)?;
-    let sealed = sealed_text(&text);
-    if sealed != text {
-        write_atomically(&path, sealed.as_bytes()).map_err(seal_err)?;
+/// The init segment of capture `generation`: `init.mp4` for the first, `init_<g>.mp4` after.
+pub fn init_name(generation: u32) -> String {
+    if generation <= 1 {
+        INIT_SEGMENT.to_string()
+    } else {
+        format!("init_{generation}.mp4")
     }
-    Ok(())
 }
 
-/// Pure: the sealed form of a playlist's text.
-pub fn sealed_text(text: &str) -> String {
-    let mut out: String = text
-        .lines()
-        .map(|l| if l.trim() == "#EXT-X-PLAYLIST-TYPE:EVENT" { "#EXT-X-PLAYLIST-TYPE:VOD" } else { l })
-        .collect::<Vec<_>>()
-        .join("\n");
-    if !text.lines().any(|l| l.trim() == "#EXT-X-ENDLIST") {
-        out.push_str("\n#EXT-X-ENDLIST");
+/// `init.mp4` and `init_<g>.mp4`.
+pub fn is_init(name: &str) -> bool {
+    name == INIT_SEGMENT
+        || name.strip_prefix("init_").and_then(|r| r.strip_suffix(".mp4")).is_some_and(|g| g.parse::<u32>().is_ok_and(|g| g > 1))
+}
+
+/// The playlist FFmpeg writes for capture `generation`: internal to the bot, which publishes
+/// `index.m3u8` of all generations itself.
+pub fn capture_playlist(generation: u32) -> String {
+    format!("capture_{generation}.m3u8")
+}
+
+/// The sequence number a new capture must start at so that no name is ever reused: one past
+/// the highest segment in `dir`, listed or not, closed or still `.tmp`.
+pub fn next_sequence(dir: &Path) -> std::io::Result<u64> {
+    let mut max = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = sequence_of(name.strip_suffix(".tmp").unwrap_or(&name)) {
+            max = max.max(n);
+        }
     }
-    out.push('\n');
+    Ok(max + 1)
+}
+
+/// Pure: the manifest's segments cut where the capture restarted (a new init, or a segment
+/// marked as a discontinuity), as index ranges. A missing segment alone does not cut: its
+/// neighbours share one timeline.
+pub fn parts(manifest: &Manifest) -> Vec<std::ops::Range<usize>> {
+    let segs = &manifest.segments;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..segs.len() {
+        if segs[i].discontinuity || segs[i].init_name() != segs[i - 1].init_name() {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    if !segs.is_empty() {
+        out.push(start..segs.len());
+    }
     out
 }
 
-/// Stream-copies the segments of `dir` into `dir/recording.mp4` and checks the result.
-pub async fn make_mp4(dir: &Path) -> Result<Mp4Info, FinalizeError> {
-    make_mp4_from(dir, PLAYLIST).await
+/// Stream-copies the manifest's segments (files in `dir`) into `dir/recording.mp4` and checks
+/// the result. A recording whose capture restarted is made part by part (FFmpeg's HLS reader
+/// does not rebase timestamps at a discontinuity), and the parts are joined with the concat
+/// demuxer, each placed at its generation's wall-clock start when the manifest has it: the
+/// MP4's clock stays the meeting's, and the time the encoder was down is a held frame.
+pub async fn make_mp4(dir: &Path, manifest: &Manifest) -> Result<Mp4Info, FinalizeError> {
+    let out = dir.join(MP4);
+    let tmp = dir.join(format!("{MP4}.part"));
+    let ranges = parts(manifest);
+    let mut scratch = Vec::new();
+    let made = async {
+        if ranges.len() <= 1 {
+            let playlist = write_part_playlist(dir, manifest, 0..manifest.segments.len(), &mut scratch)?;
+            remux(dir, &["-i", &playlist], &tmp, true).await?;
+        } else {
+            let mut concat = String::from("ffconcat version 1.0\n");
+            for (k, range) in ranges.iter().enumerate() {
+                let playlist = write_part_playlist(dir, manifest, range.clone(), &mut scratch)?;
+                let part = format!("finalize_part_{}.mp4", k + 1);
+                scratch.push(part.clone());
+                remux(dir, &["-i", &playlist], &dir.join(&part), false).await?;
+                let probed = probe(&dir.join(&part)).await?.duration_secs;
+                concat.push_str(&format!("file '{part}'\n"));
+                if let Some(next) = ranges.get(k + 1) {
+                    let wall = wall_clock_gap(manifest, range.start, next.start);
+                    concat.push_str(&format!("duration {:.3}\n", wall.map_or(probed, |w| w.max(probed))));
+                }
+            }
+            let list = "finalize_parts.ffconcat";
+            scratch.push(list.to_string());
+            std::fs::write(dir.join(list), concat).map_err(|source| FinalizeError::Write { path: dir.join(list), source })?;
+            remux(dir, &["-f", "concat", "-safe", "0", "-i", list], &tmp, true).await?;
+        }
+        probe(&tmp).await
+    };
+    let result = made.await;
+    for name in scratch {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let info = match result {
+        Ok(info) => info,
+        Err(err) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err);
+        }
+    };
+    std::fs::rename(&tmp, &out).map_err(|source| FinalizeError::Write { path: out.clone(), source })?;
+    Ok(info)
 }
 
-/// Stream-copies the segments `playlist` (a file in `dir`) names into `dir/recording.mp4`.
-pub async fn make_mp4_from(dir: &Path, playlist: &str) -> Result<Mp4Info, FinalizeError> {
-    let out = dir.join(MP4);
-    let part = dir.join(format!("{MP4}.part"));
+/// Seconds from the first frame of the generation segment `from` belongs to, to that of
+/// segment `to`'s; `None` when the manifest does not date both.
+fn wall_clock_gap(manifest: &Manifest, from: usize, to: usize) -> Option<f64> {
+    let started = |i: usize| {
+        let init = manifest.segments[i].init_name();
+        manifest.generations.iter().find(|g| g.init == init).map(|g| g.first_frame_unix_ms)
+    };
+    let (a, b) = (started(from)?, started(to)?);
+    (b > a).then(|| (b - a) as f64 / 1000.0)
+}
+
+/// Writes the VOD playlist of `range` of the manifest's segments into `dir`; returns its name.
+fn write_part_playlist(
+    dir: &Path,
+    manifest: &Manifest,
+    range: std::ops::Range<usize>,
+    scratch: &mut Vec<String>,
+) -> Result<String, FinalizeError> {
+    let part = Manifest { segments: manifest.segments[range.clone()].to_vec(), ..manifest.clone() };
+    let name = format!("finalize_{}.m3u8", range.start);
+    scratch.push(name.clone());
+    std::fs::write(dir.join(&name), playlist_text(&part, true)).map_err(|source| FinalizeError::Write { path: dir.join(&name), source })?;
+    Ok(name)
+}
+
+/// `ffmpeg <input> -c copy` into `out` (an MP4), run in `dir`.
+async fn remux(dir: &Path, input: &[&str], out: &Path, faststart: bool) -> Result<(), FinalizeError> {
     let mut cmd = Command::new("ffmpeg");
-    cmd.current_dir(dir)
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", playlist])
-        .args(["-map", "0", "-c", "copy", "-movflags", "+faststart", "-f", "mp4"])
-        .arg(&part)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.current_dir(dir).args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"]).args(input).args(["-map", "0", "-c", "copy"]);
+    if faststart {
+        cmd.args(["-movflags", "+faststart"]);
+    }
+    cmd.args(["-f", "mp4"]).arg(out).stdin(Stdio::null()).kill_on_drop(true);
     let output = run(cmd, "ffmpeg", REMUX_TIMEOUT).await?;
     if !output.status.success() {
-        let _ = std::fs::remove_file(&part);
-        return Err(FinalizeError::Remux { path: out, stderr: String::from_utf8_lossy(&output.stderr).trim().to_string() });
+        return Err(FinalizeError::Remux { path: out.to_path_buf(), stderr: String::from_utf8_lossy(&output.stderr).trim().to_string() });
     }
-    let info = probe(&part).await?;
-    std::fs::rename(&part, &out).map_err(|source| FinalizeError::Seal { path: out.clone(), source })?;
-    Ok(info)
+    Ok(())
 }
 
 /// Runs ffprobe on `path` and checks what a player needs: H.264 in yuv420p, AAC, a duration.
@@ -179,8 +270,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Pure: an HLS playlist (fMP4, `init.mp4`) of exactly the manifest's segments, in order:
-/// EVENT while the recording goes on, VOD with `EXT-X-ENDLIST` once it is over.
+/// Pure: an HLS playlist (fMP4) of exactly the manifest's segments, in order: EVENT while the
+/// recording goes on, VOD with `EXT-X-ENDLIST` once it is over. A break (a restarted capture,
+/// or a lost segment) is an `EXT-X-DISCONTINUITY`, and an `EXT-X-MAP` names each new init.
 pub fn playlist_text(manifest: &Manifest, ended: bool) -> String {
     use m3u8_rs::{Map, MediaPlaylist, MediaPlaylistType, MediaSegment};
     let target = manifest.segments.iter().map(|s| s.duration_secs.ceil() as u64).max().unwrap_or(0).max(u64::from(SEGMENT_SECS));
@@ -188,13 +280,17 @@ pub fn playlist_text(manifest: &Manifest, ended: bool) -> String {
         .segments
         .iter()
         .enumerate()
-        .map(|(i, seg)| MediaSegment {
-            uri: seg.name.clone(),
-            duration: seg.duration_secs as f32,
-            // The gap a lost segment leaves is marked, so players do not splice across it.
-            discontinuity: i > 0 && manifest.segments[i - 1].sequence + 1 != seg.sequence,
-            map: (i == 0).then(|| Map { uri: INIT_SEGMENT.to_string(), ..Map::default() }),
-            ..MediaSegment::default()
+        .map(|(i, seg)| {
+            let prev = i.checked_sub(1).map(|p| &manifest.segments[p]);
+            let new_init = prev.is_none_or(|p| p.init_name() != seg.init_name());
+            MediaSegment {
+                uri: seg.name.clone(),
+                duration: seg.duration_secs as f32,
+                // Players must not splice across a restart or the gap a lost segment leaves.
+                discontinuity: prev.is_some_and(|p| seg.discontinuity || new_init || p.sequence + 1 != seg.sequence),
+                map: new_init.then(|| Map { uri: seg.init_name().to_string(), ..Map::default() }),
+                ..MediaSegment::default()
+            }
         })
         .collect();
     let playlist = MediaPlaylist {
@@ -214,7 +310,15 @@ pub fn playlist_text(manifest: &Manifest, ended: bool) -> String {
 
 /// Pure: the segment a manifest should list for a file, from its name, bytes and hash.
 pub fn describe(name: &str, duration_secs: f64, bytes: u64, sha256: String) -> ManifestSegment {
-    ManifestSegment { name: name.to_string(), sequence: sequence_of(name).unwrap_or(0), duration_secs, bytes, sha256 }
+    ManifestSegment {
+        name: name.to_string(),
+        sequence: sequence_of(name).unwrap_or(0),
+        duration_secs,
+        bytes,
+        sha256,
+        init: None,
+        discontinuity: false,
+    }
 }
 
 async fn run(mut cmd: Command, tool: &'static str, limit: Duration) -> Result<std::process::Output, FinalizeError> {
@@ -229,20 +333,12 @@ async fn run(mut cmd: Command, tool: &'static str, limit: Duration) -> Result<st
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sealing_turns_event_into_vod_once() {
-        let live = "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXTINF:2.0,\nseg_000001.m4s\n";
-        let sealed = sealed_text(live);
-        assert!(sealed.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"));
-        assert!(sealed.ends_with("#EXT-X-ENDLIST\n"));
-        assert_eq!(sealed_text(&sealed), sealed, "sealing twice changes nothing");
-    }
+    use recfleet_proto::CaptureGeneration;
 
     #[test]
     fn playlists_list_exactly_the_manifest() {
         let seg = |n: u64| describe(&format!("seg_{n:06}.m4s"), 2.0, 10, "00".into());
-        let manifest = Manifest { recording_id: "r".into(), init: None, segments: vec![seg(1), seg(2), seg(4)], complete: false };
+        let manifest = Manifest { recording_id: "r".into(), segments: vec![seg(1), seg(2), seg(4)], ..Manifest::default() };
         let live = playlist_text(&manifest, false);
         assert!(live.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{live}");
         assert!(live.contains("#EXT-X-MAP:URI=\"init.mp4\""), "{live}");
@@ -253,6 +349,65 @@ mod tests {
         assert_eq!(uris, ["seg_000001.m4s", "seg_000002.m4s", "seg_000004.m4s"]);
         let vod = playlist_text(&manifest, true);
         assert!(vod.contains("#EXT-X-PLAYLIST-TYPE:VOD") && vod.contains("#EXT-X-ENDLIST"), "{vod}");
+    }
+
+    /// Segments 1-3 of the first capture, then 5-6 of a restarted one (4 was lost with it).
+    fn restarted() -> Manifest {
+        let seg = |n: u64| describe(&format!("seg_{n:06}.m4s"), 2.0, 10, "00".into());
+        let second = |n: u64| ManifestSegment { init: Some(init_name(2)), discontinuity: n == 5, ..seg(n) };
+        Manifest { recording_id: "r".into(), segments: vec![seg(1), seg(2), seg(3), second(5), second(6)], ..Manifest::default() }
+    }
+
+    #[test]
+    fn a_restarted_capture_is_a_discontinuity_with_its_own_init() {
+        let text = playlist_text(&restarted(), true);
+        let parsed = m3u8_rs::parse_media_playlist_res(text.as_bytes()).unwrap();
+        let maps: Vec<Option<&str>> = parsed.segments.iter().map(|s| s.map.as_ref().map(|m| m.uri.as_str())).collect();
+        assert_eq!(maps, [Some("init.mp4"), None, None, Some("init_2.mp4"), None], "{text}");
+        let breaks: Vec<bool> = parsed.segments.iter().map(|s| s.discontinuity).collect();
+        assert_eq!(breaks, [false, false, false, true, false], "{text}");
+        assert_eq!(parts(&restarted()), [0..3, 3..5]);
+    }
+
+    #[test]
+    fn a_lost_segment_alone_does_not_cut_the_recording() {
+        let seg = |n: u64| describe(&format!("seg_{n:06}.m4s"), 2.0, 10, "00".into());
+        let manifest = Manifest { segments: vec![seg(1), seg(3)], ..Manifest::default() };
+        assert_eq!(parts(&manifest).len(), 1, "one part of both segments");
+        assert_eq!(parts(&manifest)[0], 0..2);
+        assert!(parts(&Manifest::default()).is_empty());
+    }
+
+    #[test]
+    fn init_names_follow_the_generation() {
+        assert_eq!((init_name(1), init_name(3)), ("init.mp4".to_string(), "init_3.mp4".to_string()));
+        assert!(is_init("init.mp4") && is_init("init_2.mp4"));
+        assert!(!is_init("init_1.mp4") && !is_init("init_x.mp4") && !is_init("seg_000001.m4s"));
+        assert_eq!(capture_playlist(2), "capture_2.m3u8");
+    }
+
+    #[test]
+    fn the_next_capture_starts_past_every_segment_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_sequence(dir.path()).unwrap(), 1);
+        for name in ["seg_000003.m4s", "seg_000005.m4s.tmp", "init.mp4", "capture_1.m3u8"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(next_sequence(dir.path()).unwrap(), 6, "a half-written segment's number is not reused either");
+    }
+
+    #[test]
+    fn the_wall_clock_gap_comes_from_the_generations() {
+        let mut m = restarted();
+        assert_eq!(wall_clock_gap(&m, 0, 3), None, "no generations, no gap");
+        let generation = |g: u32, first: u64, ms: i64| CaptureGeneration {
+            generation: g,
+            init: init_name(g),
+            first_sequence: first,
+            first_frame_unix_ms: ms,
+        };
+        m.generations = vec![generation(1, 1, 10_000), generation(2, 5, 17_250)];
+        assert_eq!(wall_clock_gap(&m, 0, 3), Some(7.25));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod url;
 
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{
-    CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary, TransitionError, UploadStats,
+    CaptureGeneration, CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary,
+    TransitionError, UploadStats, INIT_SEGMENT_NAME,
 };
 pub use timeline::{Event, EventKind, Timeline};

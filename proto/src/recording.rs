@@ -234,6 +234,37 @@ pub struct ManifestSegment {
     pub duration_secs: f64,
     pub bytes: u64,
     pub sha256: String,
+    /// The init segment this media segment needs, when it is not `init.mp4`: a restarted
+    /// capture writes `init_<generation>.mp4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// The first segment after a break in the capture (a restarted encoder): its timestamps
+    /// start again, so players and the finalizer must not splice across it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discontinuity: bool,
+}
+
+impl ManifestSegment {
+    /// The init segment this segment is decoded with.
+    pub fn init_name(&self) -> &str {
+        self.init.as_deref().unwrap_or(INIT_SEGMENT_NAME)
+    }
+}
+
+/// The first capture's init segment; each restarted capture adds `init_<generation>.mp4`.
+pub const INIT_SEGMENT_NAME: &str = "init.mp4";
+
+/// One run of the encoder within a recording: 1 for the first, one more for each restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureGeneration {
+    pub generation: u32,
+    /// Its init segment's name.
+    pub init: String,
+    /// The number of its first segment.
+    pub first_sequence: u64,
+    /// Wall-clock time of its first frame, in Unix milliseconds: the finalizer keeps the time
+    /// between two generations, so the MP4's clock stays the meeting's.
+    pub first_frame_unix_ms: i64,
 }
 
 /// `manifest.json`: every segment with duration, size and hash, kept current while recording.
@@ -244,11 +275,27 @@ pub struct Manifest {
     pub segments: Vec<ManifestSegment>,
     /// True once the playlist has `EXT-X-ENDLIST` and every segment is listed.
     pub complete: bool,
+    /// The init segments of restarted captures (`init_2.mp4`...), hashed like the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inits: Vec<ManifestSegment>,
+    /// Each capture generation, in order (absent in manifests written before restarts existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generations: Vec<CaptureGeneration>,
 }
 
 impl Manifest {
     pub fn duration_secs(&self) -> f64 {
         self.segments.iter().map(|s| s.duration_secs).sum()
+    }
+
+    /// The generation that recorded segment number `sequence`, when the manifest says.
+    pub fn generation_of(&self, sequence: u64) -> Option<&CaptureGeneration> {
+        self.generations.iter().rev().find(|g| g.first_sequence <= sequence)
+    }
+
+    /// The init segment file called `name`, if the manifest lists it.
+    pub fn init_named(&self, name: &str) -> Option<&ManifestSegment> {
+        self.init.iter().chain(&self.inits).find(|s| s.name == name)
     }
 }
 

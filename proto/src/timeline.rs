@@ -27,6 +27,9 @@ pub enum EventKind {
     BrowserLost { reason: String, attempt: u32 },
     /// Back in the meeting with a fresh browser, `gap_ms` after the loss.
     Rejoined { attempt: u32, gap_ms: u64 },
+    /// The encoder died (`reason`) and a new one records on, as capture `generation`; its first
+    /// frame came `gap_ms` after the loss.
+    CaptureRestarted { attempt: u32, generation: u32, reason: String, gap_ms: u64 },
     /// Why the meeting ended for the bot.
     Ended { sub_code: SubCode, detail: String },
     /// `recording.mp4` is made and checked.

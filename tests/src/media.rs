@@ -12,7 +12,11 @@ pub struct Probe {
     pub pix_fmt: String,
     pub width: u64,
     pub height: u64,
+    /// Frames per second over the whole file (`avg_frame_rate`): lower than the stream's rate
+    /// when the file has a hole.
     pub fps: f64,
+    /// The stream's own rate (`r_frame_rate`).
+    pub frame_rate: f64,
     pub duration_secs: f64,
     pub audio_codec: Option<String>,
     pub faststart: bool,
@@ -30,17 +34,21 @@ pub fn probe(path: &Path) -> Probe {
     let streams = json["streams"].as_array().cloned().unwrap_or_default();
     let video = streams.iter().find(|s| s["codec_type"] == "video").expect("a video stream").clone();
     let audio = streams.iter().find(|s| s["codec_type"] == "audio").cloned();
-    let fps = video["avg_frame_rate"]
-        .as_str()
-        .and_then(|r| r.split_once('/'))
-        .and_then(|(n, d)| Some(n.parse::<f64>().ok()? / d.parse::<f64>().ok()?))
-        .unwrap_or(0.0);
+    let rate = |key: &str| {
+        video[key]
+            .as_str()
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(n, d)| Some(n.parse::<f64>().ok()? / d.parse::<f64>().ok()?))
+            .unwrap_or(0.0)
+    };
+    let (fps, frame_rate) = (rate("avg_frame_rate"), rate("r_frame_rate"));
     Probe {
         video_codec: video["codec_name"].as_str().unwrap_or("").into(),
         pix_fmt: video["pix_fmt"].as_str().unwrap_or("").into(),
         width: video["width"].as_u64().unwrap_or(0),
         height: video["height"].as_u64().unwrap_or(0),
         fps,
+        frame_rate,
         duration_secs: json["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0),
         audio_codec: audio.map(|a| a["codec_name"].as_str().unwrap_or("").to_string()),
         faststart: moov_before_mdat(path),
@@ -172,4 +180,70 @@ pub async fn playable(http: &reqwest::Client, done: &serde_json::Value) -> Probe
     assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")));
     assert!(p.faststart);
     p
+}
+
+/// Each stream's decode timestamps in order, in seconds (`ffprobe -show_packets`), by codec type.
+pub fn packet_times(path: &Path, codec_type: &str) -> Vec<f64> {
+    let select = if codec_type == "video" { "v:0" } else { "a:0" };
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", select, "-show_entries", "packet=dts_time", "-of", "csv=p=0"])
+        .arg(path));
+    assert!(out.status.success(), "ffprobe could not list packets of {}", path.display());
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
+}
+
+/// The mean brightness (0-255) of every frame at `fps`, counted from the file's time 0 (a
+/// timestamp hole holds the frame before it, as a player shows it).
+pub fn luma_track(path: &Path, fps: f64) -> Vec<f64> {
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
+        "-map",
+        "0:v:0",
+        "-vf",
+        &format!("fps={fps}:start_time=0,scale=32:18,format=gray"),
+        "-f",
+        "rawvideo",
+        "-",
+    ]));
+    assert!(out.status.success(), "ffmpeg could not decode {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks_exact(32 * 18).map(|px| px.iter().map(|p| f64::from(*p)).sum::<f64>() / px.len() as f64).collect()
+}
+
+/// When the picture turns bright (mean luma above `threshold`), in seconds of the file.
+pub fn flashes(luma: &[f64], fps: f64, threshold: f64) -> Vec<f64> {
+    (0..luma.len()).filter(|&i| luma[i] > threshold && (i == 0 || luma[i - 1] <= threshold)).map(|i| i as f64 / fps).collect()
+}
+
+/// When a sound starts after at least 0.3 s of quiet (a sample above `threshold` of full
+/// scale), in seconds of the file: the audio decoded at 8 kHz from time 0, a timestamp hole
+/// filled with silence.
+pub fn sound_onsets(path: &Path, threshold: f64) -> Vec<f64> {
+    const RATE: f64 = 8000.0;
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
+        "-map",
+        "0:a:0",
+        "-af",
+        "aresample=async=1:first_pts=0",
+        "-ac",
+        "1",
+        "-ar",
+        "8000",
+        "-f",
+        "s16le",
+        "-",
+    ]));
+    assert!(out.status.success(), "ffmpeg could not decode the audio of {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let level = (threshold * f64::from(i16::MAX)) as i32;
+    let quiet_needed = (0.3 * RATE) as usize;
+    let (mut onsets, mut quiet) = (Vec::new(), quiet_needed);
+    for (i, s) in out.stdout.chunks_exact(2).map(|b| i32::from(i16::from_le_bytes([b[0], b[1]]))).enumerate() {
+        if s.abs() > level {
+            if quiet >= quiet_needed {
+                onsets.push(i as f64 / RATE);
+            }
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
+    }
+    onsets
 }

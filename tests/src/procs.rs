@@ -50,7 +50,12 @@ pub fn descendants(root: u32) -> Vec<u32> {
 /// segments. A bot that is warming up runs FFmpeg too, for a few frames into nothing, so a child
 /// named `ffmpeg` alone does not tell.
 pub fn records(bot: u32) -> bool {
-    children(bot).into_iter().any(|pid| {
+    capture(bot).is_some()
+}
+
+/// The pid of `bot`'s capture FFmpeg (the one writing segments), if it runs.
+pub fn capture(bot: u32) -> Option<u32> {
+    children(bot).into_iter().find(|&pid| {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         comm(pid).as_deref() == Some("ffmpeg") && cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(b"seg_"))
     })

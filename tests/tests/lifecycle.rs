@@ -17,6 +17,7 @@ const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn documented(name: &str) -> bool {
     ["init.mp4", "index.m3u8", "manifest.json", "events.json", "recording.mp4"].contains(&name)
         || (name.starts_with("seg_") && name.ends_with(".m4s"))
+        || recfleet_media::is_init(name)
 }
 
 /// One webhook as it arrived.

@@ -130,10 +130,10 @@ pub(super) async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>
 }
 
 #[utoipa::path(get, path = "/v1/recordings/{id}/files/{name}",
-    params(("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4 or seg_NNNNNN.m4s")),
+    params(("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4, init_N.mp4 (a restarted capture's) or seg_NNNNNN.m4s")),
     responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
 pub(super) async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
-    if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) {
+    if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) && !recfleet_media::is_init(&name) {
         return Err(ApiError::NotFound(format!("{id}/{name}")));
     }
     let known = crate::reads::read(&state.reads).get(&id);

@@ -139,6 +139,7 @@ impl Manager {
                 }
             }
             EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
+            EventKind::CaptureRestarted { .. } => metrics.capture_restarts.inc(),
             EventKind::Joined
             | EventKind::Rejoined { .. }
             | EventKind::PageLoaded { .. }
