@@ -35,6 +35,7 @@ bench: build images
 	python3 bench/takeover_bench.py
 	python3 bench/fleet_bench.py
 	python3 bench/ecs_bench.py
+	python3 bench/faults_bench.py
 
 clean:
 	rm -rf target demo-output

@@ -202,6 +202,8 @@ pub enum CaptureError {
     Exited(String),
     #[error("the ffmpeg warm-up failed: {0}")]
     WarmUp(String),
+    #[error("cannot prepare {path} for a new encoder: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
 }
 
 /// The capture statistics of a whole recording, carried from each encoder to the one that
@@ -237,7 +239,6 @@ pub struct Capture {
     totals: Totals,
     child: FfmpegChild,
     pid: u32,
-    stats: Arc<Mutex<CaptureStats>>,
     updates: mpsc::UnboundedReceiver<Update>,
     errors: Arc<Mutex<Vec<String>>>,
     exited: Option<std::process::ExitStatus>,
@@ -259,7 +260,6 @@ impl Capture {
         set_parent_death_signal(cmd.as_inner_mut());
         let mut child = cmd.spawn().map_err(CaptureError::Spawn)?;
         let events = child.iter().map_err(|e| CaptureError::Spawn(std::io::Error::other(e.to_string())))?;
-        let stats = totals.stats.clone();
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (tx, updates) = mpsc::unbounded_channel();
         let (thread_totals, thread_errors) = (totals.clone(), errors.clone());
@@ -268,7 +268,7 @@ impl Capture {
             .spawn(move || consume(events, &thread_totals, &thread_errors, &tx))
             .map_err(CaptureError::Spawn)?;
         let pid = child.as_inner().id();
-        let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, stats, updates, errors, exited: None };
+        let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, updates, errors, exited: None };
         match tokio::time::timeout(first_frame_within, capture.updates.recv()).await {
             Ok(Some(Update::FirstFrame(at))) => {
                 tracing::info!(pid = capture.pid(), "capture started");
@@ -294,9 +294,14 @@ impl Capture {
         self.cfg.generation
     }
 
-    /// The number of this encoder's first segment.
-    pub fn start_number(&self) -> u64 {
-        self.cfg.start_number
+    /// This encoder as the manifest records it, with its first frame's time.
+    pub fn generation_info(&self, first_frame_at: OffsetDateTime) -> recfleet_proto::CaptureGeneration {
+        recfleet_proto::CaptureGeneration {
+            generation: self.cfg.generation,
+            init: init_name(self.cfg.generation),
+            first_sequence: self.cfg.start_number,
+            first_frame_unix_ms: (first_frame_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        }
     }
 
     /// Replaces an encoder that died with the next generation: FFmpeg's half-written files are
@@ -306,10 +311,12 @@ impl Capture {
     pub async fn restart(&mut self, first_frame_within: Duration) -> Result<OffsetDateTime, CaptureError> {
         let _ = self.stop().await;
         let dir = &self.cfg.out_dir;
-        let leftovers = remove_partial_files(dir).map_err(CaptureError::Spawn)?;
-        let start_number = recfleet_media::next_sequence(dir).map_err(CaptureError::Spawn)?;
+        let folder_err = |source| CaptureError::Folder { path: dir.clone(), source };
+        // Numbered before the half-written files go, so that not even their numbers come back.
+        let start_number = recfleet_media::next_sequence(dir).map_err(folder_err)?;
+        let leftovers = remove_partial_files(dir).map_err(folder_err)?;
         let cfg = CaptureConfig { generation: self.cfg.generation + 1, start_number, ..self.cfg.clone() };
-        tracing::info!(generation = cfg.generation, start_number, leftovers, "restarting the capture");
+        tracing::debug!(generation = cfg.generation, start_number, leftovers, "starting the next encoder");
         let (next, first_frame_at) = Capture::start(&cfg, first_frame_within, &self.totals).await?;
         *self = next;
         Ok(first_frame_at)
@@ -354,11 +361,11 @@ impl Capture {
 
     /// The live statistics, for whoever reports them while the capture runs.
     pub fn stats_handle(&self) -> Arc<Mutex<CaptureStats>> {
-        self.stats.clone()
+        self.totals.stats.clone()
     }
 
     pub fn stats(&self) -> CaptureStats {
-        self.stats.lock().expect("stats lock").clone()
+        self.totals.stats.lock().expect("stats lock").clone()
     }
 
     fn last_errors(&self) -> String {

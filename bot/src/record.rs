@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use recfleet_proto::{EventKind, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary};
+use recfleet_proto::{CaptureGeneration, EventKind, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -250,8 +250,7 @@ impl Job<'_> {
 
         let uploader = self.upload.clone().map(|cfg| Uploader::start(self.out_dir, cfg, self.journal.reporter_arc()));
         let (disk_full_tx, disk_full) = tokio::sync::watch::channel(None);
-        let first = Generation { generation: 1, start_number: 1, first_frame_at };
-        let (generation_tx, generations) = tokio::sync::watch::channel(first);
+        let (generation_tx, generations) = tokio::sync::mpsc::unbounded_channel();
         let watch_cfg = SpoolWatch {
             dir: self.out_dir.to_path_buf(),
             recording_id: self.cfg.recording_id.clone(),
@@ -259,6 +258,7 @@ impl Job<'_> {
             uploader: uploader.as_ref(),
             min_free_bytes: self.cfg.min_free_bytes,
             disk_full: disk_full_tx,
+            first: capture.generation_info(first_frame_at),
             generations,
         };
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
@@ -292,7 +292,7 @@ impl Job<'_> {
         session: &mut Session,
         capture: &mut Capture,
         limits: &Limits<'_>,
-        generations: &tokio::sync::watch::Sender<Generation>,
+        generations: &tokio::sync::mpsc::UnboundedSender<CaptureGeneration>,
     ) -> End {
         let (mut rejoins, mut restarts) = (0, 0);
         loop {
@@ -339,7 +339,7 @@ impl Job<'_> {
         capture: &mut Capture,
         reason: String,
         restarts: &mut u32,
-        generations: &tokio::sync::watch::Sender<Generation>,
+        generations: &tokio::sync::mpsc::UnboundedSender<CaptureGeneration>,
     ) -> Result<(), End> {
         tracing::warn!(%reason, restarts = *restarts, max_capture_restarts = self.cfg.max_capture_restarts, "capture lost");
         if *restarts >= self.cfg.max_capture_restarts {
@@ -353,7 +353,7 @@ impl Job<'_> {
             .map_err(|e| End::new(SubCode::CaptureFailed, format!("{reason}; the restart failed: {e}")))?;
         let gap_ms = lost_at.elapsed().as_millis() as u64;
         let generation = capture.generation();
-        let _ = generations.send(Generation { generation, start_number: capture.start_number(), first_frame_at });
+        let _ = generations.send(capture.generation_info(first_frame_at));
         tracing::info!(gap_ms, generation, attempt = *restarts, "capture restarted");
         self.journal.record_at(first_frame_at, EventKind::CaptureRestarted { attempt: *restarts, generation, reason, gap_ms });
         Ok(())
@@ -403,8 +403,10 @@ impl Job<'_> {
 
     async fn make_outputs(&self, spool: &mut Spool, end: &End, uploader: Option<&Uploader>) -> Result<finalize::Mp4Info, RecordError> {
         let finalize_err = |reason: String| RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() };
-        // The segments FFmpeg closed while stopping.
-        for seg in spool.scan().map_err(|e| finalize_err(e.to_string()))? {
+        // The segments FFmpeg closed while stopping, and any a killed one closed but did not list.
+        let mut last = spool.scan().map_err(|e| finalize_err(e.to_string()))?;
+        last.extend(spool.adopt_orphans(u64::MAX));
+        for seg in last {
             if let Some(up) = uploader {
                 up.closed(&seg);
             }
@@ -448,16 +450,9 @@ struct SpoolWatch<'a> {
     min_free_bytes: u64,
     /// Set with the reason when the disk cannot take more.
     disk_full: tokio::sync::watch::Sender<Option<String>>,
-    /// The capture generation recording now.
-    generations: tokio::sync::watch::Receiver<Generation>,
-}
-
-/// A capture generation, as the spool needs to know it.
-#[derive(Debug, Clone, Copy)]
-struct Generation {
-    generation: u32,
-    start_number: u64,
-    first_frame_at: OffsetDateTime,
+    /// The first capture, and each restarted one as it starts.
+    first: CaptureGeneration,
+    generations: tokio::sync::mpsc::UnboundedReceiver<CaptureGeneration>,
 }
 
 /// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
@@ -466,7 +461,8 @@ struct Generation {
 fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
     let (tx, mut rx) = oneshot::channel::<()>();
     let task = async move {
-        let mut spool = Spool::new(&w.dir, &w.recording_id, w.generations.borrow().first_frame_at);
+        let mut spool = Spool::new(&w.dir, &w.recording_id, w.first.clone());
+        let mut generations = w.generations;
         let mut first = true;
         let mut tick = tokio::time::interval(SPOOL_INTERVAL);
         loop {
@@ -474,31 +470,25 @@ fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::futur
                 _ = tick.tick() => false,
                 _ = &mut rx => true,
             };
-            let current = *w.generations.borrow();
-            let scanned = if current.generation != spool.generation() {
-                spool.begin_generation(current.generation, current.start_number, current.first_frame_at).and_then(|mut last| {
-                    last.extend(spool.scan()?);
-                    Ok(last)
-                })
-            } else {
-                spool.scan()
-            };
-            match scanned {
-                Ok(new) => {
-                    if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
-                        if first {
-                            first = false;
-                            w.journal.record(EventKind::FirstSegment { name: seg.name.clone() });
-                        }
-                    }
-                    for seg in new {
-                        tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
-                        if let Some(up) = w.uploader {
-                            up.closed(&seg);
-                        }
-                    }
-                }
+            let mut new = Vec::new();
+            while let Ok(next) = generations.try_recv() {
+                new.extend(spool.begin_generation(next));
+            }
+            match spool.scan() {
+                Ok(found) => new.extend(found),
                 Err(err) => tracing::warn!(error = %err, "spool scan failed"),
+            }
+            if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
+                if first {
+                    first = false;
+                    w.journal.record(EventKind::FirstSegment { name: seg.name.clone() });
+                }
+            }
+            for seg in new {
+                tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
+                if let Some(up) = w.uploader {
+                    up.closed(&seg);
+                }
             }
             let full = match w.uploader {
                 Some(up) => up.disk_check(),

@@ -10,10 +10,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::capture::capture_playlist;
 use recfleet_proto::{CaptureGeneration, Manifest, ManifestSegment};
-use time::OffsetDateTime;
-
-use crate::capture::{capture_playlist, init_name};
 
 pub use recfleet_media::{MANIFEST, PLAYLIST};
 
@@ -35,26 +33,31 @@ pub struct Spool {
     seen: HashSet<String>,
     ended: bool,
     /// The capture generation whose playlist is read.
-    generation: u32,
+    generation: CaptureGeneration,
 }
 
 impl Spool {
-    /// Follows the first capture, whose first frame was grabbed at `first_frame_at`.
-    pub fn new(dir: &Path, recording_id: &str, first_frame_at: OffsetDateTime) -> Self {
-        let mut spool = Self {
+    /// Follows the first capture.
+    pub fn new(dir: &Path, recording_id: &str, first: CaptureGeneration) -> Self {
+        let mut spool = Self::empty(dir, recording_id, first.clone());
+        spool.manifest.generations.push(first);
+        spool
+    }
+
+    fn empty(dir: &Path, recording_id: &str, generation: CaptureGeneration) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             manifest: Manifest { recording_id: recording_id.to_string(), ..Manifest::default() },
             seen: HashSet::new(),
             ended: false,
-            generation: 0,
-        };
-        spool.note_generation(1, 1, first_frame_at);
-        spool
+            generation,
+        }
     }
 
     /// Picks up a folder a recording left behind (a dead bot, an expired drain): what its
-    /// manifest lists, then whatever its last encoder closed after. Returns the spool and every
-    /// closed file in upload order (each init before the first segment that needs it).
+    /// manifest lists, then whatever its last encoder closed after, listed or not. Returns the
+    /// spool and every closed file in upload order (each init before the first segment that
+    /// needs it).
     pub fn reopen(dir: &Path, recording_id: &str) -> Result<(Self, Vec<ManifestSegment>), SpoolError> {
         let path = dir.join(MANIFEST);
         let earlier: Option<Manifest> = match std::fs::read(&path) {
@@ -62,16 +65,10 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(SpoolError::Read { path, source }),
         };
-        let mut spool = Self {
-            dir: dir.to_path_buf(),
-            manifest: Manifest { recording_id: recording_id.to_string(), ..Manifest::default() },
-            seen: HashSet::new(),
-            ended: false,
-            generation: 1,
-        };
+        let last = earlier.as_ref().and_then(|m| m.generations.last().cloned());
+        let mut spool = Self::empty(dir, recording_id, last.unwrap_or_else(|| first_generation(0)));
         let mut closed: Vec<ManifestSegment> = Vec::new();
         if let Some(m) = earlier {
-            spool.generation = m.generations.last().map_or(1, |g| g.generation);
             for seg in &m.segments {
                 if !closed.iter().any(|c| c.name == seg.init_name()) {
                     closed.extend(m.init_named(seg.init_name()).cloned());
@@ -82,65 +79,69 @@ impl Spool {
             spool.manifest = Manifest { recording_id: recording_id.to_string(), ..m };
         }
         closed.extend(spool.scan()?);
+        closed.extend(spool.adopt_orphans(u64::MAX));
         Ok((spool, closed))
     }
 
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
-    /// Moves on to a restarted capture's playlist (its numbers start at `start_number`), after
-    /// a last scan of the one that died. A segment the dead encoder closed but did not live to
-    /// list is complete (FFmpeg renames a segment into place only once it is written): it is
-    /// adopted, with the nominal duration. Returns the segments found.
-    pub fn begin_generation(
-        &mut self,
-        generation: u32,
-        start_number: u64,
-        first_frame_at: OffsetDateTime,
-    ) -> Result<Vec<ManifestSegment>, SpoolError> {
-        let mut last = self.scan()?;
-        let listed = self.manifest.segments.last().map_or(0, |s| s.sequence);
-        let read_err = |source| SpoolError::Read { path: self.dir.clone(), source };
-        let mut orphans: Vec<(u64, String)> = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(read_err)? {
-            let name = entry.map_err(read_err)?.file_name().to_string_lossy().into_owned();
-            if let Some(n) = sequence_of(&name).filter(|n| *n > listed && *n < start_number && !self.seen.contains(&name)) {
-                orphans.push((n, name));
-            }
-        }
-        orphans.sort();
-        for (sequence, name) in orphans {
-            tracing::info!(segment = %name, "adopting a segment the dead encoder closed but did not list");
-            let mut entry = self.describe(&name, sequence, f64::from(recfleet_media::SEGMENT_SECS))?;
-            if self.generation > 1 {
-                entry.init = Some(init_name(self.generation));
-            }
-            self.seen.insert(name);
-            self.manifest.segments.push(entry.clone());
-            last.push(entry);
-        }
-        self.note_generation(generation, start_number, first_frame_at);
-        self.write_manifest()?;
-        Ok(last)
-    }
-
-    fn note_generation(&mut self, generation: u32, first_sequence: u64, first_frame_at: OffsetDateTime) {
-        self.generation = generation;
-        self.ended = false;
-        self.manifest.generations.push(CaptureGeneration {
-            generation,
-            init: init_name(generation),
-            first_sequence,
-            first_frame_unix_ms: (first_frame_at.unix_timestamp_nanos() / 1_000_000) as i64,
+    /// Moves on to a restarted capture's playlist, after a last scan of the one that died and
+    /// the adoption of what it closed but did not live to list. Returns the segments found.
+    /// Never fails: what cannot be read is logged, and the new capture is followed regardless.
+    pub fn begin_generation(&mut self, next: CaptureGeneration) -> Vec<ManifestSegment> {
+        let mut last = self.scan().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot read the dead encoder's playlist a last time");
+            Vec::new()
         });
+        last.extend(self.adopt_orphans(next.first_sequence));
+        self.generation = next.clone();
+        self.ended = false;
+        self.manifest.generations.push(next);
+        self.write_manifest_or_warn();
+        last
+    }
+
+    /// Lists the segments below `below` that the current encoder closed but did not list
+    /// before it died: complete (FFmpeg renames a segment into place only once it is written),
+    /// with the nominal duration. Only for an encoder that is gone.
+    pub fn adopt_orphans(&mut self, below: u64) -> Vec<ManifestSegment> {
+        let listed = self.manifest.segments.last().map_or(0, |s| s.sequence);
+        let names = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %self.dir.display(), "cannot look for unlisted segments");
+                return Vec::new();
+            }
+        };
+        let mut orphans: Vec<(u64, String)> = names
+            .into_iter()
+            .filter_map(|name| sequence_of(&name).map(|n| (n, name)))
+            .filter(|(n, name)| *n > listed && *n < below && !self.seen.contains(name))
+            .collect();
+        orphans.sort();
+        let mut adopted = Vec::new();
+        for (sequence, name) in orphans {
+            match self.add(&name, sequence, f64::from(recfleet_media::SEGMENT_SECS)) {
+                Ok(seg) => {
+                    tracing::info!(segment = %name, "adopted a segment the dead encoder closed but did not list");
+                    adopted.push(seg);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot adopt an unlisted segment");
+                    break;
+                }
+            }
+        }
+        if !adopted.is_empty() {
+            self.write_manifest_or_warn();
+        }
+        adopted
     }
 
     /// Reads the current capture's playlist and records every segment closed since the last
     /// scan. Returns the new ones, in order (an init segment before the first segment that needs
-    /// it); writes `manifest.json` and `index.m3u8` when anything changed.
+    /// it), and writes `manifest.json` and `index.m3u8` when anything changed. A segment that
+    /// cannot be read stops the scan there: it and those after it are found by the next one.
     pub fn scan(&mut self) -> Result<Vec<ManifestSegment>, SpoolError> {
-        let path = self.dir.join(capture_playlist(self.generation));
+        let path = self.dir.join(capture_playlist(self.generation.generation));
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -149,38 +150,45 @@ impl Spool {
         let playlist =
             m3u8_rs::parse_media_playlist_res(&bytes).map_err(|e| SpoolError::Playlist { path: path.clone(), reason: e.to_string() })?;
         let mut new = Vec::new();
-        let init = init_name(self.generation);
-        let restarted = self.generation > 1;
+        let listed = self.list_new(&playlist, &mut new);
+        self.ended = listed.is_ok() && playlist.end_list;
+        self.manifest.complete = self.ended;
+        if !new.is_empty() || self.ended {
+            self.write_manifest_or_warn();
+        }
+        match listed {
+            Err(err) if new.is_empty() => Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "a closed segment cannot be read yet");
+                Ok(new)
+            }
+            Ok(()) => Ok(new),
+        }
+    }
+
+    fn list_new(&mut self, playlist: &m3u8_rs::MediaPlaylist, new: &mut Vec<ManifestSegment>) -> Result<(), SpoolError> {
+        let init = self.generation.init.clone();
         if self.manifest.init_named(&init).is_none() && !playlist.segments.is_empty() {
             let described = self.describe(&init, 0, 0.0)?;
-            if restarted {
-                self.manifest.inits.push(described.clone());
-            } else {
-                self.manifest.init = Some(described.clone());
-            }
+            self.manifest.add_init(described.clone());
             new.push(described);
         }
         for seg in &playlist.segments {
             if self.seen.contains(&seg.uri) {
                 continue;
             }
-            let first_of_generation = self.manifest.segments.last().is_none_or(|s| s.init_name() != init);
             let sequence = sequence_of(&seg.uri).unwrap_or(self.manifest.segments.len() as u64 + 1);
-            let mut entry = self.describe(&seg.uri, sequence, f64::from(seg.duration))?;
-            if restarted {
-                entry.init = Some(init.clone());
-                entry.discontinuity = first_of_generation;
-            }
-            self.seen.insert(seg.uri.clone());
-            self.manifest.segments.push(entry.clone());
-            new.push(entry);
+            new.push(self.add(&seg.uri, sequence, f64::from(seg.duration))?);
         }
-        self.ended = playlist.end_list;
-        self.manifest.complete = self.ended;
-        if !new.is_empty() || self.ended {
-            self.write_manifest()?;
-        }
-        Ok(new)
+        Ok(())
+    }
+
+    /// Hashes a closed segment of the current generation into the manifest.
+    fn add(&mut self, name: &str, sequence: u64, duration_secs: f64) -> Result<ManifestSegment, SpoolError> {
+        let described = self.describe(name, sequence, duration_secs)?;
+        self.seen.insert(name.to_string());
+        self.manifest.push_segment(described, &self.generation);
+        Ok(self.manifest.segments.last().expect("just pushed").clone())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -201,7 +209,13 @@ impl Spool {
     fn describe(&self, name: &str, sequence: u64, duration_secs: f64) -> Result<ManifestSegment, SpoolError> {
         let path = self.dir.join(name);
         let (bytes, sha256) = hash_file(&path).map_err(|source| SpoolError::Read { path, source })?;
-        Ok(ManifestSegment { name: name.to_string(), sequence, duration_secs, bytes, sha256, init: None, discontinuity: false })
+        Ok(ManifestSegment { sequence, ..recfleet_media::describe(name, duration_secs, bytes, sha256) })
+    }
+
+    fn write_manifest_or_warn(&self) {
+        if let Err(err) = self.write_manifest() {
+            tracing::warn!(error = %err, "cannot update the manifest yet; the next change writes it");
+        }
     }
 
     /// The manifest, then the playlist made from it: a reader never finds a name the manifest
@@ -220,6 +234,11 @@ impl Spool {
 }
 
 pub use recfleet_media::{hash_file, sequence_of, write_atomically};
+
+/// The first capture of a recording, its first frame at `first_frame_unix_ms`.
+pub fn first_generation(first_frame_unix_ms: i64) -> CaptureGeneration {
+    CaptureGeneration { generation: 1, init: recfleet_media::init_name(1), first_sequence: 1, first_frame_unix_ms }
+}
 
 #[cfg(test)]
 mod tests {
@@ -241,7 +260,7 @@ mod tests {
     fn scan_hashes_each_new_segment_once() {
         let dir = folder();
         std::fs::write(dir.path().join("capture_1.m3u8"), LIVE).unwrap();
-        let mut spool = Spool::new(dir.path(), "r1", OffsetDateTime::now_utc());
+        let mut spool = Spool::new(dir.path(), "r1", first_generation(0));
         let new = spool.scan().unwrap();
         let names: Vec<&str> = new.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["init.mp4", "seg_000001.m4s", "seg_000002.m4s"]);
@@ -265,9 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_that_cannot_be_read_is_found_by_the_next_scan_and_none_before_it_is_dropped() {
+        let dir = folder();
+        std::fs::remove_file(dir.path().join("seg_000002.m4s")).unwrap();
+        std::fs::write(dir.path().join("capture_1.m3u8"), LIVE).unwrap();
+        let mut spool = Spool::new(dir.path(), "r1", first_generation(0));
+        let names = |v: Vec<ManifestSegment>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names(spool.scan().unwrap()), ["init.mp4", "seg_000001.m4s"]);
+        std::fs::write(dir.path().join("seg_000002.m4s"), b"two").unwrap();
+        assert_eq!(names(spool.scan().unwrap()), ["seg_000002.m4s"]);
+        // A dead encoder's closed but unlisted segment is adopted at the end.
+        std::fs::write(dir.path().join("seg_000003.m4s"), b"three").unwrap();
+        assert_eq!(names(spool.adopt_orphans(u64::MAX)), ["seg_000003.m4s"]);
+        let (_, closed) = Spool::reopen(dir.path(), "r1").unwrap();
+        assert_eq!(names(closed), ["init.mp4", "seg_000001.m4s", "seg_000002.m4s", "seg_000003.m4s"], "a reopened folder holds them all");
+    }
+
+    #[test]
     fn no_playlist_yet_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Spool::new(dir.path(), "r1", OffsetDateTime::now_utc()).scan().unwrap().is_empty());
+        assert!(Spool::new(dir.path(), "r1", first_generation(0)).scan().unwrap().is_empty());
     }
 
     #[test]
@@ -275,8 +311,7 @@ mod tests {
         let dir = folder();
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("capture_1.m3u8"), LIVE).unwrap();
-        let t0 = OffsetDateTime::now_utc();
-        let mut spool = Spool::new(dir.path(), "r1", t0);
+        let mut spool = Spool::new(dir.path(), "r1", first_generation(10_000));
         assert_eq!(spool.scan().unwrap().len(), 3);
         // The first encoder died after closing seg 3 but before listing it.
         std::fs::write(path("seg_000003.m4s"), b"three").unwrap();
@@ -287,8 +322,9 @@ mod tests {
             #EXT-X-MAP:URI=\"init_2.mp4\"\n#EXTINF:2.000000,\nseg_000004.m4s\n#EXTINF:2.000000,\nseg_000005.m4s\n";
         std::fs::write(path("capture_2.m3u8"), second).unwrap();
 
-        let adopted: Vec<String> =
-            spool.begin_generation(2, 4, t0 + time::Duration::seconds(5)).unwrap().into_iter().map(|s| s.name).collect();
+        let second_generation =
+            CaptureGeneration { generation: 2, init: "init_2.mp4".into(), first_sequence: 4, first_frame_unix_ms: 15_000 };
+        let adopted: Vec<String> = spool.begin_generation(second_generation).into_iter().map(|s| s.name).collect();
         assert_eq!(adopted, ["seg_000003.m4s"], "closed, not listed, and below the new encoder's numbers");
         let new: Vec<String> = spool.scan().unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(new, ["init_2.mp4", "seg_000004.m4s", "seg_000005.m4s"]);

@@ -337,10 +337,8 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 fn add_to_manifest(manifest: &mut Manifest, seg: &ManifestSegment) {
-    if seg.name == INIT_SEGMENT {
-        manifest.init = Some(seg.clone());
-    } else if recfleet_media::is_init(&seg.name) {
-        manifest.inits.push(seg.clone());
+    if recfleet_media::is_init(&seg.name) {
+        manifest.add_init(seg.clone());
     } else if recfleet_media::sequence_of(&seg.name).is_some() {
         manifest.segments.push(seg.clone());
     }
@@ -410,7 +408,10 @@ impl Worker {
                     }
                     self.stored(&item);
                     unpublished += 1;
-                    if unpublished >= PUBLISH_EVERY && self.publish(false).await.is_ok() {
+                    // A restarted capture's init is published at once, with the generations:
+                    // a recovery must know where its segments begin.
+                    let restarted = item.segment.name != INIT_SEGMENT && recfleet_media::is_init(&item.segment.name);
+                    if (unpublished >= PUBLISH_EVERY || restarted) && self.publish(false).await.is_ok() {
                         unpublished = 0;
                     }
                 }
@@ -495,8 +496,10 @@ impl Worker {
         self.manifest.complete = complete;
         // When each capture generation started, as the spool noted it: recovery keeps the time
         // between them.
-        if let Some(local) = std::fs::read(self.dir.join(MANIFEST)).ok().and_then(|b| serde_json::from_slice::<Manifest>(&b).ok()) {
-            self.manifest.generations = local.generations;
+        match std::fs::read(self.dir.join(MANIFEST)).map(|b| serde_json::from_slice::<Manifest>(&b)) {
+            Ok(Ok(local)) => self.manifest.generations = local.generations,
+            Ok(Err(err)) => tracing::warn!(error = %err, "the spool's manifest does not parse; the store's keeps its generations"),
+            Err(err) => tracing::debug!(error = %err, "no spool manifest to take the generations from"),
         }
         let key = |name: &str| recording_key(&self.recording_id, name);
         let manifest = serde_json::to_vec_pretty(&self.manifest).expect("the manifest serializes");

@@ -72,6 +72,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         docker: None,
         ecs: None,
         advertise_urls: Vec::new(),
+        lost_window: crate::fleet::DEFAULT_LOST_WINDOW,
     };
     let served = tokio::spawn(crate::serve(serve_cfg, listener, shutdown.clone()));
     let result = drive(&base, &api_key, &format!("http://{meeting_addr}"), &cfg).await;

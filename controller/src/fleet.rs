@@ -16,6 +16,10 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A warm or busy bot that lost its connection must be back within this (it keeps recording
 /// meanwhile; its reconnection backoff tops out at 5 s).
 pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A busy bot is lost only after this long without a sign of life on its socket *or* a new
+/// segment of its recording in the store (`--lost-window-secs`): a partition between it and the
+/// controller must not get a live recording finalized.
+pub const DEFAULT_LOST_WINDOW: Duration = Duration::from_secs(60);
 
 /// Where a bot is in its (single-use) life. Bots that exit or are lost leave the fleet; they
 /// have no state of their own.
@@ -83,6 +87,10 @@ pub struct Liveness {
     pub last_seen: Instant,
     /// How long its runtime gives a launch to connect and warm up.
     pub startup: Duration,
+    /// When a new segment of its recording was last seen in the store (busy bots).
+    pub stored_at: Option<Instant>,
+    /// How long a busy bot may show no sign of life at all.
+    pub lost_window: Duration,
 }
 
 /// How long a bot in this situation may be silent before it is declared lost.
@@ -94,9 +102,28 @@ pub fn silence_limit(state: BotState, connected: bool, startup: Duration) -> Dur
     }
 }
 
-/// True when a bot has been silent longer than its situation allows, at `now`.
-pub fn is_lost(bot: Liveness, now: Instant) -> bool {
+/// True when a bot's socket has been silent longer than its situation allows, at `now`.
+fn is_silent(bot: Liveness, now: Instant) -> bool {
     now.saturating_duration_since(bot.last_seen) > silence_limit(bot.state, bot.connected, bot.startup)
+}
+
+/// True when a bot is lost at `now`: silent past its limit and, when it is busy, without a new
+/// stored segment either for the lost window.
+pub fn is_lost(bot: Liveness, now: Instant) -> bool {
+    if !is_silent(bot, now) {
+        return false;
+    }
+    if bot.state != BotState::Busy {
+        return true;
+    }
+    let last_sign = bot.stored_at.map_or(bot.last_seen, |at| at.max(bot.last_seen));
+    now.saturating_duration_since(last_sign) > bot.lost_window
+}
+
+/// True when a busy bot's socket is silent but the bot is not lost yet: the store is asked
+/// whether its recording still grows.
+pub fn is_suspect(bot: Liveness, now: Instant) -> bool {
+    bot.state == BotState::Busy && is_silent(bot, now) && !is_lost(bot, now)
 }
 
 #[cfg(test)]
@@ -135,10 +162,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn liveness_follows_the_clock_passed_in() {
         let seen = tokio::time::Instant::now().into_std();
-        let bot = |state, connected| Liveness { state, connected, last_seen: seen, startup: STARTUP_TIMEOUT };
+        let bot = |state, connected| Liveness {
+            state,
+            connected,
+            last_seen: seen,
+            startup: STARTUP_TIMEOUT,
+            stored_at: None,
+            lost_window: HEARTBEAT_TIMEOUT,
+        };
         tokio::time::advance(HEARTBEAT_TIMEOUT + Duration::from_millis(1)).await;
         let now = tokio::time::Instant::now().into_std();
         assert!(is_lost(bot(S::Busy, true), now), "a connected bot past the heartbeat timeout");
+        assert!(is_lost(bot(S::Idle, true), now));
         assert!(!is_lost(bot(S::Busy, false), now), "a disconnected one gets the reconnection window");
         assert!(!is_lost(bot(S::Starting, false), now), "a starting one gets the startup window");
         tokio::time::advance(RECONNECT_TIMEOUT).await;
@@ -149,5 +184,31 @@ mod tests {
         assert!(is_lost(bot(S::Starting, true), tokio::time::Instant::now().into_std()));
         // A `now` before the last sighting (clocks read out of order) is not a loss.
         assert!(!is_lost(bot(S::Busy, true), seen - Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_bot_is_lost_only_when_neither_its_socket_nor_the_store_shows_life() {
+        let seen = tokio::time::Instant::now().into_std();
+        let busy = |connected, stored_at| Liveness {
+            state: S::Busy,
+            connected,
+            last_seen: seen,
+            startup: STARTUP_TIMEOUT,
+            stored_at,
+            lost_window: DEFAULT_LOST_WINDOW,
+        };
+        let at = |secs: u64| seen + Duration::from_secs(secs);
+        // Silent past the heartbeat timeout: suspect, not lost, for the whole window.
+        assert!(!is_suspect(busy(true, None), at(5)) && !is_lost(busy(true, None), at(5)));
+        assert!(is_suspect(busy(true, None), at(11)) && !is_lost(busy(true, None), at(11)));
+        assert!(is_suspect(busy(false, None), at(59)), "disconnected: suspect after the reconnection window");
+        assert!(!is_suspect(busy(false, None), at(29)));
+        assert!(is_lost(busy(true, None), at(61)) && !is_suspect(busy(true, None), at(61)), "nothing for 60 s: lost");
+        // Segments still arriving in the store keep it alive, however long the socket is silent.
+        assert!(!is_lost(busy(false, Some(at(290))), at(300)) && is_suspect(busy(false, Some(at(290))), at(300)));
+        assert!(is_lost(busy(false, Some(at(290))), at(351)), "the store went quiet too");
+        // Idle and starting bots keep the socket rule alone.
+        let idle = Liveness { state: S::Idle, ..busy(true, Some(at(20))) };
+        assert!(is_lost(idle, at(11)) && !is_suspect(idle, at(11)));
     }
 }

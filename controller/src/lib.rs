@@ -70,6 +70,9 @@ pub struct ServeConfig {
     /// The base URLs bots dial (`ws://host:port`), tried in turn (every controller that may
     /// lead, or one load-balanced address); empty: the address the server listens on.
     pub advertise_urls: Vec<String>,
+    /// A busy bot is declared lost only after this long with neither a message on its socket
+    /// nor a new segment of its recording in the store (`--lost-window-secs`).
+    pub lost_window: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -219,6 +222,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         metrics: metrics.clone(),
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
+        lost_window: cfg.lost_window,
         deposed: deposed.clone(),
         lapsed: lapsed.clone(),
         reads,

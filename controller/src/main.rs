@@ -61,6 +61,12 @@ struct ServeArgs {
     /// `--pool-min-idle`, the requests this rate brings during one measured launch. 0: off.
     #[arg(long, env = "RECFLEET_POOL_DEMAND_WINDOW_SECS", default_value_t = recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS)]
     pool_demand_window_secs: u64,
+    /// Seconds a busy bot may go with neither a message on its socket nor a new segment of its
+    /// recording in the object store before it is declared lost and its recording finalized
+    /// from the store: a partition between bot and controller must not end a live recording.
+    /// At least the heartbeat timeout (10).
+    #[arg(long, env = "RECFLEET_LOST_WINDOW_SECS", default_value_t = recfleet::fleet::DEFAULT_LOST_WINDOW.as_secs())]
+    lost_window_secs: u64,
     /// Comma-separated meeting hosts to allow (all when unset).
     #[arg(long, env = "RECFLEET_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Option<Vec<String>>,
@@ -227,6 +233,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => return demo(args).await,
     };
     anyhow::ensure!(args.pool_max >= 1, "invalid --pool-max: must be at least 1");
+    let heartbeat = recfleet::fleet::HEARTBEAT_TIMEOUT.as_secs();
+    anyhow::ensure!(
+        args.lost_window_secs >= heartbeat,
+        "invalid --lost-window-secs {}: at least the heartbeat timeout ({heartbeat} s)",
+        args.lost_window_secs
+    );
     anyhow::ensure!(args.pool_min_idle <= args.pool_max, "invalid --pool-min-idle: must not exceed --pool-max ({})", args.pool_max);
     for url in &args.advertise_url {
         anyhow::ensure!(url.starts_with("ws://") || url.starts_with("wss://"), "invalid --advertise-url {url:?}: use ws://host:port");
@@ -310,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         docker,
         ecs,
         advertise_urls: args.advertise_url,
+        lost_window: std::time::Duration::from_secs(args.lost_window_secs),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

@@ -50,6 +50,7 @@ pub mod names {
     pub const ECS_RECONCILE_DURATION_SECONDS: &str = "recfleet_ecs_reconcile_duration_seconds";
     pub const BOT_BROWSER_LOST_TOTAL: &str = "recfleet_bot_browser_lost_total";
     pub const BOT_CAPTURE_RESTARTS_TOTAL: &str = "recfleet_bot_capture_restarts_total";
+    pub const POOL_BOTS_SILENT: &str = "recfleet_pool_bots_silent";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -90,6 +91,7 @@ pub mod names {
         ECS_RECONCILE_DURATION_SECONDS,
         BOT_BROWSER_LOST_TOTAL,
         BOT_CAPTURE_RESTARTS_TOTAL,
+        POOL_BOTS_SILENT,
     ];
 }
 
@@ -146,6 +148,7 @@ pub struct Metrics {
     pub ecs_reconcile: Histogram,
     pub browser_lost: IntCounter,
     pub capture_restarts: IntCounter,
+    pub bots_silent: IntGauge,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -318,6 +321,11 @@ impl Metrics {
                 &r,
                 BOT_CAPTURE_RESTARTS_TOTAL,
                 "Encoders that died mid-meeting and were restarted into the same recording (a discontinuity in its playlist).",
+            ),
+            bots_silent: gauge(
+                &r,
+                POOL_BOTS_SILENT,
+                "Busy bots whose socket is silent but whose recording may still grow in the store (not lost until the lost window passes without a new segment).",
             ),
             registry: r,
         };

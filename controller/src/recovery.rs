@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use recfleet_media::{describe, hash_file, is_init, playlist_text, INIT_SEGMENT, MANIFEST, MP4, PLAYLIST, SEGMENT_SECS};
+use recfleet_media::{describe, hash_file, is_init, playlist_text, sequence_of, INIT_SEGMENT, MANIFEST, MP4, PLAYLIST, SEGMENT_SECS};
 use recfleet_proto::{Manifest, ManifestSegment};
 use recfleet_storage::{recording_key, ObjectStore, Store};
 
@@ -17,7 +17,8 @@ use recfleet_storage::{recording_key, ObjectStore, Store};
 pub struct Recovered {
     pub segments: usize,
     pub duration_secs: f64,
-    /// Stored segments left out because they did not match the manifest's sha256.
+    /// Stored files left out: their bytes do not match the manifest's sha256, or (segments) the
+    /// init segment they need is missing or was left out.
     pub corrupt: Vec<String>,
 }
 
@@ -66,8 +67,7 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
         let m = stored_manifest.as_ref()?;
         m.init_named(name).or_else(|| m.segments.iter().find(|s| s.name == name)).cloned()
     };
-    let mut names: Vec<(u64, String)> =
-        listed.iter().filter_map(|o| recfleet_media::sequence_of(&o.name).map(|n| (n, o.name.clone()))).collect();
+    let mut names: Vec<(u64, String)> = listed.iter().filter_map(|o| sequence_of(&o.name).map(|n| (n, o.name.clone()))).collect();
     names.sort();
     if names.is_empty() || !listed.iter().any(|o| o.name == INIT_SEGMENT) {
         return Err(RecoveryError::NothingStored);
@@ -98,24 +98,20 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
                 continue;
             }
         }
-        let seg = expected.unwrap_or_else(|| {
-            // Not in the stored manifest yet: it belongs to the capture that started at or before
-            // its number (or, in a manifest without generations, to the segment's before it).
-            let seg = describe(&name, f64::from(SEGMENT_SECS), bytes, sha256);
-            match manifest.generation_of(seg.sequence) {
-                Some(g) if g.generation > 1 => {
-                    ManifestSegment { init: Some(g.init.clone()), discontinuity: g.first_sequence == seg.sequence, ..seg }
-                }
-                Some(_) => seg,
-                None => ManifestSegment { init: manifest.segments.last().and_then(|s| s.init.clone()), ..seg },
+        if is_init(&name) {
+            manifest.add_init(expected.unwrap_or_else(|| describe(&name, 0.0, bytes, sha256)));
+            continue;
+        }
+        match (expected, manifest.generation_of(sequence_of(&name).unwrap_or(0)).cloned()) {
+            (Some(known), _) => manifest.segments.push(known),
+            // Not in the stored manifest yet: it belongs to the capture that started at or
+            // before its number.
+            (None, Some(generation)) => manifest.push_segment(describe(&name, f64::from(SEGMENT_SECS), bytes, sha256), &generation),
+            // A manifest without generations: the capture of the segment before it.
+            (None, None) => {
+                let init = manifest.segments.last().and_then(|s| s.init.clone());
+                manifest.segments.push(ManifestSegment { init, ..describe(&name, f64::from(SEGMENT_SECS), bytes, sha256) });
             }
-        });
-        if name == INIT_SEGMENT {
-            manifest.init = Some(seg);
-        } else if is_init(&name) {
-            manifest.inits.push(seg);
-        } else {
-            manifest.segments.push(seg);
         }
     }
     // A segment is playable only with its init.
@@ -123,6 +119,7 @@ async fn recover_in(store: &Store, recording_id: &str, scratch: &Path) -> Result
         std::mem::take(&mut manifest.segments).into_iter().partition(|s| manifest.init_named(s.init_name()).is_some());
     for seg in &orphaned {
         tracing::warn!(recording_id, file = %seg.name, init = seg.init_name(), "a stored segment's init is missing; left out");
+        corrupt.push(seg.name.clone());
     }
     manifest.segments = playable;
     if manifest.init.is_none() || manifest.segments.is_empty() {

@@ -3,8 +3,9 @@
 //! `+faststart`, checked with ffprobe before anyone is told it exists.
 //!
 //! Works from the files alone, so the bot finalizing its own recording and the controller
-//! recovering a dead bot's recording from the store run the same code. It must not delete or
-//! rewrite a segment: the segments are the recording.
+//! recovering a dead bot's recording from the store run the same code. Its scratch files
+//! (`finalize_*`) live in the recording's folder while it works and are removed after. It must
+//! not delete or rewrite a segment: the segments are the recording.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -95,7 +96,7 @@ pub fn parts(manifest: &Manifest) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..segs.len() {
-        if segs[i].discontinuity || segs[i].init_name() != segs[i - 1].init_name() {
+        if restarts_at(&segs[i - 1], &segs[i]) {
             out.push(start..i);
             start = i;
         }
@@ -104,6 +105,11 @@ pub fn parts(manifest: &Manifest) -> Vec<std::ops::Range<usize>> {
         out.push(start..segs.len());
     }
     out
+}
+
+/// Pure: whether `seg` begins a new capture after `prev` (a new init, or marked as a break).
+fn restarts_at(prev: &ManifestSegment, seg: &ManifestSegment) -> bool {
+    seg.discontinuity || seg.init_name() != prev.init_name()
 }
 
 /// Stream-copies the manifest's segments (files in `dir`) into `dir/recording.mp4` and checks
@@ -137,7 +143,7 @@ pub async fn make_mp4(dir: &Path, manifest: &Manifest) -> Result<Mp4Info, Finali
             let list = "finalize_parts.ffconcat";
             scratch.push(list.to_string());
             std::fs::write(dir.join(list), concat).map_err(|source| FinalizeError::Write { path: dir.join(list), source })?;
-            remux(dir, &["-f", "concat", "-safe", "0", "-i", list], &tmp, true).await?;
+            remux(dir, &["-f", "concat", "-i", list], &tmp, true).await?;
         }
         probe(&tmp).await
     };
@@ -234,6 +240,11 @@ pub fn check_probe(json: &Value) -> Result<Mp4Info, FinalizeError> {
     Ok(info)
 }
 
+/// 42 → `seg_000042.m4s`, as FFmpeg names them (`seg_%06d.m4s`): names sort by number.
+pub fn segment_name(sequence: u64) -> String {
+    format!("seg_{sequence:06}.m4s")
+}
+
 /// `seg_000042.m4s` → 42.
 pub fn sequence_of(name: &str) -> Option<u64> {
     name.strip_prefix("seg_")?.strip_suffix(".m4s")?.parse().ok()
@@ -287,7 +298,7 @@ pub fn playlist_text(manifest: &Manifest, ended: bool) -> String {
                 uri: seg.name.clone(),
                 duration: seg.duration_secs as f32,
                 // Players must not splice across a restart or the gap a lost segment leaves.
-                discontinuity: prev.is_some_and(|p| seg.discontinuity || new_init || p.sequence + 1 != seg.sequence),
+                discontinuity: prev.is_some_and(|p| restarts_at(p, seg) || p.sequence + 1 != seg.sequence),
                 map: new_init.then(|| Map { uri: seg.init_name().to_string(), ..Map::default() }),
                 ..MediaSegment::default()
             }
@@ -376,6 +387,13 @@ mod tests {
         assert_eq!(parts(&manifest).len(), 1, "one part of both segments");
         assert_eq!(parts(&manifest)[0], 0..2);
         assert!(parts(&Manifest::default()).is_empty());
+    }
+
+    #[test]
+    fn segment_names_round_trip_and_sort_by_number() {
+        assert_eq!(segment_name(42), "seg_000042.m4s");
+        assert_eq!(sequence_of(&segment_name(42)), Some(42));
+        assert!(segment_name(9) < segment_name(10));
     }
 
     #[test]

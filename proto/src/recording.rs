@@ -293,6 +293,27 @@ impl Manifest {
         self.generations.iter().rev().find(|g| g.first_sequence <= sequence)
     }
 
+    /// Adds a media segment that `generation` recorded: after the first generation it names
+    /// its init, and the generation's first segment is marked as a break.
+    pub fn push_segment(&mut self, mut segment: ManifestSegment, generation: &CaptureGeneration) {
+        if generation.generation > 1 {
+            segment.discontinuity = self.segments.last().is_none_or(|s| s.init_name() != generation.init);
+            segment.init = Some(generation.init.clone());
+        }
+        self.segments.push(segment);
+    }
+
+    /// Adds (or replaces) an init segment: `init.mp4` is `init`, a restarted capture's go to
+    /// `inits`.
+    pub fn add_init(&mut self, init: ManifestSegment) {
+        if init.name == INIT_SEGMENT_NAME {
+            self.init = Some(init);
+        } else {
+            self.inits.retain(|i| i.name != init.name);
+            self.inits.push(init);
+        }
+    }
+
     /// The init segment file called `name`, if the manifest lists it.
     pub fn init_named(&self, name: &str) -> Option<&ManifestSegment> {
         self.init.iter().chain(&self.inits).find(|s| s.name == name)

@@ -116,6 +116,12 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut listed = self.list(prefix).await?;
+        listed.retain(|o| o.name.as_str() > after);
+        Ok(listed)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let dir = self.path_of(prefix.trim_end_matches('/'))?;
         let listed = blocking(move || {
@@ -167,6 +173,9 @@ mod tests {
         let names: Vec<String> = store.list("recordings/r1/").await.unwrap().into_iter().map(|o| o.name).collect();
         assert_eq!(names, ["manifest.json", "seg_000001.m4s"]);
         assert!(store.list("recordings/nothing/").await.unwrap().is_empty());
+        store.put_bytes("recordings/r1/seg_000002.m4s", b"two".to_vec()).await.unwrap();
+        let after: Vec<String> = store.list_after("recordings/r1/", "seg_000001.m4s").await.unwrap().into_iter().map(|o| o.name).collect();
+        assert_eq!(after, ["seg_000002.m4s"], "only what sorts after the known segment");
         store.delete_prefix("recordings/r1/").await.unwrap();
         assert!(store.list("recordings/r1/").await.unwrap().is_empty());
     }

@@ -136,6 +136,9 @@ pub trait ObjectStore {
     fn get_to_file(&self, key: &str, path: &Path) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send;
     /// The objects under `prefix` (which ends with `/`), names relative to it, sorted.
     fn list(&self, prefix: &str) -> impl std::future::Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
+    /// The objects under `prefix` whose names sort after `after`, sorted: what was stored past a
+    /// known segment, without listing the whole recording (S3's `start-after`).
+    fn list_after(&self, prefix: &str, after: &str) -> impl std::future::Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
     /// Deletes every object under `prefix`.
     fn delete_prefix(&self, prefix: &str) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
@@ -213,6 +216,12 @@ impl ObjectStore for Store {
         match self {
             Store::Fs(s) => s.list(prefix).await,
             Store::S3(s) => s.list(prefix).await,
+        }
+    }
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        match self {
+            Store::Fs(s) => s.list_after(prefix, after).await,
+            Store::S3(s) => s.list_after(prefix, after).await,
         }
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {

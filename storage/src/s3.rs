@@ -147,8 +147,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.list_after(prefix, "").await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let full = self.full_key(prefix);
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
+        let mut request = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full);
+        if !after.is_empty() {
+            request = request.start_after(format!("{full}{after}"));
+        }
+        let mut pages = request.into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| s3_err("list", prefix, e))?;

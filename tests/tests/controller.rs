@@ -41,6 +41,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         docker: None,
         ecs: None,
         advertise_urls: Vec::new(),
+        lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
     }
 }
 
@@ -368,7 +369,14 @@ fn bot_pids(base: &str) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_bot_is_declared_lost_and_replaced() {
     let meeting = MeetingServer::start().await.unwrap();
-    let c = Controller::start(1, 2).await;
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A frozen bot neither talks nor uploads: lost once the (shortened) window passes.
+    let c = Controller::serve(
+        listener,
+        data,
+        Box::new(|d| recfleet::ServeConfig { lost_window: Duration::from_secs(15), ..config(d, 1, 2, false) }),
+    );
     c.wait_for("a warm bot", Duration::from_secs(60), |p| p["idle"] == 1, "/v1/pool").await;
     let body = json!({"meeting_url": meeting.url("/m/frozen?end=0"), "recipe_name": "recfleet-test-meeting"});
     let (_, rec) = c.post("/v1/recordings", &body, None).await;
@@ -489,4 +497,63 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     assert!(stored.len() + 1 >= closed, "{} stored of {closed} closed", stored.len());
     let duration = done["duration_secs"].as_f64().unwrap();
     assert!((duration - p.duration_secs).abs() < 0.5 && duration >= 6.0, "duration {duration}, probe {}", p.duration_secs);
+}
+
+/// The bot's connection to the controller cut for 60 s (a TCP proxy between them drops every
+/// connection and refuses new ones) while the bot goes on recording and uploading: the
+/// controller sees its recording grow in the store, so it is not declared lost, and once the
+/// connection is back the recording completes whole, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_cut_off_from_the_controller_for_a_minute_is_not_lost_and_completes_whole() {
+    const MEETING_SECS: f64 = 75.0;
+    let meeting = MeetingServer::start().await.unwrap();
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = recfleet_tests::s3::Proxy::start(listener.local_addr().unwrap()).await;
+    let advertised = format!("ws://{}", proxy.addr);
+    let c = Controller::serve(
+        listener,
+        data,
+        Box::new(move |d| recfleet::ServeConfig { advertise_urls: vec![advertised], ..config(d, 1, 2, false) }),
+    );
+    c.wait_for("a warm bot", Duration::from_secs(60), |p| p["idle"] == 1, "/v1/pool").await;
+    let body = json!({"meeting_url": meeting.url(&format!("/m/partition?end={MEETING_SECS}")), "recipe_name": "recfleet-test-meeting"});
+    let (_, rec) = c.post("/v1/recordings", &body, None).await;
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    proxy.cut(true);
+    let cut_at = Instant::now();
+    // Past the old 30 s rule, and past the heartbeat timeout by far: still recording.
+    while cut_at.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let r = c.get(&path).await;
+        assert_eq!(r["status"], "recording", "{:.0} s into the cut: {r:#}", cut_at.elapsed().as_secs_f64());
+    }
+    let metrics = c.http.get(format!("{}/metrics", c.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "recfleet_pool_bots_silent 1"), "the silent bot is counted");
+    proxy.cut(false);
+
+    let done = c.wait_for("completed", Duration::from_secs(60), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "finalized by its own bot: {done:#}"
+    );
+    let duration = done["duration_secs"].as_f64().unwrap();
+    assert!((duration - MEETING_SECS).abs() <= 2.5, "the whole meeting: {duration:.1} s");
+    let mp4_url = done["outputs"]["mp4_url"].as_str().unwrap();
+    let resp = c.http.get(mp4_url).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(file.path(), resp.bytes().await.unwrap()).unwrap();
+    let p = recfleet_tests::media::probe(file.path());
+    assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")), "{p:?}");
+    assert!((p.duration_secs - MEETING_SECS).abs() <= 2.5, "{p:?}");
+    // The timeline holds one end and one finalization.
+    let events = c.get(&format!("{path}/files/events.json")).await;
+    let kinds: Vec<&str> = events["events"].as_array().map(|e| e.iter().filter_map(|e| e["kind"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(kinds.iter().filter(|k| **k == "ended").count(), 1, "{kinds:?}");
 }

@@ -56,6 +56,7 @@ impl Controller {
             }),
             ecs: None,
             advertise_urls: vec![format!("ws://{addr}")],
+            lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
         };
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(recfleet::serve(cfg, listener, shutdown.clone()));

@@ -493,3 +493,16 @@ async fn a_database_that_goes_away_fails_writes_loudly_and_loses_nothing() {
     let exit = controller.wait_exit(Duration::from_secs(10)).expect("the controller exits within 10 s");
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn a_lost_window_below_the_heartbeat_timeout_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(recfleet_tests::binary("recfleet"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY, "--lost-window-secs", "5", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("recfleet serve runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "refused at start: {err}");
+    assert!(err.contains("--lost-window-secs 5") && err.contains("heartbeat timeout"), "{err}");
+}

@@ -12,7 +12,7 @@ use recfleet_proto::protocol::{BotMessage, ControllerMessage, Outcome};
 use recfleet_proto::{EventKind, RecordingStatus, SubCode};
 use time::OffsetDateTime;
 
-use super::{Bot, Heartbeat, Manager, Vitals, EXIT_GRACE};
+use super::{Bot, Heartbeat, Manager, Vitals, EXIT_GRACE, STORE_PROBE_EVERY};
 use crate::fleet::{BotEvent, BotState, Liveness};
 use crate::pool::{self, Action, Desired, Observed};
 use crate::runtime::{ExitReason, Exited, LaunchSpec};
@@ -60,6 +60,9 @@ impl Manager {
                 }
             }
             BotMessage::SegmentStored { recording_id, segment, upload_lag_ms } => {
+                if let Some(bot) = self.bots.get_mut(bot_id) {
+                    bot.store_sign.sequence = bot.store_sign.sequence.max(segment.sequence);
+                }
                 let m = &self.cfg.metrics;
                 if let Some(lag) = upload_lag_ms {
                     m.upload_lag.observe(lag as f64 / 1000.0);
@@ -132,19 +135,30 @@ impl Manager {
         }
     }
 
+    fn liveness(&self, bot: &Bot) -> Liveness {
+        Liveness {
+            state: bot.state,
+            connected: bot.tx.is_some(),
+            last_seen: bot.last_seen,
+            startup: self.runtime.startup_timeout(),
+            stored_at: bot.store_sign.grew_at,
+            lost_window: self.cfg.lost_window,
+        }
+    }
+
     pub(super) fn find_lost_bots(&mut self) {
         let now = Instant::now();
         let startup = self.runtime.startup_timeout();
-        let lost: Vec<String> = self
-            .bots
-            .iter()
-            .filter(|(_, b)| {
-                crate::fleet::is_lost(Liveness { state: b.state, connected: b.tx.is_some(), last_seen: b.last_seen, startup }, now)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let lost: Vec<String> =
+            self.bots.iter().filter(|(_, b)| crate::fleet::is_lost(self.liveness(b), now)).map(|(id, _)| id.clone()).collect();
         for id in lost {
-            tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
+            let busy = self.bots.get(&id).is_some_and(|b| b.state == BotState::Busy);
+            if busy {
+                let window = self.cfg.lost_window;
+                tracing::warn!(bot_id = %id, ?window, "bot silent and its recording not growing in the store: declared lost");
+            } else {
+                tracing::warn!(bot_id = %id, "bot silent too long: declared lost");
+            }
             self.cfg.metrics.bots_lost.inc();
             self.runtime.stop(&id);
             self.dirty_bots.push(id.clone());
@@ -153,8 +167,55 @@ impl Manager {
                 self.launch_failed(&format!("the bot did not connect and warm up within {startup:?}"));
             }
             if let Some(rec) = bot.recording {
-                self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating");
+                self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating and its recording stopped growing in the store");
             }
+        }
+    }
+
+    /// Asks the store, for each busy bot whose socket is silent (a partition, a controller
+    /// restart), whether its recording still grows: at most one probe per bot in flight, one per
+    /// `STORE_PROBE_EVERY`. The manager does no I/O: a task lists and reports back.
+    pub(super) fn probe_silent_bots(&mut self) {
+        let now = Instant::now();
+        let suspects: Vec<String> = self
+            .bots
+            .iter()
+            .filter(|(_, b)| b.recording.is_some() && !b.store_sign.probing)
+            .filter(|(_, b)| b.store_sign.probed_at.is_none_or(|at| now.saturating_duration_since(at) >= STORE_PROBE_EVERY))
+            .filter(|(_, b)| crate::fleet::is_suspect(self.liveness(b), now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.cfg.metrics.bots_silent.set(self.bots.values().filter(|b| crate::fleet::is_suspect(self.liveness(b), now)).count() as i64);
+        for id in suspects {
+            let Some(bot) = self.bots.get_mut(&id) else { continue };
+            let Some(recording_id) = bot.recording.clone() else { continue };
+            bot.store_sign.probing = true;
+            bot.store_sign.probed_at = Some(now);
+            let after = recfleet_media::segment_name(bot.store_sign.sequence);
+            let (objects, tx) = (self.cfg.objects.clone(), self.probed_tx.clone());
+            tokio::spawn(async move {
+                use recfleet_storage::ObjectStore;
+                let prefix = recfleet_storage::recording_key(&recording_id, "");
+                let found = objects.list_after(&prefix, &after).await.map_err(|e| e.to_string());
+                let highest = found.map(|objs| objs.iter().filter_map(|o| recfleet_media::sequence_of(&o.name)).max());
+                let _ = tx.send((id, highest));
+            });
+        }
+    }
+
+    /// What a store probe found: a new segment is a sign of life.
+    pub(super) fn store_probed(&mut self, bot_id: &str, result: Result<Option<u64>, String>) {
+        let Some(bot) = self.bots.get_mut(bot_id) else { return };
+        bot.store_sign.probing = false;
+        match result {
+            Ok(Some(sequence)) if sequence > bot.store_sign.sequence => {
+                let silent = bot.last_seen.elapsed();
+                tracing::info!(bot_id, sequence, ?silent, "the bot is silent but its recording still grows in the store: not lost");
+                bot.store_sign.sequence = sequence;
+                bot.store_sign.grew_at = Some(Instant::now());
+            }
+            Ok(_) => tracing::debug!(bot_id, "no new segment in the store"),
+            Err(err) => tracing::warn!(bot_id, error = %err, "cannot probe the store for a silent bot"),
         }
     }
 
@@ -282,6 +343,7 @@ impl Manager {
                     vitals: Vitals::default(),
                     launched_at: Some(Instant::now()),
                     idle_since: None,
+                    store_sign: super::StoreSign::default(),
                 };
                 self.bots.insert(bot_id.clone(), bot);
                 self.dirty_bots.push(bot_id);

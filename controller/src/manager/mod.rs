@@ -44,6 +44,8 @@ use crate::webhook::Delivery;
 /// bot's `Finished` travel on different channels, and the exit may come first.
 pub const EXIT_GRACE: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_secs(1);
+/// How often the store is asked whether a silent busy bot's recording still grows.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// What the manager is asked to do.
 #[derive(Debug)]
@@ -117,6 +119,21 @@ struct Bot {
     launched_at: Option<Instant>,
     /// Since when it is idle (the idle TTL counts from here).
     idle_since: Option<Instant>,
+    /// What the store shows of its recording while its socket is silent.
+    store_sign: StoreSign,
+}
+
+/// What a store probe found for a silent bot: (bot id, the highest segment stored, if any).
+type Probed = (String, Result<Option<u64>, String>);
+
+/// A busy bot's recording as the store shows it: the highest segment known stored (from the
+/// bot's `SegmentStored`, or a probe of the store), and when a probe last found a new one.
+#[derive(Debug, Default)]
+struct StoreSign {
+    sequence: u64,
+    grew_at: Option<Instant>,
+    probed_at: Option<Instant>,
+    probing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +173,8 @@ pub struct ManagerConfig {
     /// Leave bots running when the controller stops (a restart): busy ones keep recording and
     /// reconnect; all are re-adopted from the store.
     pub keep_bots_on_exit: bool,
+    /// A busy bot is lost only after this long without a message or a new stored segment.
+    pub lost_window: Duration,
     /// Where recordings are kept; a dead bot's recording is finalized from here.
     pub objects: recfleet_storage::Store,
     /// Scratch space for recoveries (`<scratch>/<recording_id>/`).
@@ -193,6 +212,9 @@ pub struct Manager {
     /// Recoveries under way report here.
     recovered_tx: mpsc::UnboundedSender<(String, Result<Recovered, RecoveryError>)>,
     recovered_rx: Option<mpsc::UnboundedReceiver<(String, Result<Recovered, RecoveryError>)>>,
+    /// Store probes of silent bots report here.
+    probed_tx: mpsc::UnboundedSender<Probed>,
+    probed_rx: Option<mpsc::UnboundedReceiver<Probed>>,
     /// When the last write to the state database failed (cleared by the next that succeeds).
     write_failed_at: Option<Instant>,
     /// Launch failures in a row, and until when launches are held (`pool::launch_backoff`).
@@ -227,6 +249,7 @@ impl Manager {
         webhooks: mpsc::UnboundedSender<Delivery>,
     ) -> Result<Self, crate::store::StoreError> {
         let (recovered_tx, recovered_rx) = mpsc::unbounded_channel();
+        let (probed_tx, probed_rx) = mpsc::unbounded_channel();
         let mut m = Self {
             cfg,
             runtime,
@@ -242,6 +265,8 @@ impl Manager {
             orphaned: HashMap::new(),
             recovered_tx,
             recovered_rx: Some(recovered_rx),
+            probed_tx,
+            probed_rx: Some(probed_rx),
             write_failed_at: None,
             launch_failures: 0,
             launch_held_until: None,
@@ -273,6 +298,7 @@ impl Manager {
                 vitals: Vitals::default(),
                 launched_at: None,
                 idle_since,
+                store_sign: StoreSign::default(),
             };
             m.bots.insert(b.id, bot);
         }
@@ -292,6 +318,7 @@ impl Manager {
     /// Runs until `commands` closes.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut exits: mpsc::UnboundedReceiver<Exited>) {
         let mut recovered = self.recovered_rx.take().expect("run once");
+        let mut probed = self.probed_rx.take().expect("run once");
         // Recoveries a stopped controller left unfinished start again.
         let held: Vec<String> = self.bots.values().filter_map(|b| b.recording.clone()).collect();
         let unfinished: Vec<String> = self
@@ -322,10 +349,12 @@ impl Manager {
                 },
                 Some(exit) = exits.recv() => self.bot_exited(exit),
                 Some((id, result)) = recovered.recv() => self.recovered(&id, result),
+                Some((bot_id, result)) = probed.recv() => self.store_probed(&bot_id, result),
                 _ = tick.tick() => {
                     // Declaring a bot lost stops it: a leader's act, held while the lease lapsed.
                     if !self.lapsed() {
                         self.find_lost_bots();
+                        self.probe_silent_bots();
                     }
                     self.settle_orphans();
                     self.update_gauges();

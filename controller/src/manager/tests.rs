@@ -32,6 +32,7 @@ async fn manager(dir: &std::path::Path) -> Manager {
         bot_env: Vec::new(),
         public_url: "http://127.0.0.1:1".into(),
         keep_bots_on_exit: false,
+        lost_window: crate::fleet::DEFAULT_LOST_WINDOW,
         objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),
         scratch_root: dir.join("recovery"),
         metrics: Arc::new(Metrics::new()),
