@@ -29,7 +29,9 @@ def one_run():
            "--test-threads", "1", "-E", "test(killed_)"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"bench: the fault tests failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        log = done.stdout + done.stderr
+        panics = [line for line in log.splitlines() if "panicked" in line or "assertion" in line or line.startswith("  ")]
+        sys.exit("bench: the fault tests failed:\n" + "\n".join(panics[-40:]))
     return done.stdout + done.stderr
 
 
