@@ -58,6 +58,10 @@ pub struct AgentConfig {
     pub max_rejoins: u32,
     /// Encoder restarts allowed per recording.
     pub max_capture_restarts: u32,
+    /// Digital silence this long is reported as `capture_silent`.
+    pub silence_fault: Duration,
+    /// Each recording's joining, stopping and finalizing deadlines.
+    pub deadlines: recfleet_proto::Deadlines,
     /// Where the bot's own warn and error events are forwarded from.
     pub logs: crate::forward_log::LogForward,
 }
@@ -254,6 +258,8 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
         join_attempts: DEFAULT_JOIN_ATTEMPTS,
         max_rejoins: cfg.max_rejoins,
         max_capture_restarts: cfg.max_capture_restarts,
+        silence_fault: cfg.silence_fault,
+        deadlines: cfg.deadlines,
         upload: cfg.upload.clone(),
         min_free_bytes: cfg.min_free_bytes,
     }

@@ -38,6 +38,10 @@ const SLOW_SPEED: f64 = 0.95;
 const HEALTH_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Speed is judged only after the encoder has warmed up.
 const SPEED_WARMUP_FRAMES: u64 = 90;
+/// Audio at or below this level is digital silence: nothing reaches the sink (a muted or
+/// broken sink, a page that plays nothing). Speech, room noise and comfort noise are far above
+/// it; 16-bit audio's smallest step is -90.3 dBFS.
+const SILENCE_NOISE_DB: i32 = -90;
 
 /// What FFmpeg records and where.
 #[derive(Debug, Clone)]
@@ -51,6 +55,8 @@ pub struct CaptureConfig {
     pub generation: u32,
     /// The first segment's number: segment numbers only grow within a recording.
     pub start_number: u64,
+    /// Digital silence this long is reported (`AudioLevel::Silent`).
+    pub silence_after: Duration,
 }
 
 /// Pure: FFmpeg's arguments (after the program name). FFmpeg runs in the spool folder, so the
@@ -109,6 +115,9 @@ pub fn ffmpeg_args(cfg: &CaptureConfig) -> Vec<String> {
         "-force_key_frames",
         &format!("expr:gte(t,n_forced*{SEGMENT_SECS})"),
     ]);
+    // The capture measures its own audio: `silencedetect` passes the samples through untouched
+    // and logs when digital silence has lasted `silence_after`, and when it ends.
+    push(&["-af", &format!("silencedetect=noise={SILENCE_NOISE_DB}dB:d={}", cfg.silence_after.as_secs_f64())]);
     push(&["-c:a", "aac", "-b:a", &format!("{}k", crate::config::DEFAULT_AUDIO_BITRATE_KBPS), "-ar", "48000", "-ac", "2"]);
     push(&[
         "-f",
@@ -206,23 +215,28 @@ pub enum CaptureError {
     Folder { path: PathBuf, source: std::io::Error },
 }
 
-/// The capture statistics of a whole recording, carried from each encoder to the one that
-/// replaces it, so counters only grow.
+/// What the capture's audio measurement says (FFmpeg's `silencedetect`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AudioLevel {
+    /// The audio has been digital silence for the capture's `silence_after`.
+    Silent,
+    /// Sound again after `silent_secs` of digital silence.
+    Sound { silent_secs: f64 },
+}
+
+/// What carries over from each encoder of a recording to the one that replaces it: the
+/// capture statistics, so counters only grow, and where audio levels are reported.
 #[derive(Debug, Clone)]
 pub struct Totals {
     stats: Arc<Mutex<CaptureStats>>,
     began: std::time::Instant,
+    levels: mpsc::UnboundedSender<AudioLevel>,
 }
 
 impl Totals {
-    pub fn new() -> Self {
-        Self { stats: Arc::default(), began: std::time::Instant::now() }
-    }
-}
-
-impl Default for Totals {
-    fn default() -> Self {
-        Self::new()
+    /// Totals for a new recording; its encoders report audio levels to `levels`.
+    pub fn new(levels: mpsc::UnboundedSender<AudioLevel>) -> Self {
+        Self { stats: Arc::default(), began: std::time::Instant::now(), levels }
     }
 }
 
@@ -405,7 +419,7 @@ fn remove_partial_files(dir: &std::path::Path) -> std::io::Result<usize> {
 
 /// Reads every event FFmpeg emits (the sidecar's channel has no buffer: an unread event
 /// stalls FFmpeg), keeps the stats current (added to what earlier encoders of the recording
-/// counted) and tells the recording about the first frame.
+/// counted), tells the recording about the first frame and passes on the audio levels.
 fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors: &Mutex<Vec<String>>, tx: &mpsc::UnboundedSender<Update>) {
     let stats = &totals.stats;
     let base = stats.lock().expect("stats lock").clone();
@@ -413,6 +427,12 @@ fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors
     let mut last_report = std::time::Instant::now();
     let mut last_slow_warning: Option<std::time::Instant> = None;
     for event in events {
+        if let FfmpegEvent::Log(_, line) = &event {
+            if let Some(level) = parse_audio_level(line) {
+                let _ = totals.levels.send(level);
+                continue;
+            }
+        }
         match event {
             FfmpegEvent::Progress(p) => {
                 let now = OffsetDateTime::now_utc();
@@ -484,6 +504,17 @@ pub fn parse_dup_drop(line: &str) -> (u64, u64) {
     (field("dup="), field("drop="))
 }
 
+/// `silencedetect`'s lines: `[silencedetect @ 0x…] [info] silence_start: 4.01` once the
+/// silence has lasted its `d`, and `… silence_end: 9.2 | silence_duration: 5.19` when it ends.
+pub fn parse_audio_level(line: &str) -> Option<AudioLevel> {
+    let (_, said) = line.split_once("[silencedetect @")?;
+    if said.contains("silence_start:") {
+        return Some(AudioLevel::Silent);
+    }
+    let secs = said.split_once("silence_duration:")?.1.trim().parse().ok()?;
+    Some(AudioLevel::Sound { silent_secs: secs })
+}
+
 /// `HH:MM:SS.ss` to seconds.
 pub fn parse_clock(clock: &str) -> Option<f64> {
     let mut parts = clock.trim().split(':');
@@ -514,6 +545,7 @@ mod tests {
             out_dir: "/rec/out".into(),
             generation: 1,
             start_number: 1,
+            silence_after: Duration::from_secs(60),
         }
     }
 
@@ -566,6 +598,25 @@ mod tests {
         let mut c = cfg();
         c.video.fps = 25;
         assert!(has(&ffmpeg_args(&c), ["-g", "50"]));
+    }
+
+    #[test]
+    fn the_audio_is_measured_for_digital_silence_and_passed_through() {
+        let args = ffmpeg_args(&CaptureConfig { silence_after: Duration::from_millis(2500), ..cfg() });
+        assert!(has(&args, ["-af", "silencedetect=noise=-90dB:d=2.5"]), "{args:?}");
+    }
+
+    #[test]
+    fn silencedetect_lines_parse() {
+        // As the sidecar has FFmpeg print them (`-loglevel level+info`).
+        assert_eq!(parse_audio_level("[silencedetect @ 0x55d1c3a0] [info] silence_start: 4.01"), Some(AudioLevel::Silent));
+        assert_eq!(
+            parse_audio_level("[silencedetect @ 0x55d1c3a0] [info] silence_end: 9.2 | silence_duration: 5.19"),
+            Some(AudioLevel::Sound { silent_secs: 5.19 })
+        );
+        for other in ["frame=1 fps=0", "[hls @ 0x1] Opening 'seg_000001.m4s' for writing", "silence_start: 3 (a page's log)"] {
+            assert_eq!(parse_audio_level(other), None, "{other}");
+        }
     }
 
     #[test]

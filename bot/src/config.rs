@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use recfleet_proto::Recipe;
+use recfleet_proto::{Deadlines, Recipe};
 
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
@@ -28,6 +28,12 @@ pub const DEFAULT_MAX_REJOINS: u32 = 3;
 /// Times an encoder that died (crashed, killed) is restarted within one recording, the
 /// segments continuing, before it ends with `capture_failed`.
 pub const DEFAULT_MAX_CAPTURE_RESTARTS: u32 = 3;
+/// Digital silence in the capture this long, while the bot is in the call, is a capture fault
+/// (`capture_silent`): reported, never a reason to leave. A minute: a meeting whose people are
+/// all muted sends true zeros too, and a shorter quiet spell is not worth waking anyone for.
+pub const DEFAULT_SILENCE_FAULT_SECS: u64 = 60;
+/// The shortest silence worth reporting: one segment.
+pub const MIN_SILENCE_FAULT_SECS: u64 = SEGMENT_SECS as u64;
 /// How long a page load may take before the attempt counts as failed.
 pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the page is asked whether the meeting ended.
@@ -82,6 +88,10 @@ pub struct RecordConfig {
     pub max_rejoins: u32,
     /// Encoder restarts allowed in this recording (0: an encoder that dies ends it).
     pub max_capture_restarts: u32,
+    /// Digital silence this long is reported as `capture_silent`.
+    pub silence_fault: Duration,
+    /// How long joining, stopping and finalizing may each take (docs/BOT.md#deadlines).
+    pub deadlines: Deadlines,
     /// Where the segments go as they close; `None` keeps them in `out_dir` only.
     pub upload: Option<UploadSettings>,
     /// The recording stops (`disk_full`) before `out_dir`'s file system has less than this free.
@@ -152,6 +162,11 @@ impl RecordConfig {
         if self.join_attempts == 0 {
             return Err(ConfigError { field: "join_attempts", reason: "must be at least 1".into() });
         }
+        if self.silence_fault < Duration::from_secs(MIN_SILENCE_FAULT_SECS) {
+            let reason = format!("must be at least {MIN_SILENCE_FAULT_SECS}, got {}", self.silence_fault.as_secs_f64());
+            return Err(ConfigError { field: "silence_fault_secs", reason });
+        }
+        self.deadlines.check().map_err(|e| ConfigError { field: e.flag.trim_start_matches('-'), reason: e.to_string() })?;
         self.video.validate()
     }
 }
@@ -180,6 +195,8 @@ mod tests {
             join_attempts: DEFAULT_JOIN_ATTEMPTS,
             max_rejoins: DEFAULT_MAX_REJOINS,
             max_capture_restarts: DEFAULT_MAX_CAPTURE_RESTARTS,
+            silence_fault: Duration::from_secs(DEFAULT_SILENCE_FAULT_SECS),
+            deadlines: Deadlines::default(),
             upload: None,
             min_free_bytes: 0,
         }
@@ -215,6 +232,8 @@ mod tests {
             ("bot_name", Box::new(|c| c.bot_name = " ".into())),
             ("max_duration_secs", Box::new(|c| c.max_duration = Some(Duration::ZERO))),
             ("join_attempts", Box::new(|c| c.join_attempts = 0)),
+            ("silence_fault_secs", Box::new(|c| c.silence_fault = Duration::from_secs(1))),
+            ("stopping-deadline-secs", Box::new(|c| c.deadlines.stopping = Duration::from_secs(3))),
             ("url", Box::new(|c| c.url = "chrome://crash".into())),
         ];
         for (field, mutate) in cases {

@@ -38,6 +38,8 @@ pub enum JoinError {
     MeetingEnded,
     #[error("the recipe does not fit this browser: {0}")]
     BadSelectors(String),
+    #[error("the join outlasted its deadline of {0} s (--joining-deadline-secs)")]
+    DeadlineExceeded(u64),
 }
 
 impl JoinError {
@@ -109,27 +111,58 @@ async fn join_once(
     let Some(recipe) = recipe else { return Ok(()) };
     let mut gate = Gate { recipe, journal, announced: false };
     for (index, step) in recipe.steps.iter().enumerate() {
-        let target = match step {
-            Step::Fill { selector, .. } | Step::Click { selector, .. } => Target::Clickable(selector),
-            Step::WaitFor { selector, .. } => Target::Visible(selector),
-        };
         let step_started = Instant::now();
-        let probe = gate.wait_for(page, target, index, step).await?;
+        let probe = gate.wait_for(page, target_of(step), index, step).await?;
         let found_ms = step_started.elapsed().as_millis() as u64;
-        match step {
-            Step::Click { .. } => click(page, &probe).await?,
-            Step::Fill { text, .. } => {
-                click(page, &probe).await?;
-                evaluate::<bool>(page, page_js::SELECT_FOCUSED_TEXT).await?;
-                type_text(page, &substitute(text, &who.bot_name, &who.recording_id)).await?;
-            }
-            Step::WaitFor { .. } => {}
-        }
+        act(page, step, &probe, who).await?;
         tracing::debug!(step = index, kind = step.kind(), found_ms, done_ms = step_started.elapsed().as_millis() as u64, "join step");
     }
     // The last step may land in a waiting room that shows a moment later: sit it out.
     if recipe.waiting_room_when.is_some() {
         gate.wait_for(page, Target::None, recipe.steps.len(), &Step::WaitFor { selector: String::new(), timeout_secs: None }).await?;
+    }
+    Ok(())
+}
+
+/// What a step waits for before it acts.
+fn target_of(step: &Step) -> Target<'_> {
+    match step {
+        Step::Fill { selector, .. } | Step::Click { selector, .. } => Target::Clickable(selector),
+        Step::WaitFor { selector, .. } => Target::Visible(selector),
+    }
+}
+
+/// Does what a step says to the element its probe found.
+async fn act(page: &Page, step: &Step, probe: &Probe, who: &Identity) -> Result<(), JoinError> {
+    match step {
+        Step::Click { .. } => click(page, probe).await,
+        Step::Fill { text, .. } => {
+            click(page, probe).await?;
+            evaluate::<bool>(page, page_js::SELECT_FOCUSED_TEXT).await?;
+            type_text(page, &substitute(text, &who.bot_name, &who.recording_id)).await
+        }
+        Step::WaitFor { .. } => Ok(()),
+    }
+}
+
+/// Leaves the call with the recipe's `leave` steps, as a person would. The caller bounds it in
+/// time: a page that spins in its click handler never answers the click.
+pub async fn leave(page: &Page, recipe: &Recipe, who: &Identity) -> Result<(), JoinError> {
+    for (index, step) in recipe.leave.iter().enumerate() {
+        let (limit, started) = (Duration::from_secs(step.timeout_secs()), Instant::now());
+        let js = page_js::probe(target_of(step), None, None);
+        let probe = loop {
+            let probe: Probe = evaluate(page, &js).await?;
+            if probe.target_found() {
+                break probe;
+            }
+            if started.elapsed() > limit {
+                let (kind, selector) = (step.kind(), step.selector().to_string());
+                return Err(JoinError::StepTimedOut { index, kind, selector, secs: limit.as_secs() });
+            }
+            tokio::time::sleep(STEP_POLL).await;
+        };
+        act(page, step, &probe, who).await?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use recfleet_bot::config::{self, RecordConfig, UploadSettings, VideoConfig};
 use recfleet_bot::upload;
 use recfleet_bot::RecordError;
-use recfleet_proto::Recipe;
+use recfleet_proto::{deadline, Recipe};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -132,6 +132,37 @@ struct FaultArgs {
     /// playlist marks the break); 0 ends the recording with `capture_failed` at the first death.
     #[arg(long, env = "RECFLEET_MAX_CAPTURE_RESTARTS", default_value_t = config::DEFAULT_MAX_CAPTURE_RESTARTS)]
     max_capture_restarts: u32,
+    /// Seconds of digital silence in the capture, while in the call, reported as the capture
+    /// fault `capture_silent` (logged, counted, alerted); the recording goes on.
+    #[arg(long, env = "RECFLEET_SILENCE_FAULT_SECS", default_value_t = config::DEFAULT_SILENCE_FAULT_SECS,
+          value_parser = clap::value_parser!(u64).range(config::MIN_SILENCE_FAULT_SECS..))]
+    silence_fault_secs: u64,
+    /// Seconds the join may take, every attempt and a rejoin's included (the waiting room has
+    /// the recipe's own limit); past it the recording ends with `join_failed`.
+    #[arg(long, env = "RECFLEET_JOINING_DEADLINE_SECS", default_value_t = deadline::JOINING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::JOINING.min_secs..))]
+    joining_deadline_secs: u64,
+    /// Seconds from the end (a stop, the meeting's end, a limit) to the capture stopped, the
+    /// call left and the browser closed; past it whatever still runs is killed and what was
+    /// recorded is finalized.
+    #[arg(long, env = "RECFLEET_STOPPING_DEADLINE_SECS", default_value_t = deadline::STOPPING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::STOPPING.min_secs..))]
+    stopping_deadline_secs: u64,
+    /// Seconds to make the MP4 and drain the uploads; past it the bot gives up with
+    /// `finalize_failed` (a controller finalizes from the store what reached it).
+    #[arg(long, env = "RECFLEET_FINALIZING_DEADLINE_SECS", default_value_t = deadline::FINALIZING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::FINALIZING.min_secs..))]
+    finalizing_deadline_secs: u64,
+}
+
+impl FaultArgs {
+    fn deadlines(&self) -> recfleet_proto::Deadlines {
+        recfleet_proto::Deadlines {
+            joining: Duration::from_secs(self.joining_deadline_secs),
+            stopping: Duration::from_secs(self.stopping_deadline_secs),
+            finalizing: Duration::from_secs(self.finalizing_deadline_secs),
+        }
+    }
 }
 
 /// Capture size, rate and encoder, shared by `record` and `agent`.
@@ -279,6 +310,8 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         video,
         max_rejoins: args.faults.max_rejoins,
         max_capture_restarts: args.faults.max_capture_restarts,
+        silence_fault: Duration::from_secs(args.faults.silence_fault_secs),
+        deadlines: args.faults.deadlines(),
         logs,
     };
     let shutdown = CancellationToken::new();
@@ -313,6 +346,8 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         join_attempts: args.join_attempts,
         max_rejoins: args.faults.max_rejoins,
         max_capture_restarts: args.faults.max_capture_restarts,
+        silence_fault: Duration::from_secs(args.faults.silence_fault_secs),
+        deadlines: args.faults.deadlines(),
         upload,
         min_free_bytes: args.store.min_free_disk_mb * MB,
     })

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{Capture, CaptureConfig, Totals};
+use crate::capture::{AudioLevel, Capture, CaptureConfig, Totals};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
 use crate::join::{self, Identity, JoinError};
 use crate::journal::{Journal, Reporter, Silent};
@@ -26,6 +26,15 @@ use recfleet_media::{self as finalize, MP4};
 
 /// How often the spool looks for newly closed segments.
 const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
+/// What the stopping deadline keeps for closing the browser and stopping the other children
+/// after the recipe's `leave`.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(10);
+
+/// Whether the bot is still in the call when the recording ends this way, so that it should
+/// leave: not when the meeting ended or the page is gone.
+fn in_call_at(end: &End) -> bool {
+    !matches!(end.sub_code, SubCode::MeetingEnded | SubCode::PageClosed | SubCode::PageCrashed)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -179,22 +188,77 @@ impl Job<'_> {
                 return Err(err);
             }
         };
-        let mut capture = capture;
         self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
         tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
         let ending = if end.sub_code == self.stop_code.get() { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia };
         status = self.advance(status, ending, None);
-        let ffmpeg_exit = capture.stop().await;
-        tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
-        let stats = capture.stats();
-        drop(capture);
-        session.shutdown().await;
+        let stats = capture.stats_handle();
+        self.stop_in_time(capture, session, &end).await;
+        let stats = stats.lock().expect("stats lock").clone();
         status = self.advance(status, RecordingEvent::EndedWithMedia, None);
-        let finalized = self.finalize(spool, status, end, stats, uploader).await;
+        let limit = self.cfg.deadlines.finalizing;
+        let finalized = match tokio::time::timeout(limit, self.finalize(spool, status, end, stats, uploader)).await {
+            Ok(finalized) => finalized,
+            Err(_) => {
+                tracing::error!(
+                    deadline_secs = limit.as_secs(),
+                    "finalizing outlasted its deadline (--finalizing-deadline-secs); giving up"
+                );
+                self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Finalizing, secs: limit.as_secs() });
+                let reason = format!("finalizing outlasted its deadline of {} s (--finalizing-deadline-secs)", limit.as_secs());
+                Err(RecordError::Finalize { reason, dir: self.out_dir.to_path_buf() })
+            }
+        };
         if finalized.is_err() {
             self.advance(status, RecordingEvent::FinalizeFailed, Some(SubCode::CaptureFailed));
         }
         finalized
+    }
+
+    /// Stops the capture (its last segment closed), leaves the call when the end is the bot's
+    /// own (the recipe's `leave`), and stops the browser, the sound server and the display, all
+    /// within the stopping deadline. Past it, whatever still runs is killed (dropped: every
+    /// child is killed on drop) and what is on disk is finalized: a page that spins when asked
+    /// to leave cannot hold the bot.
+    async fn stop_in_time(&self, mut capture: Capture, session: Session, end: &End) {
+        let limit = self.cfg.deadlines.stopping;
+        let started = std::time::Instant::now();
+        let stopping = async move {
+            let ffmpeg_exit = capture.stop().await;
+            tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
+            drop(capture);
+            if let Some(recipe) = self.cfg.recipe.as_ref().filter(|r| !r.leave.is_empty() && in_call_at(end)) {
+                // The browser's polite close and the other children's stops need the rest.
+                let budget = limit.saturating_sub(started.elapsed()).saturating_sub(SHUTDOWN_RESERVE);
+                self.leave(&session.chromium.page, recipe, budget).await;
+            }
+            session.shutdown().await;
+        };
+        if tokio::time::timeout(limit, stopping).await.is_err() {
+            tracing::warn!(
+                deadline_secs = limit.as_secs(),
+                "stopping outlasted its deadline (--stopping-deadline-secs): killed what still ran"
+            );
+            self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Stopping, secs: limit.as_secs() });
+        }
+    }
+
+    /// Runs the recipe's `leave` steps within `budget`, and says how it went on the timeline.
+    async fn leave(&self, page: &chromiumoxide::Page, recipe: &recfleet_proto::Recipe, budget: Duration) {
+        let started = std::time::Instant::now();
+        let who = Identity { bot_name: self.cfg.bot_name.clone(), recording_id: self.cfg.recording_id.clone() };
+        let reason = match tokio::time::timeout(budget, join::leave(page, recipe, &who)).await {
+            Ok(Ok(())) => {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(ms, "left the call");
+                self.journal.record(EventKind::Left { ms });
+                return;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("the page did not finish leaving within {} ms", budget.as_millis()),
+        };
+        tracing::warn!(%reason, "could not leave the call; closing the browser");
+        self.journal.record(EventKind::LeaveFailed { reason });
     }
 
     /// Joins, starts the capture and watches until the end, rejoining when the browser is lost.
@@ -211,7 +275,7 @@ impl Job<'_> {
             })?;
         }
         let joined = tokio::select! {
-            r = self.enter(&session.chromium.page) => r,
+            r = self.enter_in_time(&session.chromium.page) => r,
             _ = self.shutdown.cancelled() => {
                 self.journal.record(EventKind::Ended { sub_code: self.stop_code.get(), detail: "stopped while joining".into() });
                 return Err(RecordError::EndedBeforeRecording { sub_code: self.stop_code.get() });
@@ -222,7 +286,10 @@ impl Job<'_> {
                 JoinError::WaitingRoomTimeout(_) => SubCode::WaitingRoomTimeout,
                 JoinError::MeetingEnded => SubCode::MeetingEnded,
                 JoinError::BadSelectors(msg) => return Err(RecordError::Recipe(msg.clone())),
-                JoinError::LoadFailed { .. } | JoinError::StepTimedOut { .. } | JoinError::PageUnresponsive(_) => SubCode::JoinFailed,
+                JoinError::LoadFailed { .. }
+                | JoinError::StepTimedOut { .. }
+                | JoinError::PageUnresponsive(_)
+                | JoinError::DeadlineExceeded(_) => SubCode::JoinFailed,
             };
             self.journal.record(EventKind::Ended { sub_code, detail: err.to_string() });
             *status = self.advance(*status, RecordingEvent::EndedWithoutMedia, Some(sub_code));
@@ -240,8 +307,10 @@ impl Job<'_> {
             out_dir: self.out_dir.to_path_buf(),
             generation: 1,
             start_number: 1,
+            silence_after: self.cfg.silence_fault,
         };
-        let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT, &Totals::new())
+        let (levels_tx, levels) = tokio::sync::mpsc::unbounded_channel();
+        let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT, &Totals::new(levels_tx))
             .await
             .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
         self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
@@ -262,14 +331,17 @@ impl Job<'_> {
             generations,
         };
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
+        let watched = CancellationToken::new();
+        let audio_task = watch_audio(levels, self.journal, self.cfg.silence_fault, &watched);
         let max_until = self.cfg.max_duration.map(|d| (tokio::time::Instant::now() + d, d));
         let limits = Limits { max_until, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {
             let end = self.watch_and_recover(session, &mut capture, &limits, &generation_tx).await;
             let _ = spool_stop.send(());
+            watched.cancel();
             end
         };
-        let (end, spool) = tokio::join!(watching, spool_task);
+        let (end, spool, ()) = tokio::join!(watching, spool_task, audio_task);
         Ok((capture, end, spool, uploader))
     }
 
@@ -362,7 +434,23 @@ impl Job<'_> {
     /// A fresh browser on the same display and sink, into the meeting again.
     async fn rejoin(&self, session: &mut Session) -> Result<(), JoinError> {
         session.restart_browser().await.map_err(|e| JoinError::PageUnresponsive(format!("the browser did not restart: {e}")))?;
-        self.enter(&session.chromium.page).await
+        self.enter_in_time(&session.chromium.page).await
+    }
+
+    /// `enter` within the joining deadline, plus the recipe's waiting room when it has one.
+    async fn enter_in_time(&self, page: &chromiumoxide::Page) -> Result<(), JoinError> {
+        let joining = self.cfg.deadlines.joining;
+        let room = match &self.cfg.recipe {
+            Some(r) if r.waiting_room_when.is_some() => Duration::from_secs(r.waiting_room_timeout_secs),
+            _ => Duration::ZERO,
+        };
+        match tokio::time::timeout(joining + room, self.enter(page)).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Joining, secs: joining.as_secs() });
+                Err(JoinError::DeadlineExceeded(joining.as_secs()))
+            }
+        }
     }
 
     /// Seals the playlist, lists the last segments, makes and checks the MP4, and lets the
@@ -435,6 +523,37 @@ impl Job<'_> {
             Err(err) => {
                 tracing::debug!(error = %err, "status unchanged");
                 status
+            }
+        }
+    }
+}
+
+/// Turns the capture's audio levels into the timeline's `capture_silent` and `capture_sound`
+/// and a warning, until `done`. Digital silence in a call is a capture fault (a muted or broken
+/// sink): it is reported and never a reason to leave (docs/FAULTS.md).
+async fn watch_audio(
+    mut levels: tokio::sync::mpsc::UnboundedReceiver<AudioLevel>,
+    journal: &Journal,
+    after: Duration,
+    done: &CancellationToken,
+) {
+    loop {
+        let level = tokio::select! {
+            Some(level) = levels.recv() => level,
+            _ = done.cancelled() => return,
+        };
+        match level {
+            AudioLevel::Silent => {
+                tracing::warn!(
+                    silent_secs = after.as_secs(),
+                    "capture_silent: the recorded audio is digital silence while the bot is in the call; \
+                     the sink or the page's audio is broken (the recording goes on)"
+                );
+                journal.record(EventKind::CaptureSilent { silent_secs: after.as_secs() });
+            }
+            AudioLevel::Sound { silent_secs } => {
+                tracing::info!(silent_secs, "sound is back in the capture");
+                journal.record(EventKind::CaptureSound { silent_secs });
             }
         }
     }

@@ -73,6 +73,9 @@ pub struct ServeConfig {
     /// A busy bot is declared lost only after this long with neither a message on its socket
     /// nor a new segment of its recording in the store (`--lost-window-secs`).
     pub lost_window: std::time::Duration,
+    /// The bots' deadlines per status, passed to every bot and enforced again by the manager
+    /// (`recfleet_proto::deadline::CONTROLLER_MARGIN` later).
+    pub deadlines: recfleet_proto::Deadlines,
 }
 
 impl ServeConfig {
@@ -177,6 +180,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     if cfg.s3_path_style {
         bot_env.push(("RECFLEET_S3_PATH_STYLE".into(), "true".into()));
     }
+    bot_env.extend(cfg.deadlines.env());
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
     let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
@@ -223,6 +227,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
         lost_window: cfg.lost_window,
+        deadlines: cfg.deadlines,
+        deadline_margin: recfleet_proto::deadline::CONTROLLER_MARGIN,
         deposed: deposed.clone(),
         lapsed: lapsed.clone(),
         reads,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use recfleet_proto::deadline;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -67,6 +68,24 @@ struct ServeArgs {
     /// At least the heartbeat timeout (10).
     #[arg(long, env = "RECFLEET_LOST_WINDOW_SECS", default_value_t = recfleet::fleet::DEFAULT_LOST_WINDOW.as_secs())]
     lost_window_secs: u64,
+    /// Seconds a bot may take to join (every attempt; the waiting room has the recipe's own
+    /// limit). Passed to the bots; a recording still joining 30 s after it is failed and its bot
+    /// stopped (docs/BOT.md#deadlines).
+    #[arg(long, env = "RECFLEET_JOINING_DEADLINE_SECS", default_value_t = deadline::JOINING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::JOINING.min_secs..))]
+    joining_deadline_secs: u64,
+    /// Seconds a bot may take to stop (capture, the recipe's leave, the browser). Passed to the
+    /// bots; a recording still stopping 30 s after it has its bot stopped and is finalized from
+    /// the store.
+    #[arg(long, env = "RECFLEET_STOPPING_DEADLINE_SECS", default_value_t = deadline::STOPPING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::STOPPING.min_secs..))]
+    stopping_deadline_secs: u64,
+    /// Seconds a bot may take to finalize (the MP4, the upload drain). Passed to the bots; a
+    /// recording still finalizing 30 s after it has its bot stopped and is finalized from the
+    /// store.
+    #[arg(long, env = "RECFLEET_FINALIZING_DEADLINE_SECS", default_value_t = deadline::FINALIZING.default_secs,
+          value_parser = clap::value_parser!(u64).range(deadline::FINALIZING.min_secs..))]
+    finalizing_deadline_secs: u64,
     /// Comma-separated meeting hosts to allow (all when unset).
     #[arg(long, env = "RECFLEET_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Option<Vec<String>>,
@@ -323,6 +342,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ecs,
         advertise_urls: args.advertise_url,
         lost_window: std::time::Duration::from_secs(args.lost_window_secs),
+        deadlines: recfleet_proto::Deadlines {
+            joining: std::time::Duration::from_secs(args.joining_deadline_secs),
+            stopping: std::time::Duration::from_secs(args.stopping_deadline_secs),
+            finalizing: std::time::Duration::from_secs(args.finalizing_deadline_secs),
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();

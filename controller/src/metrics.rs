@@ -51,6 +51,8 @@ pub mod names {
     pub const BOT_BROWSER_LOST_TOTAL: &str = "recfleet_bot_browser_lost_total";
     pub const BOT_CAPTURE_RESTARTS_TOTAL: &str = "recfleet_bot_capture_restarts_total";
     pub const POOL_BOTS_SILENT: &str = "recfleet_pool_bots_silent";
+    pub const BOT_CAPTURE_SILENT_TOTAL: &str = "recfleet_bot_capture_silent_total";
+    pub const RECORDING_DEADLINES_EXCEEDED_TOTAL: &str = "recfleet_recording_deadlines_exceeded_total";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -92,6 +94,8 @@ pub mod names {
         BOT_BROWSER_LOST_TOTAL,
         BOT_CAPTURE_RESTARTS_TOTAL,
         POOL_BOTS_SILENT,
+        BOT_CAPTURE_SILENT_TOTAL,
+        RECORDING_DEADLINES_EXCEEDED_TOTAL,
     ];
 }
 
@@ -149,6 +153,8 @@ pub struct Metrics {
     pub browser_lost: IntCounter,
     pub capture_restarts: IntCounter,
     pub bots_silent: IntGauge,
+    pub capture_silent: IntCounter,
+    pub deadlines_exceeded: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -322,6 +328,17 @@ impl Metrics {
                 BOT_CAPTURE_RESTARTS_TOTAL,
                 "Encoders that died mid-meeting and were restarted into the same recording (a discontinuity in its playlist).",
             ),
+            capture_silent: counter(
+                &r,
+                BOT_CAPTURE_SILENT_TOTAL,
+                "Captures whose audio went digitally silent while the bot was in the call (a muted or broken sink); the recording goes on.",
+            ),
+            deadlines_exceeded: counter_vec(
+                &r,
+                RECORDING_DEADLINES_EXCEEDED_TOTAL,
+                "Recordings that outlasted a status's deadline (docs/BOT.md#deadlines), by status and by who enforced it (bot, or controller: the bot was stopped).",
+                &["status", "enforced_by"],
+            ),
             bots_silent: gauge(
                 &r,
                 POOL_BOTS_SILENT,
@@ -349,6 +366,11 @@ impl Metrics {
             m.recoveries.with_label_values(&[result]).inc_by(0);
         }
         m.recordings_finished.with_label_values(&["failed", "bot_crashed"]).inc_by(0);
+        for setting in recfleet_proto::deadline::ALL {
+            for by in ["bot", "controller"] {
+                m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by]).inc_by(0);
+            }
+        }
         m.state_write_failures.inc_by(0);
         m.launch_failures.inc_by(0);
         for status in RecordingStatus::ALL {

@@ -6,12 +6,14 @@
 //! heavy dependencies: both sides link it, and the controller validates recipes with it before
 //! any bot sees them.
 
+pub mod deadline;
 pub mod protocol;
 pub mod recipe;
 pub mod recording;
 pub mod timeline;
 pub mod url;
 
+pub use deadline::Deadlines;
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{
     CaptureGeneration, CaptureStats, Manifest, ManifestSegment, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary,

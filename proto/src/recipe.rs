@@ -36,6 +36,11 @@ pub struct Recipe {
     pub hide_selectors: Vec<String>,
     #[serde(default = "default_waiting_room_timeout")]
     pub waiting_room_timeout_secs: u64,
+    /// How the bot leaves the call when the end is the bot's (a stop, `max_duration`, a full
+    /// disk), so the others see it go: steps like `steps`, within the stopping deadline. Not
+    /// run when the meeting ended or the page is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leave: Vec<Step>,
 }
 
 fn default_waiting_room_timeout() -> u64 {
@@ -180,18 +185,20 @@ impl Recipe {
         if self.name.trim().is_empty() {
             return Err(RecipeError::new("name", "must not be empty"));
         }
-        for (i, step) in self.steps.iter().enumerate() {
-            let at = format!("steps[{i}].{}", step.kind());
-            check_selector(step.selector()).map_err(|r| RecipeError::new(&at, r))?;
-            let t = step.timeout_secs();
-            if t == 0 || t > MAX_STEP_TIMEOUT_SECS {
-                return Err(RecipeError::new(
-                    format!("steps[{i}].timeout_secs"),
-                    format!("must be between 1 and {MAX_STEP_TIMEOUT_SECS}, got {t}"),
-                ));
-            }
-            if let Step::Fill { text, .. } = step {
-                check_placeholders(text).map_err(|r| RecipeError::new(format!("{at}.text"), r))?;
+        for (list, steps) in [("steps", &self.steps), ("leave", &self.leave)] {
+            for (i, step) in steps.iter().enumerate() {
+                let at = format!("{list}[{i}].{}", step.kind());
+                check_selector(step.selector()).map_err(|r| RecipeError::new(&at, r))?;
+                let t = step.timeout_secs();
+                if t == 0 || t > MAX_STEP_TIMEOUT_SECS {
+                    return Err(RecipeError::new(
+                        format!("{list}[{i}].timeout_secs"),
+                        format!("must be between 1 and {MAX_STEP_TIMEOUT_SECS}, got {t}"),
+                    ));
+                }
+                if let Step::Fill { text, .. } = step {
+                    check_placeholders(text).map_err(|r| RecipeError::new(format!("{at}.text"), r))?;
+                }
             }
         }
         for (field, sel) in [("waiting_room_when", &self.waiting_room_when), ("ended_when", &self.ended_when)] {
@@ -212,6 +219,7 @@ impl Recipe {
     pub fn selectors(&self) -> Vec<(String, &str)> {
         let mut out: Vec<(String, &str)> =
             self.steps.iter().enumerate().map(|(i, s)| (format!("steps[{i}].{}", s.kind()), s.selector())).collect();
+        out.extend(self.leave.iter().enumerate().map(|(i, s)| (format!("leave[{i}].{}", s.kind()), s.selector())));
         out.extend(self.waiting_room_when.as_deref().map(|s| ("waiting_room_when".to_string(), s)));
         out.extend(self.ended_when.as_deref().map(|s| ("ended_when".to_string(), s)));
         out.extend(self.hide_selectors.iter().enumerate().map(|(i, s)| (format!("hide_selectors[{i}]"), s.as_str())));
@@ -343,6 +351,8 @@ mod tests {
             (r##"{"name":"x","steps":[{"click":"  "}]}"##, "steps[0].click"),
             (r##"{"name":"x","ended_when":"div:not(.a"}"##, "ended_when"),
             (r##"{"name":"x","hide_selectors":["a[title='x]"]}"##, "hide_selectors[0]"),
+            (r##"{"name":"x","leave":[{"click":"#leave("}]}"##, "leave[0].click"),
+            (r##"{"name":"x","leave":[{"click":"#leave","timeout_secs":0}]}"##, "leave[0].timeout_secs"),
         ] {
             let err = Recipe::from_json(bad).unwrap_err();
             assert_eq!(err.field, place, "{bad}: {err}");
@@ -362,6 +372,16 @@ mod tests {
         assert!(Recipe::from_json(r##"{"name":"x","steps":[{"fill":{"selector":"#n","text":"{botname}"}}]}"##).is_err());
         assert!(Recipe::from_json(r##"{"name":"x","steps":[{"fill":{"selector":"#n","text":"a {} b {X}"}}]}"##).is_ok());
         assert_eq!(substitute("{bot_name} ({recording_id})", "Rec", "r1"), "Rec (r1)");
+    }
+
+    #[test]
+    fn leave_steps_parse_like_join_steps_and_default_to_none() {
+        assert!(Recipe::from_json(DESIGN_EXAMPLE).unwrap().leave.is_empty());
+        let r = Recipe::from_json(r##"{"name":"x","leave":[{"click":"#leave"},{"wait_for":".left","timeout_secs":3}]}"##).unwrap();
+        assert_eq!(r.leave[0], Step::Click { selector: "#leave".into(), timeout_secs: None });
+        assert_eq!(r.leave[1].timeout_secs(), 3);
+        let places: Vec<String> = r.selectors().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(places, ["leave[0].click", "leave[1].wait_for"]);
     }
 
     #[test]

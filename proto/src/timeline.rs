@@ -30,6 +30,19 @@ pub enum EventKind {
     /// The encoder died (`reason`) and a new one records on, as capture `generation`; its first
     /// frame came `gap_ms` after the loss.
     CaptureRestarted { attempt: u32, generation: u32, reason: String, gap_ms: u64 },
+    /// The captured audio has been digital silence for `silent_secs` while the bot is in the
+    /// call: a capture fault (a muted or broken sink), reported and counted, never a reason to
+    /// leave; the recording goes on.
+    CaptureSilent { silent_secs: u64 },
+    /// Sound is back in the capture after `silent_secs` of digital silence.
+    CaptureSound { silent_secs: f64 },
+    /// The bot left the call with the recipe's `leave` steps, `ms` after it began.
+    Left { ms: u64 },
+    /// The recipe's `leave` steps did not finish (`reason`): the browser was closed anyway.
+    LeaveFailed { reason: String },
+    /// `status` outlasted its deadline of `secs` (docs/BOT.md#deadlines): what still ran was
+    /// stopped and what was recorded is kept.
+    DeadlineExceeded { status: crate::RecordingStatus, secs: u64 },
     /// Why the meeting ended for the bot.
     Ended { sub_code: SubCode, detail: String },
     /// `recording.mp4` is made and checked.

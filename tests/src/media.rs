@@ -213,11 +213,12 @@ pub fn flashes(luma: &[f64], fps: f64, threshold: f64) -> Vec<f64> {
     (0..luma.len()).filter(|&i| luma[i] > threshold && (i == 0 || luma[i - 1] <= threshold)).map(|i| i as f64 / fps).collect()
 }
 
-/// When a sound starts after at least 0.3 s of quiet (a sample above `threshold` of full
-/// scale), in seconds of the file: the audio decoded at 8 kHz from time 0, a timestamp hole
-/// filled with silence.
-pub fn sound_onsets(path: &Path, threshold: f64) -> Vec<f64> {
-    const RATE: f64 = 8000.0;
+/// The audio decoded at this rate, mono, from time 0.
+const AUDIO_TRACK_RATE: f64 = 8000.0;
+
+/// The audio as mono 16-bit samples at `AUDIO_TRACK_RATE` from the file's time 0, a timestamp
+/// hole filled with silence.
+fn audio_track(path: &Path) -> Vec<i16> {
     let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
         "-map",
         "0:a:0",
@@ -226,19 +227,25 @@ pub fn sound_onsets(path: &Path, threshold: f64) -> Vec<f64> {
         "-ac",
         "1",
         "-ar",
-        "8000",
+        &AUDIO_TRACK_RATE.to_string(),
         "-f",
         "s16le",
         "-",
     ]));
     assert!(out.status.success(), "ffmpeg could not decode the audio of {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// When a sound starts after at least 0.3 s of quiet (a sample above `threshold` of full
+/// scale), in seconds of the file.
+pub fn sound_onsets(path: &Path, threshold: f64) -> Vec<f64> {
     let level = (threshold * f64::from(i16::MAX)) as i32;
-    let quiet_needed = (0.3 * RATE) as usize;
+    let quiet_needed = (0.3 * AUDIO_TRACK_RATE) as usize;
     let (mut onsets, mut quiet) = (Vec::new(), quiet_needed);
-    for (i, s) in out.stdout.chunks_exact(2).map(|b| i32::from(i16::from_le_bytes([b[0], b[1]]))).enumerate() {
+    for (i, s) in audio_track(path).into_iter().map(i32::from).enumerate() {
         if s.abs() > level {
             if quiet >= quiet_needed {
-                onsets.push(i as f64 / RATE);
+                onsets.push(i as f64 / AUDIO_TRACK_RATE);
             }
             quiet = 0;
         } else {
@@ -246,4 +253,13 @@ pub fn sound_onsets(path: &Path, threshold: f64) -> Vec<f64> {
         }
     }
     onsets
+}
+
+/// The audio's peak (0 to 1 of full scale) in each `window_secs` of the file, from time 0.
+pub fn peak_track(path: &Path, window_secs: f64) -> Vec<f64> {
+    let window = (window_secs * AUDIO_TRACK_RATE) as usize;
+    audio_track(path)
+        .chunks(window)
+        .map(|w| w.iter().map(|s| f64::from(s.unsigned_abs())).fold(0.0, f64::max) / f64::from(i16::MAX))
+        .collect()
 }

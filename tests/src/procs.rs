@@ -61,6 +61,28 @@ pub fn capture(bot: u32) -> Option<u32> {
     })
 }
 
+/// The bots (`recfleet-bot` processes) the controller at `base` (`http://host:port`) started.
+pub fn bots_of(base: &str) -> Vec<u32> {
+    let needle = format!("RECFLEET_CONTROLLER_URL=ws://{}/", base.trim_start_matches("http://"));
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| env(pid).iter().any(|kv| kv.starts_with(&needle)) && comm(pid).as_deref() == Some("recfleet-bot"))
+        .collect()
+}
+
+/// The value of `var` in the environment of `pid`.
+pub fn env_var(pid: u32, var: &str) -> Option<String> {
+    let prefix = format!("{var}=");
+    env(pid).into_iter().find_map(|kv| kv.strip_prefix(&prefix).map(str::to_string))
+}
+
+fn env(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    environ.split(|b| *b == 0).map(|kv| String::from_utf8_lossy(kv).into_owned()).collect()
+}
+
 /// The command name of `pid`.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string())

@@ -42,6 +42,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         ecs: None,
         advertise_urls: Vec::new(),
         lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
+        deadlines: recfleet_proto::Deadlines::default(),
     }
 }
 
@@ -176,6 +177,8 @@ async fn stop_through_the_api_finalizes_the_recording() {
     assert_eq!(done["status"], "completed", "{done:#}");
     assert_eq!(done["sub_code"], "stopped_by_api");
     assert!(done["duration_secs"].as_f64().unwrap() >= 3.0);
+    // Stopped by the API, the bot left the call with the recipe's Leave button.
+    assert_eq!(meeting.left("stopme"), 1, "the bot left the call");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,10 +281,10 @@ async fn controller_restart_mid_recording_loses_nothing() {
     let base = second.base.clone();
     second.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !bot_pids(&base).is_empty() && Instant::now() < deadline {
+    while !recfleet_tests::procs::bots_of(&base).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for pid in bot_pids(&base) {
+    for pid in recfleet_tests::procs::bots_of(&base) {
         kill_tree(pid);
     }
 }
@@ -351,21 +354,6 @@ async fn webhooks_arrive_signed_for_every_status_change() {
 }
 
 /// The pids of this controller's bots (found by the controller URL in their environment).
-fn bot_pids(base: &str) -> Vec<u32> {
-    let needle = format!("RECFLEET_CONTROLLER_URL=ws://{}/", base.trim_start_matches("http://"));
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())))
-                .unwrap_or(false)
-                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "recfleet-bot")
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_bot_is_declared_lost_and_replaced() {
     let meeting = MeetingServer::start().await.unwrap();
@@ -386,7 +374,10 @@ async fn a_silent_bot_is_declared_lost_and_replaced() {
     // A few segments reach the store first.
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The pool refills at once; the busy bot is the one whose FFmpeg writes segments.
-    let busy = bot_pids(&c.base).into_iter().find(|pid| recfleet_tests::procs::records(*pid)).expect("the busy bot's process");
+    let busy = recfleet_tests::procs::bots_of(&c.base)
+        .into_iter()
+        .find(|pid| recfleet_tests::procs::records(*pid))
+        .expect("the busy bot's process");
     // SAFETY: SIGSTOP to our own descendant: it stops heartbeating without exiting.
     unsafe { libc::kill(busy as libc::pid_t, libc::SIGSTOP) };
 
@@ -454,7 +445,10 @@ async fn a_killed_bot_is_finalized_from_the_bucket() {
     assert!(live_playlist.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && !live_playlist.contains("ENDLIST"), "{live_playlist}");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let busy = bot_pids(&c.base).into_iter().find(|pid| recfleet_tests::procs::records(*pid)).expect("the busy bot's process");
+    let busy = recfleet_tests::procs::bots_of(&c.base)
+        .into_iter()
+        .find(|pid| recfleet_tests::procs::records(*pid))
+        .expect("the busy bot's process");
     let killed = kill_tree(busy);
     assert!(killed >= 5, "the bot and its children (Xvfb, PulseAudio, Chromium, FFmpeg): {killed}");
 

@@ -57,6 +57,7 @@ impl Controller {
             ecs: None,
             advertise_urls: vec![format!("ws://{addr}")],
             lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
+            deadlines: recfleet_proto::Deadlines::default(),
         };
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(recfleet::serve(cfg, listener, shutdown.clone()));

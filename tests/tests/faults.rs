@@ -286,3 +286,48 @@ async fn with_no_capture_restarts_a_killed_encoder_ends_the_recording_and_keeps_
     let left = run.leftovers();
     assert!(left.is_empty(), "the bot left processes running: {left:?}");
 }
+
+/// The bots' stopping deadline in the test: the least allowed.
+const STOPPING_DEADLINE_SECS: u64 = 15;
+
+/// A page that spins when the bot clicks Leave (its handler never returns) cannot hold the bot:
+/// the leave gives up within the stopping deadline, the browser is closed anyway, and the
+/// recording up to the stop is finalized and plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_that_spins_on_leave_cannot_hold_the_bot_past_its_stopping_deadline() {
+    let server = MeetingServer::start().await.unwrap();
+    let out = tempfile::Builder::new().prefix("recfleet-fault-").tempdir().unwrap();
+    let deadline = STOPPING_DEADLINE_SECS.to_string();
+    let bot = recording_bot(&server, out.path(), "spin-on-leave", "&on_leave=spin", &["--stopping-deadline-secs", &deadline]).await;
+    let stopped_at = std::time::Instant::now();
+    bot.signal(libc::SIGINT);
+    let run = bot.finish(LIMIT).await;
+    let took = stopped_at.elapsed().as_secs_f64();
+
+    run.assert_exit(0);
+    let summary = run.summary();
+    assert_eq!((summary["status"].as_str(), summary["sub_code"].as_str()), (Some("completed"), Some("stopped_by_signal")), "{summary}");
+    let failed = run.events_of("leave_failed");
+    assert_eq!(failed.len(), 1, "the leave is seen failing: {:#}", run.events());
+    assert!(failed[0]["reason"].as_str().unwrap().contains("did not finish leaving"), "{failed:?}");
+    assert!(run.events_of("left").is_empty(), "{:#}", run.events());
+    let at = |kind: &str| run.event(kind).unwrap()["elapsed_ms"].as_u64().unwrap() as f64 / 1000.0;
+    let stopping = at("finalized") - at("ended");
+    eprintln!(
+        "stopped (a spinning page's leave included) and finalized {stopping:.2} s after the end; the bot exited {took:.2} s after SIGINT"
+    );
+    assert!(
+        stopping <= STOPPING_DEADLINE_SECS as f64 + 3.0,
+        "{stopping:.2} s from the end to the MP4 (deadline {STOPPING_DEADLINE_SECS} s)"
+    );
+    assert!(took <= STOPPING_DEADLINE_SECS as f64 + 8.0, "the bot exited {took:.2} s after the signal");
+
+    let mp4 = run.mp4();
+    let p = media::probe(&mp4);
+    assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")), "{p:?}");
+    assert!((p.duration_secs - FAULT_AFTER.as_secs_f64()).abs() <= 2.0, "{:.2} s recorded until the stop", p.duration_secs);
+    let frames = media::frames(&mp4, SAMPLE_FPS);
+    assert!(shows_call(&frames[frames.len() - 2]), "the call is recorded up to the stop, not the leave");
+    let left = run.leftovers();
+    assert!(left.is_empty(), "the bot left processes running: {left:?}");
+}

@@ -506,3 +506,33 @@ fn a_lost_window_below_the_heartbeat_timeout_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2), "refused at start: {err}");
     assert!(err.contains("--lost-window-secs 5") && err.contains("heartbeat timeout"), "{err}");
 }
+
+/// Deadlines below their least value are refused at start, by the controller and by the bot
+/// (`record` and `agent` alike), each naming the flag; so is a silence threshold below one
+/// segment.
+#[test]
+fn deadlines_below_their_minimum_are_refused_at_start_with_the_flag_named() {
+    let data = tempfile::tempdir().unwrap();
+    for (flag, value) in [("--joining-deadline-secs", "29"), ("--stopping-deadline-secs", "14"), ("--finalizing-deadline-secs", "59")] {
+        let out = std::process::Command::new(recfleet_tests::binary("recfleet"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--api-key", KEY, flag, value, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .expect("recfleet serve runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "refused at start: {err}");
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
+    let bot_cases = [
+        (vec!["record", "--url", "http://127.0.0.1:9/m", "--out", "/nonexistent"], "--stopping-deadline-secs", "3"),
+        (vec!["agent"], "--joining-deadline-secs", "10"),
+        (vec!["record", "--url", "http://127.0.0.1:9/m", "--out", "/nonexistent"], "--silence-fault-secs", "1"),
+    ];
+    for (mut args, flag, value) in bot_cases {
+        args.extend([flag, value]);
+        let out = std::process::Command::new(recfleet_tests::binary("recfleet-bot")).args(&args).output().expect("recfleet-bot runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} refused at start: {err}");
+        assert!(err.contains(flag) && err.contains(value), "{err}");
+    }
+}

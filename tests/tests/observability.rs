@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use recfleet::metrics::names;
 use recfleet_tests::meeting::MeetingServer;
+use recfleet_tests::{media, procs};
 use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
@@ -39,7 +40,7 @@ fn run(program: &str, args: &[&str], dir: &Path) -> String {
 fn promtool_checks_the_rules_and_runs_their_tests() {
     let dir = dashboards();
     let checked = run("promtool", &["check", "rules", "alerts.yml"], &dir);
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
     let tested = run("promtool", &["test", "rules", "alerts.test.yml"], &dir);
     assert!(tested.contains("SUCCESS"), "{tested}");
     run("promtool", &["check", "config", "prometheus.yml"], &dir);
@@ -127,80 +128,141 @@ async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
 
 const KEY: &str = "obs-key";
 
+/// A controller (`recfleet serve --log-format json`) with one warm bot, scraped every second by
+/// a real Prometheus that evaluates the alert rules of `dashboards/alerts.yml`.
+struct Observed {
+    /// The data folder, the log and Prometheus's storage: kept until the end.
+    _tmp: tempfile::TempDir,
+    base: String,
+    prom: String,
+    http: reqwest::Client,
+    log_path: PathBuf,
+    controller: tokio::process::Child,
+    _prometheus: tokio::process::Child,
+}
+
+impl Observed {
+    /// Starts both; `env` is more environment for the controller, which its bots inherit.
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = recfleet_tests::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let log_path = tmp.path().join("controller.log");
+        let controller = tokio::process::Command::new(recfleet_tests::binary("recfleet"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"])
+            .args(["--log-format", "json", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env("RUST_LOG", "info,chromiumoxide=off")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+
+        let prom_port = recfleet_tests::free_port();
+        let prom = format!("http://127.0.0.1:{prom_port}");
+        let config = tmp.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: recfleet\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
+                dashboards().join("alerts.yml").display()
+            ),
+        )
+        .unwrap();
+        let prometheus = tokio::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus (Debian's `prometheus` package; scripts/setup.sh installs it)");
+
+        let http = reqwest::Client::new();
+        wait_http(&http, &format!("{base}/healthz"), "the controller").await;
+        wait_http(&http, &format!("{prom}/-/ready"), "Prometheus").await;
+        let observed = Self { _tmp: tmp, base, prom, http, log_path, controller, _prometheus: prometheus };
+        let started = Instant::now();
+        while observed.get("/v1/pool").await["idle"] != 1 {
+            assert!(started.elapsed() < Duration::from_secs(60), "no warm bot");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        observed
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap().json::<Value>().await.unwrap()
+    }
+
+    /// Asks for a recording; returns its id.
+    async fn create(&self, body: &Value) -> String {
+        let url = format!("{}/v1/recordings", self.base);
+        let rec: Value = self.http.post(url).bearer_auth(KEY).json(body).send().await.unwrap().json().await.unwrap();
+        rec["id"].as_str().unwrap_or_else(|| panic!("not created: {rec}")).to_string()
+    }
+
+    /// Waits until the recording `id` has `status` (or ends), within `limit`.
+    async fn wait_status(&self, id: &str, status: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let r = self.get(&format!("/v1/recordings/{id}")).await;
+            if r["status"] == status || r["status"] == "completed" || r["status"] == "failed" {
+                return r;
+            }
+            assert!(started.elapsed() < limit, "the recording did not reach {status}: {r}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn query(&self, q: &str) -> Option<f64> {
+        query(&self.http, &self.prom, q).await
+    }
+
+    /// One of a recording's stored files, through the API.
+    async fn download(&self, id: &str, name: &str) -> Vec<u8> {
+        let url = format!("{}/v1/recordings/{id}/files/{name}", self.base);
+        let resp = self.http.get(url).bearer_auth(KEY).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {name} of {id}");
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Stops the controller (SIGINT) and returns its log (and its bots', which share its
+    /// stderr) as JSON lines.
+    async fn stop(mut self) -> Vec<Value> {
+        // SAFETY: SIGINT to our own child.
+        unsafe { libc::kill(self.controller.id().unwrap() as libc::pid_t, libc::SIGINT) };
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.controller.wait()).await;
+        let log = std::fs::read_to_string(&self.log_path).unwrap();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+            .collect();
+        assert!(lines.len() > 10, "{log}");
+        lines
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
     let meeting = MeetingServer::start().await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = recfleet_tests::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let log_path = tmp.path().join("controller.log");
-    let mut controller = tokio::process::Command::new(recfleet_tests::binary("recfleet"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"])
-        .args(["--log-format", "json", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .env("RUST_LOG", "info,chromiumoxide=off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    let prom_port = recfleet_tests::free_port();
-    let prom = format!("http://127.0.0.1:{prom_port}");
-    let config = tmp.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: recfleet\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
-            dashboards().join("alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let _prometheus = tokio::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prometheus (Debian's `prometheus` package; scripts/setup.sh installs it)");
-
-    let http = reqwest::Client::new();
-    wait_http(&http, &format!("{base}/healthz"), "the controller").await;
-    wait_http(&http, &format!("{prom}/-/ready"), "Prometheus").await;
-    let get = |path: String| {
-        let http = http.clone();
-        let url = format!("{base}{path}");
-        async move { http.get(url).bearer_auth(KEY).send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    let started = Instant::now();
-    while get("/v1/pool".into()).await["idle"] != 1 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no warm bot");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let obs = Observed::start(&[]).await;
+    let (http, base) = (&obs.http, obs.base.as_str());
     // The first load fails (503): the bot warns, and the warning is forwarded.
-    let body = json!({"meeting_url": meeting.url("/m/obs?end=8&fail_loads=1"), "recipe_name": "recfleet-test-meeting"});
-    let rec: Value = http.post(format!("{base}/v1/recordings")).bearer_auth(KEY).json(&body).send().await.unwrap().json().await.unwrap();
-    let id = rec["id"].as_str().unwrap().to_string();
-    let started = Instant::now();
-    let done = loop {
-        let r = get(format!("/v1/recordings/{id}")).await;
-        if r["status"] == "completed" || r["status"] == "failed" {
-            break r;
-        }
-        assert!(started.elapsed() < Duration::from_secs(90), "the recording did not finish: {r}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let id = obs.create(&json!({"meeting_url": meeting.url("/m/obs?end=8&fail_loads=1"), "recipe_name": "recfleet-test-meeting"})).await;
+    let done = obs.wait_status(&id, "completed", Duration::from_secs(90)).await;
     assert_eq!(done["status"], "completed", "{done:#}");
 
     // Prometheus has scraped the recording: its start latency and the bot's frame rate.
     let started = Instant::now();
     let (latency_count, fps) = loop {
-        let count = query(&http, &prom, "sum(recfleet_recording_start_latency_seconds_count)").await;
-        let fps = query(&http, &prom, "sum(recfleet_capture_frame_rate_fps_sum) / sum(recfleet_capture_frame_rate_fps_count)").await;
+        let count = obs.query("sum(recfleet_recording_start_latency_seconds_count)").await;
+        let fps = obs.query("sum(recfleet_capture_frame_rate_fps_sum) / sum(recfleet_capture_frame_rate_fps_count)").await;
         if let (Some(c), Some(f)) = (count, fps) {
             if c >= 1.0 {
                 break (c, f);
@@ -211,12 +273,12 @@ async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
     };
     assert_eq!(latency_count, 1.0);
     assert!((20.0..=33.0).contains(&fps), "capture fps {fps}");
-    let p50 = query(&http, &prom, "histogram_quantile(0.5, sum by (le) (recfleet_recording_start_latency_seconds_bucket))").await.unwrap();
+    let p50 = obs.query("histogram_quantile(0.5, sum by (le) (recfleet_recording_start_latency_seconds_bucket))").await.unwrap();
     assert!(p50 > 0.0 && p50 < 60.0, "start latency p50 {p50}");
-    assert_eq!(query(&http, &prom, r#"up{job="recfleet"}"#).await, Some(1.0));
-    let stored = query(&http, &prom, "sum(recfleet_upload_segments_stored_total)").await.unwrap();
+    assert_eq!(obs.query(r#"up{job="recfleet"}"#).await, Some(1.0));
+    let stored = obs.query("sum(recfleet_upload_segments_stored_total)").await.unwrap();
     assert!(stored >= 3.0, "segments stored {stored}");
-    let warned = query(&http, &prom, r#"sum(recfleet_bot_log_events_total{level="warn"})"#).await.unwrap();
+    let warned = obs.query(r#"sum(recfleet_bot_log_events_total{level="warn"})"#).await.unwrap();
     assert!(warned >= 1.0, "the bot's warning is counted: {warned}");
 
     // /metrics passes promtool's lint and exports every name the code declares.
@@ -243,21 +305,94 @@ async fn prometheus_scrapes_a_recording_and_the_log_is_json() {
     );
 
     // Stop the controller; its log (and its bots', which share its stderr) is JSON lines.
-    // SAFETY: SIGINT to our own child.
-    unsafe { libc::kill(controller.id().unwrap() as libc::pid_t, libc::SIGINT) };
-    let _ = tokio::time::timeout(Duration::from_secs(30), controller.wait()).await;
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
-        .collect();
-    assert!(lines.len() > 10, "{log}");
+    let lines = obs.stop().await;
     let forwarded = lines
         .iter()
         .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("bot: join attempt failed")))
-        .unwrap_or_else(|| panic!("the controller did not log the bot's forwarded warning:\n{log}"));
+        .unwrap_or_else(|| panic!("the controller did not log the bot's forwarded warning:\n{lines:#?}"));
     assert_eq!(forwarded["recording_id"], id.as_str(), "{forwarded}");
     assert_eq!(forwarded["level"], "WARN");
     assert!(forwarded["bot_id"].as_str().is_some_and(|b| b.starts_with("bot_")), "{forwarded}");
+}
+
+/// How long the test keeps the bot's sink muted.
+const MUTED: Duration = Duration::from_secs(6);
+/// The bots' `--silence-fault-secs` in the test.
+const SILENCE_FAULT_SECS: f64 = 3.0;
+
+/// `pactl set-sink-mute` on a bot's own PulseAudio.
+fn mute_sink(server: &str, muted: bool) {
+    let out = std::process::Command::new("pactl")
+        .args(["--server", server, "set-sink-mute", "recfleet", if muted { "1" } else { "0" }])
+        .output()
+        .expect("pactl (Debian's pulseaudio-utils; scripts/setup.sh installs it)");
+    assert!(out.status.success(), "pactl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A bot's sink muted mid-meeting, as a broken sound path would: the capture reports the
+/// silence (`capture_silent` logged and on the timeline), the controller counts it, a real
+/// Prometheus fires `RecfleetCaptureSilent`, and the recording goes on to the meeting's end
+/// with the sound back after the unmute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_muted_mid_meeting_is_a_capture_fault_alerted_and_the_recording_goes_on() {
+    const MEETING_SECS: f64 = 16.0;
+    let meeting = MeetingServer::start().await.unwrap();
+    let obs = Observed::start(&[("RECFLEET_SILENCE_FAULT_SECS", &SILENCE_FAULT_SECS.to_string())]).await;
+    let url = meeting.url(&format!("/m/muted-sink?end={MEETING_SECS}&clock=meeting"));
+    let id = obs.create(&json!({"meeting_url": url, "recipe_name": "recfleet-test-meeting"})).await;
+    let rec = obs.wait_status(&id, "recording", Duration::from_secs(60)).await;
+    assert_eq!(rec["status"], "recording", "{rec:#}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bot = procs::bots_of(&obs.base).into_iter().find(|&pid| procs::records(pid)).expect("the recording bot");
+    let capture = procs::capture(bot).expect("its capture");
+    let server = procs::env_var(capture, "PULSE_SERVER").expect("the capture's PULSE_SERVER");
+    mute_sink(&server, true);
+    tokio::time::sleep(MUTED).await;
+    mute_sink(&server, false);
+
+    let done = obs.wait_status(&id, "completed", Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["sub_code"], "meeting_ended", "the silence did not end the recording: {done:#}");
+
+    // Counted, and alerted by a real Prometheus.
+    let started = Instant::now();
+    while obs.query(r#"ALERTS{alertname="RecfleetCaptureSilent",alertstate="firing"}"#).await != Some(1.0) {
+        assert!(started.elapsed() < Duration::from_secs(20), "RecfleetCaptureSilent did not fire");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(obs.query("recfleet_bot_capture_silent_total").await, Some(1.0));
+
+    // The timeline: one silence, as long as the mute, before the meeting's real end.
+    let timeline: Value = serde_json::from_slice(&obs.download(&id, "events.json").await).unwrap();
+    let events = timeline["events"].as_array().unwrap();
+    let of = |kind: &str| events.iter().filter(|e| e["kind"] == kind).collect::<Vec<_>>();
+    let (silent, sound, ended) = (of("capture_silent"), of("capture_sound"), of("ended"));
+    assert_eq!((silent.len(), sound.len(), ended.len()), (1, 1, 1), "{timeline:#}");
+    let silent_secs = sound[0]["silent_secs"].as_f64().unwrap();
+    eprintln!("muted {:?}; the capture measured {silent_secs:.2} s of digital silence", MUTED);
+    assert!((silent_secs - MUTED.as_secs_f64()).abs() <= 1.5, "silence of {silent_secs} s for a {MUTED:?} mute");
+    let at = |e: &Value| e["elapsed_ms"].as_u64().unwrap();
+    assert!(at(silent[0]) < at(sound[0]) && at(sound[0]) < at(ended[0]), "{timeline:#}");
+
+    // The MP4 plays, covers the meeting, and holds the mute as silence between sound.
+    let mp4 = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(mp4.path(), obs.download(&id, "recording.mp4").await).unwrap();
+    let p = media::probe(mp4.path());
+    assert_eq!((p.video_codec.as_str(), p.audio_codec.as_deref()), ("h264", Some("aac")), "{p:?}");
+    assert!((p.duration_secs - MEETING_SECS).abs() <= 2.0, "{:.2} s for a {MEETING_SECS} s meeting", p.duration_secs);
+    let peaks = media::peak_track(mp4.path(), 0.5);
+    let quiet = |p: &f64| *p < 0.001;
+    let longest_quiet = peaks.chunk_by(|a, b| quiet(a) == quiet(b)).filter(|run| quiet(&run[0])).map(<[f64]>::len).max().unwrap_or(0);
+    let quiet_secs = longest_quiet as f64 * 0.5;
+    eprintln!("the MP4 is silent for {quiet_secs:.1} s; peaks {peaks:.3?}");
+    assert!((quiet_secs - MUTED.as_secs_f64()).abs() <= 1.5, "{quiet_secs} s of silence in the MP4 for a {MUTED:?} mute");
+    assert!(peaks[2] > 0.05 && peaks[peaks.len() - 4] > 0.05, "sound before the mute and after it: {peaks:?}");
+
+    // Logged as a warning the controller forwards with the recording's id.
+    let lines = obs.stop().await;
+    let warned = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("bot: capture_silent")))
+        .unwrap_or_else(|| panic!("no capture_silent warning in the controller's log:\n{lines:#?}"));
+    assert_eq!((warned["level"].as_str(), warned["recording_id"].as_str()), (Some("WARN"), Some(id.as_str())), "{warned}");
 }

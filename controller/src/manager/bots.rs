@@ -172,6 +172,30 @@ impl Manager {
         }
     }
 
+    /// Recordings stuck in a status past its deadline, which their bot did not keep (it hangs,
+    /// or it is an older build): the bot is stopped and the recording ended, what it stored
+    /// finalized from the store, as for a lost bot.
+    pub(super) fn enforce_deadlines(&mut self) {
+        let held: Vec<String> = self.bots.values().filter_map(|b| b.recording.clone()).collect();
+        for (id, status, limit) in self.overdue(&held, Instant::now()) {
+            let Some(bot_id) = self.bots.iter().find(|(_, b)| b.recording.as_deref() == Some(id.as_str())).map(|(k, _)| k.clone()) else {
+                continue;
+            };
+            let (deadline_secs, margin_secs) = (limit.as_secs(), self.cfg.deadline_margin.as_secs());
+            tracing::warn!(recording_id = %id, %bot_id, status = status.as_str(), deadline_secs, margin_secs, "deadline exceeded: stopping the bot");
+            self.cfg.metrics.deadlines_exceeded.with_label_values(&[status.as_str(), "controller"]).inc();
+            self.runtime.stop(&bot_id);
+            self.dirty_bots.push(bot_id.clone());
+            self.bots.remove(&bot_id);
+            let why = format!(
+                "the recording stayed {} {} s past its deadline of {deadline_secs} s: its bot was stopped",
+                status.as_str(),
+                margin_secs
+            );
+            self.mark_overdue(&id, status, &why);
+        }
+    }
+
     /// Asks the store, for each busy bot whose socket is silent (a partition, a controller
     /// restart), whether its recording still grows: at most one probe per bot in flight, one per
     /// `STORE_PROBE_EVERY`. The manager does no I/O: a task lists and reports back.

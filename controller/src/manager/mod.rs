@@ -175,6 +175,10 @@ pub struct ManagerConfig {
     pub keep_bots_on_exit: bool,
     /// A busy bot is lost only after this long without a message or a new stored segment.
     pub lost_window: Duration,
+    /// The bots' deadlines per status (they keep them; the manager enforces them again).
+    pub deadlines: recfleet_proto::Deadlines,
+    /// How much later than the bot the manager enforces a deadline.
+    pub deadline_margin: Duration,
     /// Where recordings are kept; a dead bot's recording is finalized from here.
     pub objects: recfleet_storage::Store,
     /// Scratch space for recoveries (`<scratch>/<recording_id>/`).
@@ -191,6 +195,9 @@ struct Entry {
     assigned_at: Option<OffsetDateTime>,
     /// Its first segment is in the store (time-to-view was observed).
     viewable: bool,
+    /// The status it was last seen in by the deadline check, and since when (not persisted: a
+    /// restarted controller gives every status its whole deadline again).
+    since: Option<(RecordingStatus, Instant)>,
 }
 
 #[derive(Debug)]
@@ -285,7 +292,7 @@ impl Manager {
             }
             m.order.push(id.clone());
             let notified = Some(stored.view.status);
-            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true });
+            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true, since: None });
         }
         for b in m.store.load_bots().await? {
             let idle_since = (b.state == BotState::Idle).then(Instant::now);
@@ -355,6 +362,7 @@ impl Manager {
                     if !self.lapsed() {
                         self.find_lost_bots();
                         self.probe_silent_bots();
+                        self.enforce_deadlines();
                     }
                     self.settle_orphans();
                     self.update_gauges();

@@ -6,8 +6,10 @@
 //! itself or talk to the runtime. Changes are marked for the outbox; the one direct store call
 //! is a delete's `mark_deleted`, which the request waits on.
 
+use std::time::{Duration, Instant};
+
 use recfleet_proto::protocol::{Assignment, ControllerMessage, Outcome};
-use recfleet_proto::{EventKind, RecordingEvent, RecordingStatus, SubCode};
+use recfleet_proto::{Deadlines, EventKind, Recipe, RecordingEvent, RecordingStatus, SubCode};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -43,7 +45,7 @@ impl Manager {
             req.metadata.clone().unwrap_or(serde_json::Value::Null),
         );
         let stored = StoredRecording { view: view.clone(), idempotency_key: key.clone(), recipe: req.recipe, webhook_url: req.webhook_url };
-        self.recordings.insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false });
+        self.recordings.insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false, since: None });
         self.order.push(id.clone());
         if let Some(k) = key {
             self.idempotency.insert(k, id.clone());
@@ -140,11 +142,16 @@ impl Manager {
             }
             EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
             EventKind::CaptureRestarted { .. } => metrics.capture_restarts.inc(),
+            EventKind::CaptureSilent { .. } => metrics.capture_silent.inc(),
+            EventKind::DeadlineExceeded { status, .. } => metrics.deadlines_exceeded.with_label_values(&[status.as_str(), "bot"]).inc(),
             EventKind::Joined
             | EventKind::Rejoined { .. }
             | EventKind::PageLoaded { .. }
             | EventKind::JoinAttemptFailed { .. }
             | EventKind::FirstSegment { .. }
+            | EventKind::CaptureSound { .. }
+            | EventKind::Left { .. }
+            | EventKind::LeaveFailed { .. }
             | EventKind::Finalized { .. } => {}
         }
         self.touch(id, LogKind::Timeline, serde_json::to_value(event).expect("serializes"));
@@ -269,6 +276,42 @@ impl Manager {
         }
     }
 
+    /// Recordings held by a bot that have stayed in one status past its deadline (the bot's,
+    /// plus the margin), with the status and the deadline they outlasted. Notes each status's
+    /// start as it is first seen.
+    pub(super) fn overdue(&mut self, held: &[String], now: Instant) -> Vec<(String, RecordingStatus, Duration)> {
+        let (deadlines, margin) = (self.cfg.deadlines, self.cfg.deadline_margin);
+        let mut overdue = Vec::new();
+        for id in held {
+            let Some(entry) = self.recordings.get_mut(id) else { continue };
+            let status = entry.stored.view.status;
+            let since = match entry.since {
+                Some((seen, at)) if seen == status => at,
+                _ => entry.since.insert((status, now)).1,
+            };
+            let Some(limit) = deadline_of(status, &deadlines, entry.stored.recipe.as_ref()) else { continue };
+            if now.saturating_duration_since(since) > limit + margin {
+                overdue.push((id.clone(), status, limit));
+            }
+        }
+        overdue
+    }
+
+    /// A recording whose bot outlasted `status`'s deadline and was stopped: ended as the bot
+    /// would have (a join that never finished fails; a recording keeps the end it had) and
+    /// finalized from the store when it has media.
+    pub(super) fn mark_overdue(&mut self, id: &str, status: RecordingStatus, why: &str) {
+        let Some(entry) = self.recordings.get(id) else { return };
+        let sub_code = match status {
+            RecordingStatus::Joining => SubCode::JoinFailed,
+            RecordingStatus::WaitingRoom => SubCode::WaitingRoomTimeout,
+            // The bot's `ended` names its end; without it, only an API stop gets here.
+            RecordingStatus::Stopping => entry.stored.view.sub_code.unwrap_or(SubCode::StoppedByApi),
+            _ => entry.stored.view.sub_code.unwrap_or(SubCode::BotCrashed),
+        };
+        self.mark_ended_by(id, sub_code, "deadline_exceeded", why);
+    }
+
     pub(super) fn assign_queued(&mut self) {
         while let Some(id) = self.queue.front().cloned() {
             let Some((bot_id, bot)) = self.bots.iter_mut().find(|(_, b)| b.state == BotState::Idle && b.tx.is_some()) else {
@@ -310,6 +353,17 @@ impl Manager {
 }
 
 /// Download links as the API serves them (`/v1/recordings/{id}/files/...`).
+/// Pure: how long a recording may stay in `status` with its bot; `None` for the statuses
+/// without a deadline (`queued` waits for a bot, `recording` lasts the meeting).
+pub(super) fn deadline_of(status: RecordingStatus, deadlines: &Deadlines, recipe: Option<&Recipe>) -> Option<Duration> {
+    match status {
+        RecordingStatus::WaitingRoom => Some(Duration::from_secs(
+            recipe.map_or(recfleet_proto::recipe::DEFAULT_WAITING_ROOM_TIMEOUT_SECS, |r| r.waiting_room_timeout_secs),
+        )),
+        other => deadlines.of(other),
+    }
+}
+
 fn outputs(public_url: &str, id: &str) -> Outputs {
     let base = format!("{public_url}/v1/recordings/{id}/files");
     Outputs {

@@ -33,6 +33,8 @@ async fn manager(dir: &std::path::Path) -> Manager {
         public_url: "http://127.0.0.1:1".into(),
         keep_bots_on_exit: false,
         lost_window: crate::fleet::DEFAULT_LOST_WINDOW,
+        deadlines: recfleet_proto::Deadlines::default(),
+        deadline_margin: recfleet_proto::deadline::CONTROLLER_MARGIN,
         objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),
         scratch_root: dir.join("recovery"),
         metrics: Arc::new(Metrics::new()),
@@ -286,4 +288,78 @@ async fn a_crash_after_the_recording_started_is_finalized_from_the_store() {
     let error = view.error.as_ref().unwrap();
     assert_eq!(error.code, "nothing_stored");
     assert!(error.message.contains("nothing usable"), "{error:?}");
+}
+
+/// A runtime that remembers which bots it was told to stop.
+#[derive(Debug, Default)]
+struct StopRecorder(std::sync::Mutex<Vec<String>>);
+
+impl Runtime for StopRecorder {
+    fn launch(&self, _spec: &LaunchSpec) -> Result<(), crate::runtime::RuntimeError> {
+        Ok(())
+    }
+    fn stop(&self, bot_id: &str) {
+        self.0.lock().unwrap().push(bot_id.to_string());
+    }
+}
+
+/// A bot that keeps a recording in one status past its deadline (and the margin) has it taken
+/// away: the bot is stopped, the recording ended with what it had, and one that has media is
+/// finalized from the store. Within the deadline nothing happens.
+#[tokio::test]
+async fn a_recording_stuck_past_its_status_deadline_has_its_bot_stopped_and_is_finalized() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let runtime = Arc::new(StopRecorder::default());
+    m.runtime = Arc::clone(&runtime) as Arc<dyn Runtime>;
+    let (id, bot_id) = assigned(&mut m).await;
+    started(&mut m, &id);
+    m.stop(&id).unwrap();
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Stopping);
+    let stopping = m.cfg.deadlines.stopping + m.cfg.deadline_margin;
+    let now = Instant::now();
+    assert!(m.overdue(std::slice::from_ref(&id), now).is_empty(), "the status's clock starts when it is first seen");
+    assert!(m.overdue(std::slice::from_ref(&id), now + stopping - Duration::from_secs(1)).is_empty(), "within the deadline");
+    let overdue = m.overdue(std::slice::from_ref(&id), now + stopping + Duration::from_secs(1));
+    assert_eq!(overdue, vec![(id.clone(), RecordingStatus::Stopping, m.cfg.deadlines.stopping)]);
+
+    // The check as the tick runs it, with the status seen long ago.
+    m.recordings.get_mut(&id).unwrap().since = Some((RecordingStatus::Stopping, now - stopping - Duration::from_secs(1)));
+    m.enforce_deadlines();
+    assert_eq!(*runtime.0.lock().unwrap(), vec![bot_id.clone()], "the bot is stopped");
+    assert!(!m.bots.contains_key(&bot_id));
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code, view.partial), (RecordingStatus::Finalizing, Some(SubCode::StoppedByApi), true));
+    let error = view.error.as_ref().unwrap();
+    assert_eq!(error.code, "deadline_exceeded");
+    assert!(error.message.contains("stopping") && error.message.contains("30 s"), "{error:?}");
+    let text = m.cfg.metrics.render();
+    assert!(text.contains(r#"recfleet_recording_deadlines_exceeded_total{enforced_by="controller",status="stopping"} 1"#), "{text}");
+}
+
+/// The waiting room's deadline is the recipe's own; a join stuck past its deadline fails with
+/// `join_failed`; statuses without a deadline have none.
+#[tokio::test]
+async fn each_status_has_its_deadline_and_a_stuck_join_fails() {
+    let d = recfleet_proto::Deadlines::default();
+    let mut recipe = recfleet_proto::Recipe::from_json(r#"{"name":"x"}"#).unwrap();
+    recipe.waiting_room_timeout_secs = 120;
+    assert_eq!(recordings::deadline_of(RecordingStatus::WaitingRoom, &d, Some(&recipe)), Some(Duration::from_secs(120)));
+    assert_eq!(recordings::deadline_of(RecordingStatus::WaitingRoom, &d, None), Some(Duration::from_secs(900)));
+    assert_eq!(recordings::deadline_of(RecordingStatus::Joining, &d, None), Some(d.joining));
+    assert_eq!(recordings::deadline_of(RecordingStatus::Finalizing, &d, None), Some(d.finalizing));
+    for none in [RecordingStatus::Queued, RecordingStatus::Recording, RecordingStatus::Completed] {
+        assert_eq!(recordings::deadline_of(none, &d, None), None, "{none:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    let long_ago = Instant::now() - d.joining - m.cfg.deadline_margin - Duration::from_secs(1);
+    m.recordings.get_mut(&id).unwrap().since = Some((RecordingStatus::Joining, long_ago));
+    m.enforce_deadlines();
+    assert!(!m.bots.contains_key(&bot_id));
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::JoinFailed)));
+    assert_eq!(view.error.as_ref().unwrap().code, "deadline_exceeded");
 }

@@ -2,7 +2,8 @@
 //! room, tiles, tone, chat, host end, crash and close injection) and `other.html` (a second
 //! platform built differently). Server-side failure injection: `?fail_loads=N` answers the
 //! first N loads of a meeting id with 503. The server also keeps each meeting's clock
-//! (`POST /m/{id}/joined`), so a bot that rejoins finds the meeting where it left it.
+//! (`POST /m/{id}/joined`), so a bot that rejoins finds the meeting where it left it, and counts
+//! who left the call with its Leave button (`POST /m/{id}/left`, `MeetingServer::left`).
 //!
 //! It serves the tests and the demo (`recfleet demo`); it must never be reachable beyond
 //! loopback.
@@ -29,16 +30,29 @@ struct Meetings {
     loads: Arc<Mutex<HashMap<String, u32>>>,
     /// When someone first entered the call, and how many entries there were since.
     calls: Arc<Mutex<HashMap<String, (std::time::Instant, u32)>>>,
+    /// How many participants left each call with its Leave button.
+    left: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 pub fn router() -> Router {
+    routes(Meetings::default())
+}
+
+fn routes(meetings: Meetings) -> Router {
     Router::new()
         .route("/", get(|| async { Html("<h1>recfleet test meetings</h1><p>/m/{id}?end=8 and /other/{id}</p>") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/m/{id}", get(meeting))
         .route("/m/{id}/joined", axum::routing::post(joined))
+        .route("/m/{id}/left", axum::routing::post(left))
         .route("/other/{id}", get(other))
-        .with_state(Meetings::default())
+        .with_state(meetings)
+}
+
+/// A participant left the call with the Leave button.
+async fn left(State(meetings): State<Meetings>, Path(id): Path<String>) -> StatusCode {
+    *meetings.left.lock().expect("left lock").entry(id).or_insert(0) += 1;
+    StatusCode::NO_CONTENT
 }
 
 /// A participant entered the call: how long the call has run (ms) and how many entries it has
@@ -76,6 +90,7 @@ fn page(meetings: &Meetings, id: &str, q: &HashMap<String, String>, html: &'stat
 #[derive(Debug)]
 pub struct MeetingServer {
     pub addr: SocketAddr,
+    meetings: Meetings,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -89,16 +104,23 @@ impl MeetingServer {
     pub async fn start_on(ip: std::net::IpAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
+        let meetings = Meetings::default();
+        let app = routes(meetings.clone());
         let task = tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, router()).await {
+            if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(error = %err, "meeting server stopped");
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self { addr, meetings, task })
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// How many participants left meeting `id`'s call with its Leave button.
+    pub fn left(&self, id: &str) -> u32 {
+        self.meetings.left.lock().expect("left lock").get(id).copied().unwrap_or(0)
     }
 }
 
