@@ -276,10 +276,10 @@ impl Capture {
         let events = child.iter().map_err(|e| CaptureError::Spawn(std::io::Error::other(e.to_string())))?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (tx, updates) = mpsc::unbounded_channel();
-        let (thread_totals, thread_errors) = (totals.clone(), errors.clone());
+        let (thread_totals, thread_errors, fps) = (totals.clone(), errors.clone(), cfg.video.fps);
         std::thread::Builder::new()
             .name("ffmpeg-events".into())
-            .spawn(move || consume(events, &thread_totals, &thread_errors, &tx))
+            .spawn(move || consume(events, fps, &thread_totals, &thread_errors, &tx))
             .map_err(CaptureError::Spawn)?;
         let pid = child.as_inner().id();
         let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, updates, errors, exited: None };
@@ -420,10 +420,18 @@ fn remove_partial_files(dir: &std::path::Path) -> std::io::Result<usize> {
 /// Reads every event FFmpeg emits (the sidecar's channel has no buffer: an unread event
 /// stalls FFmpeg), keeps the stats current (added to what earlier encoders of the recording
 /// counted), tells the recording about the first frame and passes on the audio levels.
-fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors: &Mutex<Vec<String>>, tx: &mpsc::UnboundedSender<Update>) {
+fn consume(
+    events: ffmpeg_sidecar::iter::FfmpegIterator,
+    fps: u32,
+    totals: &Totals,
+    errors: &Mutex<Vec<String>>,
+    tx: &mpsc::UnboundedSender<Update>,
+) {
     let stats = &totals.stats;
     let base = stats.lock().expect("stats lock").clone();
-    let mut started = false;
+    // When this encoder's first frame was grabbed, and the most frames it has missed so far.
+    let mut first_frame: Option<std::time::Instant> = None;
+    let mut missed = 0u64;
     let mut last_report = std::time::Instant::now();
     let mut last_slow_warning: Option<std::time::Instant> = None;
     for event in events {
@@ -436,13 +444,23 @@ fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors
         match event {
             FfmpegEvent::Progress(p) => {
                 let now = OffsetDateTime::now_utc();
+                let recorded = parse_clock(&p.time).unwrap_or(0.0);
+                if first_frame.is_none() && p.frame > 0 {
+                    let at =
+                        std::time::Instant::now().checked_sub(Duration::from_secs_f64(recorded)).unwrap_or_else(std::time::Instant::now);
+                    first_frame = Some(at);
+                    let _ = tx.send(Update::FirstFrame(now - time::Duration::seconds_f64(recorded)));
+                }
+                if let Some(at) = first_frame {
+                    missed = missed.max(frames_missed(at.elapsed().as_secs_f64(), recorded, fps));
+                }
                 let (dup, dropped) = parse_dup_drop(&p.raw_log_message);
                 let warm = u64::from(p.frame) > SPEED_WARMUP_FRAMES;
                 let mut s = stats.lock().expect("stats lock");
                 s.frames = base.frames + u64::from(p.frame);
                 s.progress_ms = Some(totals.began.elapsed().as_millis() as u64);
                 s.duplicated_frames = base.duplicated_frames + dup;
-                s.dropped_frames = base.dropped_frames + dropped;
+                s.dropped_frames = base.dropped_frames + dropped + missed;
                 if p.speed > 0.0 {
                     let speed = f64::from(p.speed);
                     s.last_speed = Some(speed);
@@ -471,12 +489,6 @@ fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors
                         "capture health"
                     );
                 }
-                if !started && p.frame > 0 {
-                    started = true;
-                    let captured = parse_clock(&p.time).unwrap_or(0.0);
-                    let at = now - time::Duration::seconds_f64(captured);
-                    let _ = tx.send(Update::FirstFrame(at));
-                }
             }
             FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => {
                 tracing::warn!(child = "ffmpeg", "{line}");
@@ -495,6 +507,18 @@ fn consume(events: ffmpeg_sidecar::iter::FfmpegIterator, totals: &Totals, errors
         }
     }
     let _ = tx.send(Update::Ended);
+}
+
+/// How far behind the meeting a starved encoder may run before frames count as missed: the
+/// input queue (`VIDEO_QUEUE`, about 1 s) and a progress report's age.
+const LAG_ALLOWANCE_SECS: f64 = 1.5;
+
+/// Pure: the frames of the meeting a capture did not record, `wall_secs` after its first frame
+/// with `recorded_secs` encoded. A starved encoder falls behind; the grab then waits on the full
+/// queue and the frames of that time are never grabbed, so the recording comes out shorter
+/// than the meeting. FFmpeg's own `drop=` does not count them.
+pub fn frames_missed(wall_secs: f64, recorded_secs: f64, fps: u32) -> u64 {
+    ((wall_secs - recorded_secs - LAG_ALLOWANCE_SECS).max(0.0) * f64::from(fps)).round() as u64
 }
 
 /// `dup=` and `drop=` from FFmpeg's stats line (the sidecar does not parse them).
@@ -617,6 +641,13 @@ mod tests {
         for other in ["frame=1 fps=0", "[hls @ 0x1] Opening 'seg_000001.m4s' for writing", "silence_start: 3 (a page's log)"] {
             assert_eq!(parse_audio_level(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn frames_the_encoder_fell_behind_on_count_as_missed() {
+        assert_eq!(frames_missed(10.0, 9.8, 30), 0, "a healthy encoder runs a little behind");
+        assert_eq!(frames_missed(38.6, 14.5, 30), 678, "0.4x realtime for 38 s");
+        assert_eq!(frames_missed(0.5, 2.0, 30), 0);
     }
 
     #[test]

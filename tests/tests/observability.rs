@@ -40,7 +40,7 @@ fn run(program: &str, args: &[&str], dir: &Path) -> String {
 fn promtool_checks_the_rules_and_runs_their_tests() {
     let dir = dashboards();
     let checked = run("promtool", &["check", "rules", "alerts.yml"], &dir);
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 14 rules found"), "{checked}");
     let tested = run("promtool", &["test", "rules", "alerts.test.yml"], &dir);
     assert!(tested.contains("SUCCESS"), "{tested}");
     run("promtool", &["check", "config", "prometheus.yml"], &dir);
@@ -142,16 +142,23 @@ struct Observed {
 }
 
 impl Observed {
-    /// Starts both; `env` is more environment for the controller, which its bots inherit.
+    /// Starts both on loopback; `env` is more environment for the controller, which its bots
+    /// inherit.
     async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), &[], env).await
+    }
+
+    /// Starts both, the controller listening on `ip` with more `args`.
+    async fn start_on(ip: std::net::IpAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let port = recfleet_tests::free_port();
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("http://{ip}:{port}");
         let log_path = tmp.path().join("controller.log");
         let controller = tokio::process::Command::new(recfleet_tests::binary("recfleet"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"])
+            .args(["serve", "--listen", &format!("{ip}:{port}"), "--api-key", KEY, "--pool-min-idle", "1", "--pool-max", "2"])
             .args(["--log-format", "json", "--data-dir"])
             .arg(tmp.path().join("data"))
+            .args(args)
             .env("RUST_LOG", "info,chromiumoxide=off")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -167,7 +174,7 @@ impl Observed {
         std::fs::write(
             &config,
             format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: recfleet\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: ['{}']\nscrape_configs:\n  - job_name: recfleet\n    static_configs: [{{targets: ['{ip}:{port}']}}]\n",
                 dashboards().join("alerts.yml").display()
             ),
         )
@@ -189,7 +196,7 @@ impl Observed {
         let observed = Self { _tmp: tmp, base, prom, http, log_path, controller, _prometheus: prometheus };
         let started = Instant::now();
         while observed.get("/v1/pool").await["idle"] != 1 {
-            assert!(started.elapsed() < Duration::from_secs(60), "no warm bot");
+            assert!(started.elapsed() < Duration::from_secs(120), "no warm bot");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         observed
@@ -395,4 +402,101 @@ async fn a_sink_muted_mid_meeting_is_a_capture_fault_alerted_and_the_recording_g
         .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("bot: capture_silent")))
         .unwrap_or_else(|| panic!("no capture_silent warning in the controller's log:\n{lines:#?}"));
     assert_eq!((warned["level"].as_str(), warned["recording_id"].as_str()), (Some("WARN"), Some(id.as_str())), "{warned}");
+}
+
+/// The CPU a starved bot gets in the test.
+const STARVED_CPUS: &str = "0.3";
+/// The issue's bound on the memory of the capture's FFmpeg and of Xvfb under starvation.
+const MAX_CHILD_RSS_MB: u64 = 400;
+
+/// The resident memory (MiB) of each FFmpeg and Xvfb in `container`, by command name.
+fn capture_rss_mb(container: &str) -> Vec<(String, u64)> {
+    // Docker's `top` needs the pid column.
+    let out = std::process::Command::new("docker").args(["top", container, "-o", "pid,rss,comm"]).output().expect("docker top");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace().skip(1);
+            let (kib, comm) = (cols.next()?.parse::<u64>().ok()?, cols.next()?);
+            (comm == "ffmpeg" || comm == "Xvfb").then(|| (comm.to_string(), kib / 1024))
+        })
+        .collect()
+}
+
+/// A bot container limited to 0.3 core (Docker `--cpus`): its encoder falls behind, the frames
+/// it never grabbed are counted as dropped and a real Prometheus fires
+/// `RecfleetCaptureDroppingFrames`, the memory of FFmpeg and Xvfb stays bounded (the queues are),
+/// and the MP4 plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_starved_of_cpu_reports_dropped_frames_stays_bounded_and_its_mp4_plays() {
+    const MEETING_SECS: u64 = 75;
+    recfleet_tests::docker::assert_images_built(&["recfleet-bot:dev"]);
+    let net = recfleet_tests::docker::Net::create("starved");
+    let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
+    let pool = format!("starved-{}", std::process::id());
+    let args = ["--runtime", "docker", "--docker-network", &net.name, "--pool-name", &pool, "--bot-cpus", STARVED_CPUS];
+    let obs = Observed::start_on(net.gateway, &args, &[]).await;
+    let url = meeting.url(&format!("/m/starved?end={MEETING_SECS}"));
+    let id = obs.create(&json!({"meeting_url": url, "recipe_name": "recfleet-test-meeting"})).await;
+    let rec = obs.wait_status(&id, "recording", Duration::from_secs(120)).await;
+    assert_eq!(rec["status"], "recording", "{rec:#}");
+    let container = recfleet_tests::docker::docker(&["ps", "-q", "--filter", &format!("label=recfleet.pool={pool}")]);
+    let container = container.lines().next().expect("the bot's container").to_string();
+
+    // Memory, sampled every 2 s while the starved bot records; and the alert.
+    let (mut samples, mut max_rss, mut fired_after) = (0, Vec::<(String, u64)>::new(), None);
+    let started = Instant::now();
+    loop {
+        let status = obs.get(&format!("/v1/recordings/{id}")).await["status"].as_str().unwrap_or_default().to_string();
+        if status == "recording" {
+            for (comm, mb) in capture_rss_mb(&container) {
+                samples += 1;
+                match max_rss.iter_mut().find(|(c, _)| *c == comm) {
+                    Some((_, max)) => *max = (*max).max(mb),
+                    None => max_rss.push((comm, mb)),
+                }
+            }
+        }
+        let firing = obs.query(r#"ALERTS{alertname="RecfleetCaptureDroppingFrames",alertstate="firing"}"#).await == Some(1.0);
+        if firing && fired_after.is_none() {
+            fired_after = Some(started.elapsed());
+        }
+        if fired_after.is_some() && (status == "completed" || status == "failed") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(MEETING_SECS + 120), "status {status}, alert fired after {fired_after:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!(
+        "RecfleetCaptureDroppingFrames fired {fired_after:?} into the starved recording; peak RSS (MiB) {max_rss:?} over {samples} samples"
+    );
+    assert!(samples >= 20, "RSS sampled {samples} times");
+    assert!(max_rss.iter().any(|(c, _)| c == "ffmpeg") && max_rss.iter().any(|(c, _)| c == "Xvfb"), "{max_rss:?}");
+    for (comm, mb) in &max_rss {
+        assert!(*mb < MAX_CHILD_RSS_MB, "{comm} reached {mb} MiB under starvation (bound {MAX_CHILD_RSS_MB})");
+    }
+    let dropped = obs.query("recfleet_capture_dropped_frames_total").await.unwrap();
+    let done = obs.get(&format!("/v1/recordings/{id}")).await;
+    assert_eq!((done["status"].as_str(), done["sub_code"].as_str()), (Some("completed"), Some("meeting_ended")), "{done:#}");
+
+    // The MP4 plays and moves; it is shorter than the meeting by about the frames dropped.
+    let mp4 = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+    std::fs::write(mp4.path(), obs.download(&id, "recording.mp4").await).unwrap();
+    let p = media::probe(mp4.path());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")), "{p:?}");
+    assert!(p.faststart);
+    let frames = media::frames(mp4.path(), 1.0);
+    assert!(frames.len() >= 3 && frames[1].diff(&frames[frames.len() - 2]) > 0.5, "frames change");
+    eprintln!(
+        "a {MEETING_SECS} s meeting on {STARVED_CPUS} core: MP4 of {:.1} s, {dropped} frames dropped ({:.1} s at 30 fps)",
+        p.duration_secs,
+        dropped / 30.0
+    );
+    assert!(dropped >= 300.0, "a starved encoder's missing frames are counted: {dropped}");
+    // Honestly: what the MP4 holds and what was counted dropped make up the meeting (less the
+    // seconds from entering the call to the first frame, a few on 0.3 core).
+    let accounted = p.duration_secs + dropped / 30.0;
+    assert!((MEETING_SECS as f64 - 8.0..=MEETING_SECS as f64 + 1.0).contains(&accounted), "{accounted:.1} s accounted for");
+    let _ = obs.stop().await;
 }
