@@ -2,10 +2,12 @@
 """Faults during a meeting: how long the bot takes to recover and what the recording loses.
 
 Runs the fault tests of `tests/tests/faults.rs` (the real bot recording the bundled meeting
-while the test SIGKILLs Chromium's browser process, its renderers, or the capture's FFmpeg)
-`--runs` times and reads the figures they print: the time from the fault to the rejoin or to
-the new encoder's first frame, the call view's absence and the holes in the MP4, and the A/V
-offset before and after an encoder restart. Prints one table (docs/FAULTS.md, docs/BENCHMARKS.md).
+while the test SIGKILLs Chromium's browser process, its renderers, or the capture's FFmpeg, or
+stops it on a page that spins when asked to leave) `--runs` times and reads the figures they
+print: the time from the fault to the rejoin or to the new encoder's first frame, the call
+view's absence and the holes in the MP4, the A/V offset before and after an encoder restart,
+and the time from a stop to the MP4 past a spinning page. Prints one table (docs/FAULTS.md,
+docs/BENCHMARKS.md).
 
 Run with `make bench` or `python3 bench/faults_bench.py --runs 5`.
 """
@@ -26,7 +28,7 @@ FIGURES = {
 
 def one_run():
     cmd = ["cargo", "nextest", "run", "--release", "-p", "recfleet-tests", "--test", "faults", "--no-capture",
-           "--test-threads", "1", "-E", "test(killed_)"]
+           "--test-threads", "1", "-E", "test(killed_) | test(spins_on_leave)"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         log = done.stdout + done.stderr
@@ -42,6 +44,9 @@ def parse(log):
             m = re.search(pattern, line)
             if m and (context is None or re.search(context, line)):
                 found.setdefault(name, []).append(float(m.group(1)))
+        m = re.search(r"stopped \(a spinning page's leave included\) and finalized ([\d.]+) s after the end", line)
+        if m:
+            found.setdefault("spinning page: stop → MP4 made (s)", []).append(float(m.group(1)))
         m = re.search(r"call view absent for ([\d.]+) s", line)
         if m:
             found.setdefault("browser or renderer: call view absent (s)", []).append(float(m.group(1)))

@@ -2,11 +2,13 @@
 //! monitor into HLS with fMP4 segments, a keyframe at every segment boundary.
 //!
 //! Queues are bounded (`-thread_queue_size`), so a starved encoder drops frames instead of
-//! growing by gigabytes; speed, dropped and duplicated frames are reported. Readiness is FFmpeg's
-//! first progress report with a frame. An encoder that dies is replaced by the next generation,
-//! which continues the segment numbers (docs/FAULTS.md). This module owns the FFmpeg process and
-//! clears its half-written files; it must not read or move closed segments (that is `spool`'s
-//! job).
+//! growing by gigabytes; speed, dropped (FFmpeg's, and those a starved encoder never grabbed)
+//! and duplicated frames are reported. The capture measures its own audio (`silencedetect`)
+//! and reports digital silence as `AudioLevel`s; it must not act on them (silence never ends a
+//! recording). Readiness is FFmpeg's first progress report with a frame. An encoder that dies
+//! is replaced by the next generation, which continues the segment numbers (docs/FAULTS.md).
+//! This module owns the FFmpeg process and clears its half-written files; it must not read or
+//! move closed segments (that is `spool`'s job).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -255,6 +257,8 @@ pub struct Capture {
     pid: u32,
     updates: mpsc::UnboundedReceiver<Update>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Set once asked to stop: from then on the encoder's lag is the stop's, not missed frames.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     exited: Option<std::process::ExitStatus>,
 }
 
@@ -277,12 +281,14 @@ impl Capture {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let (tx, updates) = mpsc::unbounded_channel();
         let (thread_totals, thread_errors, fps) = (totals.clone(), errors.clone(), cfg.video.fps);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_stopping = stopping.clone();
         std::thread::Builder::new()
             .name("ffmpeg-events".into())
-            .spawn(move || consume(events, fps, &thread_totals, &thread_errors, &tx))
+            .spawn(move || consume(events, fps, &thread_totals, &thread_errors, &thread_stopping, &tx))
             .map_err(CaptureError::Spawn)?;
         let pid = child.as_inner().id();
-        let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, updates, errors, exited: None };
+        let mut capture = Self { cfg: cfg.clone(), totals: totals.clone(), child, pid, updates, errors, stopping, exited: None };
         match tokio::time::timeout(first_frame_within, capture.updates.recv()).await {
             Ok(Some(Update::FirstFrame(at))) => {
                 tracing::info!(pid = capture.pid(), "capture started");
@@ -353,6 +359,7 @@ impl Capture {
         if let Some(status) = self.exited {
             return describe_exit(status);
         }
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.child.quit();
         let steps: [(Option<i32>, Duration); 3] =
             [(None, CAPTURE_STOP_GRACE), (Some(libc::SIGINT), CAPTURE_STOP_GRACE), (Some(libc::SIGKILL), Duration::from_secs(2))];
@@ -425,6 +432,7 @@ fn consume(
     fps: u32,
     totals: &Totals,
     errors: &Mutex<Vec<String>>,
+    stopping: &std::sync::atomic::AtomicBool,
     tx: &mpsc::UnboundedSender<Update>,
 ) {
     let stats = &totals.stats;
@@ -444,15 +452,17 @@ fn consume(
         match event {
             FfmpegEvent::Progress(p) => {
                 let now = OffsetDateTime::now_utc();
-                let recorded = parse_clock(&p.time).unwrap_or(0.0);
+                // `time=N/A` says nothing of the lag (and dates a first frame as now).
+                let recorded = parse_clock(&p.time);
                 if first_frame.is_none() && p.frame > 0 {
-                    let at =
-                        std::time::Instant::now().checked_sub(Duration::from_secs_f64(recorded)).unwrap_or_else(std::time::Instant::now);
-                    first_frame = Some(at);
-                    let _ = tx.send(Update::FirstFrame(now - time::Duration::seconds_f64(recorded)));
+                    let captured = Duration::from_secs_f64(recorded.unwrap_or(0.0));
+                    first_frame = Some(std::time::Instant::now().checked_sub(captured).unwrap_or_else(std::time::Instant::now));
+                    let _ = tx.send(Update::FirstFrame(now - captured));
                 }
-                if let Some(at) = first_frame {
-                    missed = missed.max(frames_missed(at.elapsed().as_secs_f64(), recorded, fps));
+                if let (Some(at), Some(recorded)) = (first_frame, recorded) {
+                    if !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        missed = missed.max(frames_missed(at.elapsed().as_secs_f64(), recorded, fps));
+                    }
                 }
                 let (dup, dropped) = parse_dup_drop(&p.raw_log_message);
                 let warm = u64::from(p.frame) > SPEED_WARMUP_FRAMES;

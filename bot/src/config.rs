@@ -163,12 +163,27 @@ impl RecordConfig {
             return Err(ConfigError { field: "join_attempts", reason: "must be at least 1".into() });
         }
         if self.silence_fault < Duration::from_secs(MIN_SILENCE_FAULT_SECS) {
-            let reason = format!("must be at least {MIN_SILENCE_FAULT_SECS}, got {}", self.silence_fault.as_secs_f64());
+            let reason = format!("must be at least {MIN_SILENCE_FAULT_SECS} s, got {} s", self.silence_fault.as_secs_f64());
             return Err(ConfigError { field: "silence_fault_secs", reason });
         }
-        self.deadlines.check().map_err(|e| ConfigError { field: e.flag.trim_start_matches('-'), reason: e.to_string() })?;
+        self.deadlines
+            .check()
+            .map_err(|e| ConfigError { field: e.field, reason: format!("must be at least {} s, got {} s", e.min_secs, e.got_secs) })?;
+        if let Some(upload) = &self.upload {
+            check_drain_fits(upload.drain_deadline, self.deadlines.finalizing)?;
+        }
         self.video.validate()
     }
+}
+
+/// The upload drain happens within finalizing: a drain as long as the finalizing deadline
+/// would be cut short by it, and the upload summary lost.
+pub fn check_drain_fits(drain: Duration, finalizing: Duration) -> Result<(), ConfigError> {
+    if drain >= finalizing {
+        let reason = format!("must be shorter than --finalizing-deadline-secs ({} s), got {} s", finalizing.as_secs(), drain.as_secs());
+        return Err(ConfigError { field: "upload_drain_secs", reason });
+    }
+    Ok(())
 }
 
 /// Meeting URLs must be http(s) with a host. Address policy (link-local, metadata, allow-lists)
@@ -209,6 +224,14 @@ mod tests {
     }
 
     #[test]
+    fn the_upload_drain_must_fit_in_finalizing() {
+        check_drain_fits(Duration::from_secs(30), Duration::from_secs(900)).unwrap();
+        let err = check_drain_fits(Duration::from_secs(900), Duration::from_secs(900)).unwrap_err();
+        assert_eq!(err.field, "upload_drain_secs");
+        assert!(err.reason.contains("--finalizing-deadline-secs"), "{err}");
+    }
+
+    #[test]
     fn urls_must_be_http_with_a_host() {
         for ok in ["http://a", "https://meet.example.com/x?y=1", "HTTP://10.0.0.1:99/"] {
             validate_meeting_url(ok).unwrap();
@@ -233,7 +256,7 @@ mod tests {
             ("max_duration_secs", Box::new(|c| c.max_duration = Some(Duration::ZERO))),
             ("join_attempts", Box::new(|c| c.join_attempts = 0)),
             ("silence_fault_secs", Box::new(|c| c.silence_fault = Duration::from_secs(1))),
-            ("stopping-deadline-secs", Box::new(|c| c.deadlines.stopping = Duration::from_secs(3))),
+            ("stopping_deadline_secs", Box::new(|c| c.deadlines.stopping = Duration::from_secs(3))),
             ("url", Box::new(|c| c.url = "chrome://crash".into())),
         ];
         for (field, mutate) in cases {

@@ -296,6 +296,13 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
             return ExitCode::from(7);
         }
     };
+    let deadlines = args.faults.deadlines();
+    if let Ok(Some(u)) = args.store.settings() {
+        // Checked at start rather than at the first recording's.
+        if let Err(err) = config::check_drain_fits(u.drain_deadline, deadlines.finalizing) {
+            return fail(&RecordError::Config(err));
+        }
+    }
     let cfg = recfleet_bot::agent::AgentConfig {
         controller_urls,
         bot_id,
@@ -311,7 +318,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         max_rejoins: args.faults.max_rejoins,
         max_capture_restarts: args.faults.max_capture_restarts,
         silence_fault: Duration::from_secs(args.faults.silence_fault_secs),
-        deadlines: args.faults.deadlines(),
+        deadlines,
         logs,
     };
     let shutdown = CancellationToken::new();

@@ -108,6 +108,8 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error("stopped leading: {0}; exiting so that a supervisor restarts this controller as a standby")]
     LeadershipLost(#[from] leadership::LeadershipLost),
+    #[error("invalid deadline: {0}")]
+    Deadline(#[from] recfleet_proto::deadline::DeadlineError),
 }
 
 /// After the drain, how long open connections (downloads, bots' sockets) get to close before
@@ -116,6 +118,8 @@ pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Serves on `listener` until `shutdown`, then drains (see the module's header) and returns.
 pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // The CLI's ranges refuse these too; a library caller gets the same check.
+    cfg.deadlines.check()?;
     let addr: SocketAddr = listener.local_addr().map_err(ServeError::Serve)?;
     let spool_root = absolute(&cfg.data_dir.join("spool"));
     std::fs::create_dir_all(&spool_root).map_err(|source| ServeError::DataDir { path: spool_root.clone(), source })?;

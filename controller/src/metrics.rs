@@ -112,6 +112,24 @@ pub const ACTIVE_STATUSES: [RecordingStatus; 6] = [
     RecordingStatus::Finalizing,
 ];
 
+/// Who kept a deadline (the `enforced_by` label of `recfleet_recording_deadlines_exceeded_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforcedBy {
+    /// The bot cut its own phase short.
+    Bot,
+    /// The bot kept none: the controller stopped it.
+    Controller,
+}
+
+impl EnforcedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcedBy::Bot => "bot",
+            EnforcedBy::Controller => "controller",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -367,8 +385,8 @@ impl Metrics {
         }
         m.recordings_finished.with_label_values(&["failed", "bot_crashed"]).inc_by(0);
         for setting in recfleet_proto::deadline::ALL {
-            for by in ["bot", "controller"] {
-                m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by]).inc_by(0);
+            for by in [EnforcedBy::Bot, EnforcedBy::Controller] {
+                m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by.as_str()]).inc_by(0);
             }
         }
         m.state_write_failures.inc_by(0);

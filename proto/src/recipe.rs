@@ -36,9 +36,9 @@ pub struct Recipe {
     pub hide_selectors: Vec<String>,
     #[serde(default = "default_waiting_room_timeout")]
     pub waiting_room_timeout_secs: u64,
-    /// How the bot leaves the call when the end is the bot's (a stop, `max_duration`, a full
-    /// disk), so the others see it go: steps like `steps`, within the stopping deadline. Not
-    /// run when the meeting ended or the page is gone.
+    /// How the bot leaves the call when it is still in it at the end (a stop, a limit, a failed
+    /// capture), so the others see it go: steps like `steps`, within the stopping deadline. Not
+    /// run when the meeting ended, the page is gone or the bot was removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leave: Vec<Step>,
 }

@@ -3,6 +3,9 @@
 //! `crate::fleet`), and the warm pool: the pure `pool::plan` executed through the runtime, with
 //! the launch back-off.
 //!
+//! A bot that keeps a recording past its status's deadline is stopped here (the recording half
+//! says which are overdue and ends them).
+//!
 //! Bot states change only through `BotState::next`; this module must not change a recording's
 //! status (it calls the recording half) or write to the store.
 
@@ -14,6 +17,7 @@ use time::OffsetDateTime;
 
 use super::{Bot, Heartbeat, Manager, Vitals, EXIT_GRACE, STORE_PROBE_EVERY};
 use crate::fleet::{BotEvent, BotState, Liveness};
+use crate::metrics::EnforcedBy;
 use crate::pool::{self, Action, Desired, Observed};
 use crate::runtime::{ExitReason, Exited, LaunchSpec};
 use crate::store::{token_hash, LogKind};
@@ -183,7 +187,7 @@ impl Manager {
             };
             let (deadline_secs, margin_secs) = (limit.as_secs(), self.cfg.deadline_margin.as_secs());
             tracing::warn!(recording_id = %id, %bot_id, status = status.as_str(), deadline_secs, margin_secs, "deadline exceeded: stopping the bot");
-            self.cfg.metrics.deadlines_exceeded.with_label_values(&[status.as_str(), "controller"]).inc();
+            self.cfg.metrics.deadlines_exceeded.with_label_values(&[status.as_str(), EnforcedBy::Controller.as_str()]).inc();
             self.runtime.stop(&bot_id);
             self.dirty_bots.push(bot_id.clone());
             self.bots.remove(&bot_id);

@@ -474,6 +474,14 @@ impl Manager {
             Command::BotConnected { bot_id, token, tx, reply } => {
                 let ok = match self.bots.get_mut(&bot_id) {
                     Some(bot) if bot.token_sha256 == token_hash(&token) => {
+                        // A stop asked for while the bot was away reaches it now.
+                        let stopping = bot
+                            .recording
+                            .as_ref()
+                            .filter(|id| self.recordings.get(*id).is_some_and(|e| e.stored.view.status == RecordingStatus::Stopping));
+                        if let Some(id) = stopping {
+                            let _ = tx.send(ControllerMessage::Stop { recording_id: id.clone() });
+                        }
                         bot.tx = Some(tx);
                         bot.last_seen = Instant::now();
                         true

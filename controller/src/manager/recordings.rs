@@ -1,6 +1,7 @@
 //! Recordings: their creation (with idempotency keys and the one-active-per-meeting rule), the
 //! queue and its assignment to idle bots, stops and deletes, the bot's timeline and `Finished`
-//! applied through the transition table, and the finalizing of a recording whose bot died.
+//! applied through the transition table, the finalizing of a recording whose bot died, and
+//! which recordings have outlasted their status's deadline (`recfleet_proto::deadline`).
 //!
 //! Every status change goes through `lifecycle::advance`; this module must not write a status
 //! itself or talk to the runtime. Changes are marked for the outbox; the one direct store call
@@ -9,13 +10,14 @@
 use std::time::{Duration, Instant};
 
 use recfleet_proto::protocol::{Assignment, ControllerMessage, Outcome};
-use recfleet_proto::{Deadlines, EventKind, Recipe, RecordingEvent, RecordingStatus, SubCode};
+use recfleet_proto::{deadline, Deadlines, EventKind, Recipe, RecordingEvent, RecordingStatus, SubCode};
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{Entry, Manager};
 use crate::fleet::{BotEvent, BotState};
 use crate::lifecycle::{advance, to_finalizing};
+use crate::metrics::EnforcedBy;
 use crate::model::{ApiError, CreateRecording, ErrorDetail, Outputs, Recording};
 use crate::recovery::{Recovered, RecoveryError};
 use crate::store::{LogKind, StoredRecording};
@@ -143,7 +145,9 @@ impl Manager {
             EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
             EventKind::CaptureRestarted { .. } => metrics.capture_restarts.inc(),
             EventKind::CaptureSilent { .. } => metrics.capture_silent.inc(),
-            EventKind::DeadlineExceeded { status, .. } => metrics.deadlines_exceeded.with_label_values(&[status.as_str(), "bot"]).inc(),
+            EventKind::DeadlineExceeded { status, .. } => {
+                metrics.deadlines_exceeded.with_label_values(&[status.as_str(), EnforcedBy::Bot.as_str()]).inc()
+            }
             EventKind::Joined
             | EventKind::Rejoined { .. }
             | EventKind::PageLoaded { .. }
@@ -276,21 +280,22 @@ impl Manager {
         }
     }
 
-    /// Recordings held by a bot that have stayed in one status past its deadline (the bot's,
-    /// plus the margin), with the status and the deadline they outlasted. Notes each status's
-    /// start as it is first seen.
+    /// Recordings held by a bot that have stayed in one phase (`deadline::phase`: the join and
+    /// its waiting room are one) past its deadline, the bot's plus the margin, with the status
+    /// and the deadline they outlasted. Notes when each phase was first seen.
     pub(super) fn overdue(&mut self, held: &[String], now: Instant) -> Vec<(String, RecordingStatus, Duration)> {
         let (deadlines, margin) = (self.cfg.deadlines, self.cfg.deadline_margin);
         let mut overdue = Vec::new();
         for id in held {
             let Some(entry) = self.recordings.get_mut(id) else { continue };
             let status = entry.stored.view.status;
+            let phase = deadline::phase(status);
             let since = match entry.since {
-                Some((seen, at)) if seen == status => at,
-                _ => entry.since.insert((status, now)).1,
+                Some((seen, at)) if seen == phase => at,
+                _ => entry.since.insert((phase, now)).1,
             };
             let Some(limit) = deadline_of(status, &deadlines, entry.stored.recipe.as_ref()) else { continue };
-            if now.saturating_duration_since(since) > limit + margin {
+            if deadline::is_overdue(since, now, limit, margin) {
                 overdue.push((id.clone(), status, limit));
             }
         }
@@ -307,7 +312,10 @@ impl Manager {
             RecordingStatus::WaitingRoom => SubCode::WaitingRoomTimeout,
             // The bot's `ended` names its end; without it, only an API stop gets here.
             RecordingStatus::Stopping => entry.stored.view.sub_code.unwrap_or(SubCode::StoppedByApi),
-            _ => entry.stored.view.sub_code.unwrap_or(SubCode::BotCrashed),
+            RecordingStatus::Queued | RecordingStatus::Recording | RecordingStatus::Finalizing => {
+                entry.stored.view.sub_code.unwrap_or(SubCode::BotCrashed)
+            }
+            RecordingStatus::Completed | RecordingStatus::Failed => return,
         };
         self.mark_ended_by(id, sub_code, "deadline_exceeded", why);
     }
@@ -352,18 +360,14 @@ impl Manager {
     }
 }
 
-/// Download links as the API serves them (`/v1/recordings/{id}/files/...`).
-/// Pure: how long a recording may stay in `status` with its bot; `None` for the statuses
-/// without a deadline (`queued` waits for a bot, `recording` lasts the meeting).
+/// Pure: how long a recording may stay in `status`'s phase with its bot (the bot's deadline,
+/// the recipe's waiting room in the join's); `None` for the statuses without one.
 pub(super) fn deadline_of(status: RecordingStatus, deadlines: &Deadlines, recipe: Option<&Recipe>) -> Option<Duration> {
-    match status {
-        RecordingStatus::WaitingRoom => Some(Duration::from_secs(
-            recipe.map_or(recfleet_proto::recipe::DEFAULT_WAITING_ROOM_TIMEOUT_SECS, |r| r.waiting_room_timeout_secs),
-        )),
-        other => deadlines.of(other),
-    }
+    let waiting_room = recipe.filter(|r| r.waiting_room_when.is_some()).map(|r| Duration::from_secs(r.waiting_room_timeout_secs));
+    deadlines.limit_of(status, waiting_room)
 }
 
+/// Download links as the API serves them (`/v1/recordings/{id}/files/...`).
 fn outputs(public_url: &str, id: &str) -> Outputs {
     let base = format!("{public_url}/v1/recordings/{id}/files");
     Outputs {

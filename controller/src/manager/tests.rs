@@ -317,10 +317,10 @@ async fn a_recording_stuck_past_its_status_deadline_has_its_bot_stopped_and_is_f
     m.stop(&id).unwrap();
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Stopping);
     let stopping = m.cfg.deadlines.stopping + m.cfg.deadline_margin;
-    let now = Instant::now();
-    assert!(m.overdue(std::slice::from_ref(&id), now).is_empty(), "the status's clock starts when it is first seen");
-    assert!(m.overdue(std::slice::from_ref(&id), now + stopping - Duration::from_secs(1)).is_empty(), "within the deadline");
-    let overdue = m.overdue(std::slice::from_ref(&id), now + stopping + Duration::from_secs(1));
+    let (id_list, now) = (std::slice::from_ref(&id), Instant::now());
+    assert!(m.overdue(id_list, now).is_empty(), "the status's clock starts when it is first seen");
+    assert!(m.overdue(id_list, now + stopping - Duration::from_secs(1)).is_empty(), "within the deadline");
+    let overdue = m.overdue(id_list, now + stopping + Duration::from_secs(1));
     assert_eq!(overdue, vec![(id.clone(), RecordingStatus::Stopping, m.cfg.deadlines.stopping)]);
 
     // The check as the tick runs it, with the status seen long ago.
@@ -337,17 +337,19 @@ async fn a_recording_stuck_past_its_status_deadline_has_its_bot_stopped_and_is_f
     assert!(text.contains(r#"recfleet_recording_deadlines_exceeded_total{enforced_by="controller",status="stopping"} 1"#), "{text}");
 }
 
-/// The waiting room's deadline is the recipe's own; a join stuck past its deadline fails with
-/// `join_failed`; statuses without a deadline have none.
+/// The join and its waiting room are one phase, the recipe's room included; a join stuck past
+/// it fails with `join_failed`, one still in the waiting room with `waiting_room_timeout`;
+/// statuses without a deadline have none.
 #[tokio::test]
 async fn each_status_has_its_deadline_and_a_stuck_join_fails() {
     let d = recfleet_proto::Deadlines::default();
-    let mut recipe = recfleet_proto::Recipe::from_json(r#"{"name":"x"}"#).unwrap();
+    let mut recipe = recfleet_proto::Recipe::from_json(r#"{"name":"x","waiting_room_when":".lobby"}"#).unwrap();
     recipe.waiting_room_timeout_secs = 120;
-    assert_eq!(recordings::deadline_of(RecordingStatus::WaitingRoom, &d, Some(&recipe)), Some(Duration::from_secs(120)));
-    assert_eq!(recordings::deadline_of(RecordingStatus::WaitingRoom, &d, None), Some(Duration::from_secs(900)));
-    assert_eq!(recordings::deadline_of(RecordingStatus::Joining, &d, None), Some(d.joining));
-    assert_eq!(recordings::deadline_of(RecordingStatus::Finalizing, &d, None), Some(d.finalizing));
+    let with_room = Some(d.joining + Duration::from_secs(120));
+    assert_eq!(recordings::deadline_of(RecordingStatus::WaitingRoom, &d, Some(&recipe)), with_room);
+    assert_eq!(recordings::deadline_of(RecordingStatus::Joining, &d, Some(&recipe)), with_room);
+    assert_eq!(recordings::deadline_of(RecordingStatus::Joining, &d, None), Some(d.joining), "no room without waiting_room_when");
+    assert_eq!(recordings::deadline_of(RecordingStatus::Finalizing, &d, None), Some(d.stopping + d.finalizing));
     for none in [RecordingStatus::Queued, RecordingStatus::Recording, RecordingStatus::Completed] {
         assert_eq!(recordings::deadline_of(none, &d, None), None, "{none:?}");
     }
@@ -357,9 +359,31 @@ async fn each_status_has_its_deadline_and_a_stuck_join_fails() {
     let (id, bot_id) = assigned(&mut m).await;
     let long_ago = Instant::now() - d.joining - m.cfg.deadline_margin - Duration::from_secs(1);
     m.recordings.get_mut(&id).unwrap().since = Some((RecordingStatus::Joining, long_ago));
+    // The waiting room does not restart the join's clock.
+    let room = recfleet_proto::Event { at: OffsetDateTime::now_utc(), elapsed_ms: 0, kind: EventKind::WaitingRoom };
+    m.apply_event(&id, &room);
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::WaitingRoom);
     m.enforce_deadlines();
     assert!(!m.bots.contains_key(&bot_id));
     let view = &m.recordings[&id].stored.view;
-    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::JoinFailed)));
+    assert_eq!((view.status, view.sub_code), (RecordingStatus::Failed, Some(SubCode::WaitingRoomTimeout)));
     assert_eq!(view.error.as_ref().unwrap().code, "deadline_exceeded");
+}
+
+/// A stop asked for while the bot's socket was down reaches it when it connects again.
+#[tokio::test]
+async fn a_stop_asked_while_the_bot_was_away_is_sent_when_it_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    started(&mut m, &id);
+    m.bots.get_mut(&bot_id).unwrap().tx = None;
+    m.stop(&id).unwrap();
+    let token = "t0ken";
+    m.bots.get_mut(&bot_id).unwrap().token_sha256 = crate::store::token_hash(token);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (reply, ok) = oneshot::channel();
+    m.handle(Command::BotConnected { bot_id, token: token.into(), tx, reply }).await;
+    assert!(ok.await.unwrap());
+    assert!(matches!(rx.try_recv(), Ok(ControllerMessage::Stop { recording_id }) if recording_id == id));
 }

@@ -10,31 +10,23 @@ use std::time::Duration;
 
 use recfleet_proto::{CaptureGeneration, EventKind, OutputPaths, RecordingEvent, RecordingStatus, SubCode, Summary};
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{AudioLevel, Capture, CaptureConfig, Totals};
+use crate::capture::{Capture, CaptureConfig, Totals};
 use crate::config::{ConfigError, RecordConfig, FIRST_FRAME_TIMEOUT};
 use crate::join::{self, Identity, JoinError};
 use crate::journal::{Journal, Reporter, Silent};
 use crate::page_js;
 use crate::session::{Session, SessionError};
 use crate::spool::{Spool, MANIFEST, PLAYLIST};
-use crate::upload::{self, UploadConfig, Uploader};
+use crate::upload::{UploadConfig, Uploader};
 use crate::watch::{self, End, Limits, Watched};
 use recfleet_media::{self as finalize, MP4};
 
-/// How often the spool looks for newly closed segments.
-const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
-/// What the stopping deadline keeps for closing the browser and stopping the other children
-/// after the recipe's `leave`.
-const SHUTDOWN_RESERVE: Duration = Duration::from_secs(10);
+mod stop;
+mod watches;
 
-/// Whether the bot is still in the call when the recording ends this way, so that it should
-/// leave: not when the meeting ended or the page is gone.
-fn in_call_at(end: &End) -> bool {
-    !matches!(end.sub_code, SubCode::MeetingEnded | SubCode::PageClosed | SubCode::PageCrashed)
-}
+use watches::{spawn_spool_watch, watch_audio, SpoolWatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -215,52 +207,6 @@ impl Job<'_> {
         finalized
     }
 
-    /// Stops the capture (its last segment closed), leaves the call when the end is the bot's
-    /// own (the recipe's `leave`), and stops the browser, the sound server and the display, all
-    /// within the stopping deadline. Past it, whatever still runs is killed (dropped: every
-    /// child is killed on drop) and what is on disk is finalized: a page that spins when asked
-    /// to leave cannot hold the bot.
-    async fn stop_in_time(&self, mut capture: Capture, session: Session, end: &End) {
-        let limit = self.cfg.deadlines.stopping;
-        let started = std::time::Instant::now();
-        let stopping = async move {
-            let ffmpeg_exit = capture.stop().await;
-            tracing::debug!(ffmpeg = %ffmpeg_exit, "capture stopped");
-            drop(capture);
-            if let Some(recipe) = self.cfg.recipe.as_ref().filter(|r| !r.leave.is_empty() && in_call_at(end)) {
-                // The browser's polite close and the other children's stops need the rest.
-                let budget = limit.saturating_sub(started.elapsed()).saturating_sub(SHUTDOWN_RESERVE);
-                self.leave(&session.chromium.page, recipe, budget).await;
-            }
-            session.shutdown().await;
-        };
-        if tokio::time::timeout(limit, stopping).await.is_err() {
-            tracing::warn!(
-                deadline_secs = limit.as_secs(),
-                "stopping outlasted its deadline (--stopping-deadline-secs): killed what still ran"
-            );
-            self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Stopping, secs: limit.as_secs() });
-        }
-    }
-
-    /// Runs the recipe's `leave` steps within `budget`, and says how it went on the timeline.
-    async fn leave(&self, page: &chromiumoxide::Page, recipe: &recfleet_proto::Recipe, budget: Duration) {
-        let started = std::time::Instant::now();
-        let who = Identity { bot_name: self.cfg.bot_name.clone(), recording_id: self.cfg.recording_id.clone() };
-        let reason = match tokio::time::timeout(budget, join::leave(page, recipe, &who)).await {
-            Ok(Ok(())) => {
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(ms, "left the call");
-                self.journal.record(EventKind::Left { ms });
-                return;
-            }
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("the page did not finish leaving within {} ms", budget.as_millis()),
-        };
-        tracing::warn!(%reason, "could not leave the call; closing the browser");
-        self.journal.record(EventKind::LeaveFailed { reason });
-    }
-
     /// Joins, starts the capture and watches until the end, rejoining when the browser is lost.
     /// The spool runs alongside.
     async fn join_and_capture(
@@ -437,18 +383,18 @@ impl Job<'_> {
         self.enter_in_time(&session.chromium.page).await
     }
 
-    /// `enter` within the joining deadline, plus the recipe's waiting room when it has one.
+    /// `enter` within the join's deadline: the joining deadline, plus the recipe's waiting room
+    /// when it has one (`Deadlines::join_limit`, the controller's bound too).
     async fn enter_in_time(&self, page: &chromiumoxide::Page) -> Result<(), JoinError> {
-        let joining = self.cfg.deadlines.joining;
-        let room = match &self.cfg.recipe {
-            Some(r) if r.waiting_room_when.is_some() => Duration::from_secs(r.waiting_room_timeout_secs),
-            _ => Duration::ZERO,
-        };
-        match tokio::time::timeout(joining + room, self.enter(page)).await {
+        let room =
+            self.cfg.recipe.as_ref().filter(|r| r.waiting_room_when.is_some()).map(|r| Duration::from_secs(r.waiting_room_timeout_secs));
+        let limit = self.cfg.deadlines.join_limit(room);
+        match tokio::time::timeout(limit, self.enter(page)).await {
             Ok(joined) => joined,
             Err(_) => {
-                self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Joining, secs: joining.as_secs() });
-                Err(JoinError::DeadlineExceeded(joining.as_secs()))
+                tracing::warn!(deadline_secs = limit.as_secs(), "the join outlasted its deadline (--joining-deadline-secs)");
+                self.journal.record(EventKind::DeadlineExceeded { status: RecordingStatus::Joining, secs: limit.as_secs() });
+                Err(JoinError::DeadlineExceeded(limit.as_secs()))
             }
         }
     }
@@ -526,106 +472,6 @@ impl Job<'_> {
             }
         }
     }
-}
-
-/// Turns the capture's audio levels into the timeline's `capture_silent` and `capture_sound`
-/// and a warning, until `done`. Digital silence in a call is a capture fault (a muted or broken
-/// sink): it is reported and never a reason to leave (docs/FAULTS.md).
-async fn watch_audio(
-    mut levels: tokio::sync::mpsc::UnboundedReceiver<AudioLevel>,
-    journal: &Journal,
-    after: Duration,
-    done: &CancellationToken,
-) {
-    loop {
-        let level = tokio::select! {
-            Some(level) = levels.recv() => level,
-            _ = done.cancelled() => return,
-        };
-        match level {
-            AudioLevel::Silent => {
-                tracing::warn!(
-                    silent_secs = after.as_secs(),
-                    "capture_silent: the recorded audio is digital silence while the bot is in the call; \
-                     the sink or the page's audio is broken (the recording goes on)"
-                );
-                journal.record(EventKind::CaptureSilent { silent_secs: after.as_secs() });
-            }
-            AudioLevel::Sound { silent_secs } => {
-                tracing::info!(silent_secs, "sound is back in the capture");
-                journal.record(EventKind::CaptureSound { silent_secs });
-            }
-        }
-    }
-}
-
-/// What the spool watch needs.
-#[derive(Debug)]
-struct SpoolWatch<'a> {
-    dir: PathBuf,
-    recording_id: String,
-    journal: &'a Journal,
-    uploader: Option<&'a Uploader>,
-    min_free_bytes: u64,
-    /// Set with the reason when the disk cannot take more.
-    disk_full: tokio::sync::watch::Sender<Option<String>>,
-    /// The first capture, and each restarted one as it starts.
-    first: CaptureGeneration,
-    generations: tokio::sync::mpsc::UnboundedReceiver<CaptureGeneration>,
-}
-
-/// Scans the spool every `SPOOL_INTERVAL` until told to stop, keeping `manifest.json`
-/// current, handing each closed segment to the uploader, noting the first segment on the
-/// timeline, and watching the disk; hands the spool back for the end.
-fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl std::future::Future<Output = Spool> + '_) {
-    let (tx, mut rx) = oneshot::channel::<()>();
-    let task = async move {
-        let mut spool = Spool::new(&w.dir, &w.recording_id, w.first.clone());
-        let mut generations = w.generations;
-        let mut first = true;
-        let mut tick = tokio::time::interval(SPOOL_INTERVAL);
-        loop {
-            let stop = tokio::select! {
-                _ = tick.tick() => false,
-                _ = &mut rx => true,
-            };
-            let mut new = Vec::new();
-            while let Ok(next) = generations.try_recv() {
-                new.extend(spool.begin_generation(next));
-            }
-            match spool.scan() {
-                Ok(found) => new.extend(found),
-                Err(err) => tracing::warn!(error = %err, "spool scan failed"),
-            }
-            if let Some(seg) = new.iter().find(|s| s.sequence > 0) {
-                if first {
-                    first = false;
-                    w.journal.record(EventKind::FirstSegment { name: seg.name.clone() });
-                }
-            }
-            for seg in new {
-                tracing::debug!(segment = %seg.name, bytes = seg.bytes, "segment closed");
-                if let Some(up) = w.uploader {
-                    up.closed(&seg);
-                }
-            }
-            let full = match w.uploader {
-                Some(up) => up.disk_check(),
-                None => upload::disk_check(&w.dir, 0, u64::MAX, w.min_free_bytes),
-            };
-            if let Some(reason) = full {
-                if w.disk_full.borrow().is_none() {
-                    tracing::error!(%reason, "the disk cannot take more; stopping the recording cleanly");
-                    let _ = w.disk_full.send(Some(reason));
-                }
-            }
-            if stop {
-                break;
-            }
-        }
-        spool
-    };
-    (tx, task)
 }
 
 /// Makes sure the output folder exists, is writable, and holds no earlier recording.
