@@ -224,6 +224,10 @@ pub enum AudioLevel {
     Silent,
     /// Sound again after `silent_secs` of digital silence.
     Sound { silent_secs: f64 },
+    /// An encoder grabbed its first frame: a silence the one before it reported is over
+    /// unless this one reports it too (an encoder says nothing of a silence it did not see
+    /// begin).
+    EncoderStarted,
 }
 
 /// What carries over from each encoder of a recording to the one that replaces it: the
@@ -458,6 +462,7 @@ fn consume(
                     let captured = Duration::from_secs_f64(recorded.unwrap_or(0.0));
                     first_frame = Some(std::time::Instant::now().checked_sub(captured).unwrap_or_else(std::time::Instant::now));
                     let _ = tx.send(Update::FirstFrame(now - captured));
+                    let _ = totals.levels.send(AudioLevel::EncoderStarted);
                 }
                 if let (Some(at), Some(recorded)) = (first_frame, recorded) {
                     if !stopping.load(std::sync::atomic::Ordering::Relaxed) {

@@ -22,7 +22,7 @@ const SHUTDOWN_RESERVE: Duration = Duration::from_secs(10);
 const MIN_LEAVE_BUDGET: Duration = Duration::from_secs(1);
 
 /// Whether the bot is still in the call when the recording ends this way, so that it should
-/// leave: every end but the meeting's own, a closed page and a crashed one.
+/// leave: every end but the meeting's own, a closed page, a crashed one and a removal.
 fn in_call_at(end: &End) -> bool {
     match end.sub_code {
         SubCode::MeetingEnded | SubCode::PageClosed | SubCode::PageCrashed | SubCode::Kicked => false,
@@ -43,8 +43,8 @@ fn in_call_at(end: &End) -> bool {
 }
 
 impl Job<'_> {
-    /// Stops the capture (its last segment closed), leaves the call when the end is the bot's
-    /// own (the recipe's `leave`), and stops the browser, the sound server and the display, all
+    /// Stops the capture (its last segment closed), leaves the call when the bot is still in it
+    /// (the recipe's `leave`, `in_call_at`), and stops the browser, the sound server and the display, all
     /// within the stopping deadline. Past it, whatever still runs is killed (dropped: every
     /// child is killed on drop) and what is on disk is finalized: a page that spins when asked
     /// to leave cannot hold the bot.

@@ -16,6 +16,9 @@ use crate::journal::Journal;
 use crate::spool::Spool;
 use crate::upload::{self, Uploader};
 
+/// How long past its own threshold a restarted encoder gets to report a silence that goes on.
+const RESTART_SILENCE_GRACE: Duration = Duration::from_secs(1);
+
 /// How often the spool looks for newly closed segments.
 const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -28,16 +31,33 @@ pub(super) async fn watch_audio(
     after: Duration,
     done: &CancellationToken,
 ) {
-    // An encoder restarted during a silence reports it again: one silence is one fault.
-    let mut silent = false;
+    // When the silence began, and, after an encoder restart during it, when the restart was
+    // and by when the new encoder must report the silence for it to go on.
+    let mut silent_since: Option<tokio::time::Instant> = None;
+    let mut restarted: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     loop {
+        let recheck = async {
+            match restarted {
+                Some((_, by)) => tokio::time::sleep_until(by).await,
+                None => std::future::pending().await,
+            }
+        };
         let level = tokio::select! {
             Some(level) = levels.recv() => level,
+            _ = recheck => {
+                // The new encoder heard sound: the silence ended with the restart.
+                let (at, _) = restarted.take().expect("set when rechecking");
+                let silent_secs = silent_since.take().map_or(0.0, |since| (at - since).as_secs_f64());
+                tracing::info!(silent_secs, "sound is back in the capture (since the encoder restarted)");
+                journal.record(EventKind::CaptureSound { silent_secs });
+                continue;
+            }
             _ = done.cancelled() => return,
         };
         match level {
-            AudioLevel::Silent if !silent => {
-                silent = true;
+            AudioLevel::Silent if silent_since.is_none() => {
+                let now = tokio::time::Instant::now();
+                silent_since = Some(now.checked_sub(after).unwrap_or(now));
                 tracing::warn!(
                     silent_secs = after.as_secs(),
                     "capture_silent: the recorded audio is digital silence while the bot is in the call; \
@@ -45,12 +65,19 @@ pub(super) async fn watch_audio(
                 );
                 journal.record(EventKind::CaptureSilent { silent_secs: after.as_secs() });
             }
-            AudioLevel::Silent => {}
+            // The same silence, reported again by an encoder that replaced the one that saw it
+            // begin: one silence is one fault.
+            AudioLevel::Silent => restarted = None,
             AudioLevel::Sound { silent_secs } => {
-                silent = false;
+                (silent_since, restarted) = (None, None);
                 tracing::info!(silent_secs, "sound is back in the capture");
                 journal.record(EventKind::CaptureSound { silent_secs });
             }
+            AudioLevel::EncoderStarted if silent_since.is_some() => {
+                let now = tokio::time::Instant::now();
+                restarted = Some((now, now + after + RESTART_SILENCE_GRACE));
+            }
+            AudioLevel::EncoderStarted => {}
         }
     }
 }
@@ -122,4 +149,39 @@ pub(super) fn spawn_spool_watch(w: SpoolWatch<'_>) -> (oneshot::Sender<()>, impl
         spool
     };
     (tx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::journal::Silent;
+
+    fn kinds(dir: &std::path::Path) -> Vec<String> {
+        let timeline: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("events.json")).unwrap()).unwrap();
+        timeline["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// An encoder restarted during a silence reports it again: still one fault. One restarted
+    /// during a silence that then hears sound says nothing: the silence ends with the restart.
+    #[tokio::test]
+    async fn one_silence_is_one_fault_across_encoder_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path(), "r1", time::OffsetDateTime::now_utc(), Arc::new(Silent));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done, after) = (CancellationToken::new(), Duration::from_millis(200));
+        let script = async {
+            for level in [AudioLevel::EncoderStarted, AudioLevel::Silent, AudioLevel::EncoderStarted, AudioLevel::Silent] {
+                tx.send(level).unwrap();
+            }
+            tokio::time::sleep(after + RESTART_SILENCE_GRACE * 2).await;
+            assert_eq!(kinds(dir.path()), ["capture_silent"], "the silence goes on in the new encoder");
+            tx.send(AudioLevel::EncoderStarted).unwrap();
+            tokio::time::sleep(after + RESTART_SILENCE_GRACE * 2).await;
+            done.cancel();
+        };
+        tokio::join!(watch_audio(rx, &journal, after, &done), script);
+        assert_eq!(kinds(dir.path()), ["capture_silent", "capture_sound"]);
+    }
 }

@@ -102,6 +102,8 @@ pub(super) async fn bot_connect(
                 }
             }
         }
-        let _ = commands.send(Command::BotDisconnected { bot_id }).await;
+        // Names this connection: an older one that closes after a reconnect must not
+        // take the newer one's place away.
+        let _ = commands.send(Command::BotDisconnected { bot_id, tx }).await;
     })
 }

@@ -180,7 +180,14 @@ impl Manager {
     /// or it is an older build): the bot is stopped and the recording ended, what it stored
     /// finalized from the store, as for a lost bot.
     pub(super) fn enforce_deadlines(&mut self) {
-        let held: Vec<String> = self.bots.values().filter_map(|b| b.recording.clone()).collect();
+        // A bot cut off from the controller is the liveness rule's (it may still record and
+        // store): its phases' clocks start again when it is back.
+        let (held, away): (Vec<_>, Vec<_>) = self.bots.values().filter(|b| b.recording.is_some()).partition(|b| b.tx.is_some());
+        let held: Vec<String> = held.into_iter().filter_map(|b| b.recording.clone()).collect();
+        let away: Vec<String> = away.into_iter().filter_map(|b| b.recording.clone()).collect();
+        for id in &away {
+            self.forget_phase(id);
+        }
         for (id, status, limit) in self.overdue(&held, Instant::now()) {
             let Some(bot_id) = self.bots.iter().find(|(_, b)| b.recording.as_deref() == Some(id.as_str())).map(|(k, _)| k.clone()) else {
                 continue;

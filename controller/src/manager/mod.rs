@@ -81,6 +81,8 @@ pub enum Command {
     },
     BotDisconnected {
         bot_id: String,
+        /// The connection that closed.
+        tx: mpsc::UnboundedSender<ControllerMessage>,
     },
     /// The controller is stopping: retire the bots (unless they are kept for a restart) while
     /// their connections are still open, then reply.
@@ -198,6 +200,8 @@ struct Entry {
     /// The status it was last seen in by the deadline check, and since when (not persisted: a
     /// restarted controller gives every status its whole deadline again).
     since: Option<(RecordingStatus, Instant)>,
+    /// A recovery from the store is under way in this controller.
+    recovering: bool,
 }
 
 #[derive(Debug)]
@@ -292,7 +296,7 @@ impl Manager {
             }
             m.order.push(id.clone());
             let notified = Some(stored.view.status);
-            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true, since: None });
+            m.recordings.insert(id, Entry { stored, notified, assigned_at: None, viewable: true, since: None, recovering: false });
         }
         for b in m.store.load_bots().await? {
             let idle_since = (b.state == BotState::Idle).then(Instant::now);
@@ -518,8 +522,8 @@ impl Manager {
                 }
                 let _ = reply.send(());
             }
-            Command::BotDisconnected { bot_id } => {
-                if let Some(bot) = self.bots.get_mut(&bot_id) {
+            Command::BotDisconnected { bot_id, tx } => {
+                if let Some(bot) = self.bots.get_mut(&bot_id).filter(|b| b.tx.as_ref().is_some_and(|t| t.same_channel(&tx))) {
                     bot.tx = None;
                 }
             }

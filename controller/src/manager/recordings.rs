@@ -47,7 +47,8 @@ impl Manager {
             req.metadata.clone().unwrap_or(serde_json::Value::Null),
         );
         let stored = StoredRecording { view: view.clone(), idempotency_key: key.clone(), recipe: req.recipe, webhook_url: req.webhook_url };
-        self.recordings.insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false, since: None });
+        self.recordings
+            .insert(id.clone(), Entry { stored, notified: None, assigned_at: None, viewable: false, since: None, recovering: false });
         self.order.push(id.clone());
         if let Some(k) = key {
             self.idempotency.insert(k, id.clone());
@@ -208,9 +209,12 @@ impl Manager {
     pub(super) fn start_recovery(&mut self, id: &str) {
         let Some(entry) = self.recordings.get_mut(id) else { return };
         let rec = &mut entry.stored.view;
-        if !to_finalizing(rec, &self.cfg.metrics) {
+        // One recovery at a time: a bot that kept its deadline and the controller's own
+        // enforcement may both ask for one.
+        if entry.recovering || !to_finalizing(rec, &self.cfg.metrics) {
             return;
         }
+        entry.recovering = true;
         rec.partial = true;
         self.touch(id, LogKind::RecoveryStarted, json!({}));
         let (store, scratch, tx, id) =
@@ -225,6 +229,7 @@ impl Manager {
     pub(super) fn recovered(&mut self, id: &str, result: Result<Recovered, RecoveryError>) {
         let (public, metrics) = (self.cfg.public_url.clone(), self.cfg.metrics.clone());
         let Some(entry) = self.recordings.get_mut(id) else { return };
+        entry.recovering = false;
         let rec = &mut entry.stored.view;
         match &result {
             Ok(r) => {
@@ -287,7 +292,8 @@ impl Manager {
         let (deadlines, margin) = (self.cfg.deadlines, self.cfg.deadline_margin);
         let mut overdue = Vec::new();
         for id in held {
-            let Some(entry) = self.recordings.get_mut(id) else { continue };
+            // A recording the controller finalizes itself is no longer the bot's to finish.
+            let Some(entry) = self.recordings.get_mut(id).filter(|e| !e.stored.view.partial) else { continue };
             let status = entry.stored.view.status;
             let phase = deadline::phase(status);
             let since = match entry.since {
@@ -300,6 +306,13 @@ impl Manager {
             }
         }
         overdue
+    }
+
+    /// Forgets when `id`'s phase began: its clock starts again when next seen.
+    pub(super) fn forget_phase(&mut self, id: &str) {
+        if let Some(entry) = self.recordings.get_mut(id) {
+            entry.since = None;
+        }
     }
 
     /// A recording whose bot outlasted `status`'s deadline and was stopped: ended as the bot

@@ -387,3 +387,56 @@ async fn a_stop_asked_while_the_bot_was_away_is_sent_when_it_reconnects() {
     assert!(ok.await.unwrap());
     assert!(matches!(rx.try_recv(), Ok(ControllerMessage::Stop { recording_id }) if recording_id == id));
 }
+
+/// A bot cut off from the controller is left to the liveness rule: no deadline stops it, and
+/// its phase's clock starts again when it is back. A recording the controller finalizes itself
+/// has no deadline.
+#[tokio::test]
+async fn deadlines_spare_a_bot_that_is_away_and_a_recording_being_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, bot_id) = assigned(&mut m).await;
+    let long_ago = Instant::now() - m.cfg.deadlines.joining - m.cfg.deadline_margin - Duration::from_secs(1);
+    m.recordings.get_mut(&id).unwrap().since = Some((RecordingStatus::Joining, long_ago));
+    let tx = m.bots.get_mut(&bot_id).unwrap().tx.take().unwrap();
+    m.enforce_deadlines();
+    assert!(m.bots.contains_key(&bot_id), "not stopped while away");
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Joining);
+    assert!(m.recordings[&id].since.is_none(), "the clock starts again when it is back");
+    m.bots.get_mut(&bot_id).unwrap().tx = Some(tx);
+    m.enforce_deadlines();
+    assert!(m.bots.contains_key(&bot_id));
+
+    started(&mut m, &id);
+    let ended = recfleet_proto::Event {
+        at: OffsetDateTime::now_utc(),
+        elapsed_ms: 0,
+        kind: EventKind::Ended { sub_code: SubCode::MeetingEnded, detail: String::new() },
+    };
+    m.apply_event(&id, &ended);
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Finalizing);
+    let d = m.cfg.deadlines;
+    let long_ago = Instant::now() - d.stopping - d.finalizing - m.cfg.deadline_margin - Duration::from_secs(1);
+    m.recordings.get_mut(&id).unwrap().since = Some((RecordingStatus::Finalizing, long_ago));
+    m.recordings.get_mut(&id).unwrap().stored.view.partial = true;
+    m.enforce_deadlines();
+    assert!(m.bots.contains_key(&bot_id), "a recording under recovery has no deadline");
+    m.recordings.get_mut(&id).unwrap().stored.view.partial = false;
+    m.enforce_deadlines();
+    assert!(!m.bots.contains_key(&bot_id), "without the recovery, the same is overdue");
+}
+
+/// An old connection that closes after the bot reconnected leaves the new one in place.
+#[tokio::test]
+async fn a_late_close_of_an_old_connection_keeps_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (_, bot_id) = assigned(&mut m).await;
+    let old = m.bots[&bot_id].tx.clone().unwrap();
+    let (new, _rx) = mpsc::unbounded_channel();
+    m.bots.get_mut(&bot_id).unwrap().tx = Some(new.clone());
+    m.handle(Command::BotDisconnected { bot_id: bot_id.clone(), tx: old }).await;
+    assert!(m.bots[&bot_id].tx.as_ref().is_some_and(|t| t.same_channel(&new)), "the new connection stays");
+    m.handle(Command::BotDisconnected { bot_id: bot_id.clone(), tx: new }).await;
+    assert!(m.bots[&bot_id].tx.is_none());
+}
