@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use recfleet_proto::protocol::{Assignment, BotMessage, ControllerMessage, Outcome, PROTOCOL_VERSION};
@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RecordConfig, UploadSettings, VideoConfig, DEFAULT_JOIN_ATTEMPTS};
+use crate::handoff::HandoffLink;
 use crate::journal::Reporter;
 use crate::record::{record_on, RecordError};
 use crate::session::Session;
@@ -34,6 +35,12 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 const QUIET_DIAL_FAILURES: Duration = Duration::from_secs(5);
 /// How long the last messages get to reach the controller before the bot exits anyway.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a bot taken away records on for a successor, at most (`--handoff-grace-secs`):
+/// inside Docker's stop timeout as the controller sets it and ECS's `stopTimeout` (120 s).
+pub const DEFAULT_HANDOFF_GRACE_SECS: u64 = 20;
+/// How long the controller has to answer a handoff request before the bot stops as a signal
+/// says.
+const HANDOFF_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What `recfleet-bot agent` is told at launch.
 #[derive(Debug, Clone)]
@@ -62,6 +69,8 @@ pub struct AgentConfig {
     pub silence_fault: Duration,
     /// Each recording's joining, stopping and finalizing deadlines.
     pub deadlines: recfleet_proto::Deadlines,
+    /// How long a SIGTERMed bot records on for its successor; zero: no handoff.
+    pub handoff_grace: Duration,
     /// Where the bot's own warn and error events are forwarded from.
     pub logs: crate::forward_log::LogForward,
 }
@@ -116,13 +125,15 @@ impl Reporter for Forward {
 }
 
 /// Runs the agent until its one recording is finished (or it is stopped while idle).
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+/// `shutdown` stops it now; `preempt` (SIGTERM: its host is taking it away) hands its
+/// recording over to a successor the controller picks, or stops it when there is none.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken, preempt: CancellationToken) -> Result<(), AgentError> {
     use tracing::Instrument;
     let span = tracing::info_span!("bot", bot_id = %cfg.bot_id);
-    run_in_span(cfg, shutdown).instrument(span).await
+    run_in_span(cfg, shutdown, preempt).instrument(span).await
 }
 
-async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken, preempt: CancellationToken) -> Result<(), AgentError> {
     if cfg.controller_urls.is_empty() {
         return Err(AgentError::BadUrl(String::new()));
     }
@@ -135,6 +146,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let hello = BotMessage::Hello { bot_id: cfg.bot_id.clone(), protocol: PROTOCOL_VERSION, ready: false, recording_id: None };
     let (hello_tx, hello_rx) = watch::channel(hello);
     let (offline_tx, offline_rx) = watch::channel(Some(std::time::Instant::now()));
+    let offline = offline_rx.clone();
     let link = tokio::spawn(connection(cfg.controller_urls.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx, offline_tx));
 
     // Warm up while the connection comes up; a bot is idle only once this is done.
@@ -165,6 +177,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     let assignment = tokio::select! {
         a = next_assignment(&mut inbox) => a.ok_or(AgentError::StoppedIdle),
         _ = shutdown.cancelled() => Err(AgentError::StoppedIdle),
+        _ = preempt.cancelled() => Err(AgentError::StoppedIdle),
         _ = orphaned(offline_rx, cfg.orphan_timeout) => Err(AgentError::Orphaned(cfg.orphan_timeout)),
     };
     let assignment = match assignment {
@@ -190,40 +203,27 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     });
 
     // A `Stop` from the controller ends the recording with `stopped_by_api`, a signal (a
-    // host taken back, a scale-in) with `stopped_by_signal`.
+    // host taken back, a scale-in) hands it over or ends it with `stopped_by_signal`.
     let stop = shutdown.child_token();
     let stop_code = crate::record::StopCode::new(SubCode::StoppedBySignal);
-    let stop_on_message = {
-        let (stop, stop_code) = (stop.clone(), stop_code.clone());
-        let id = recording_id.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = inbox.recv().await {
-                match msg {
-                    ControllerMessage::Stop { recording_id } if recording_id == id => {
-                        tracing::info!(recording_id = %id, "stop requested");
-                        if !stop.is_cancelled() {
-                            stop_code.set(SubCode::StoppedByApi);
-                        }
-                        stop.cancel();
-                    }
-                    ControllerMessage::Stop { recording_id } => {
-                        tracing::warn!(%recording_id, "stop for another recording; ignored")
-                    }
-                    ControllerMessage::Assign(a) => {
-                        tracing::warn!(recording_id = %a.recording_id, "second assignment to a single-use bot; ignored")
-                    }
-                    ControllerMessage::Retire => tracing::debug!("retire while recording; ignored"),
-                    // Taken by the connection, never passed on.
-                    ControllerMessage::Welcome { .. } => {}
-                }
-            }
-        })
+    let handoff = Arc::new(HandoffLink::default());
+    let record_cfg = to_record_config(&cfg, &assignment, &handoff);
+    let controls = Controls {
+        recording_id: recording_id.clone(),
+        stop: stop.clone(),
+        stop_code: stop_code.clone(),
+        link: handoff.clone(),
+        outbox: outbox.clone(),
+        grace: cfg.handoff_grace,
+        offline,
+        out_dir: record_cfg.out_dir.clone(),
     };
-    let record_cfg = to_record_config(&cfg, &assignment);
+    let stop_on_message = tokio::spawn(tracing::Instrument::in_current_span(controls.run(inbox, preempt)));
     let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), live });
     cfg.logs.recording(&recording_id);
     let span = tracing::info_span!("recording", recording_id = %recording_id);
     let result = tracing::Instrument::instrument(record_on(session, &record_cfg, &stop, &stop_code, reporter), span).await;
+    let last_sequence = recfleet_media::next_sequence(&record_cfg.out_dir).map_or(0, |n| n.saturating_sub(1));
     if let Ok(summary) = &result {
         // Everything is in the store: the spool has done its job. Otherwise it stays, for
         // `recfleet-bot upload` (nothing recorded is deleted before it is stored).
@@ -235,9 +235,10 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     }
     stop_on_message.abort();
     heartbeat.abort();
-    let outcome = match &result {
-        Ok(summary) => Outcome::Completed { summary: Box::new(summary.clone()) },
-        Err(err) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
+    let outcome = match (&result, handoff.successor()) {
+        (Ok(summary), Some(successor)) => Outcome::HandedOff { successor, last_sequence, upload: summary.upload.clone() },
+        (Ok(summary), None) => Outcome::Completed { summary: Box::new(summary.clone()) },
+        (Err(err), _) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
     };
     let _ = outbox.send(BotMessage::Finished { recording_id, outcome });
     cfg.logs.disconnect();
@@ -246,13 +247,13 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()
     result.map(|_| ()).map_err(AgentError::from)
 }
 
-fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
+fn to_record_config(cfg: &AgentConfig, a: &Assignment, link: &Arc<HandoffLink>) -> RecordConfig {
     RecordConfig {
         url: a.meeting_url.clone(),
         recipe: a.recipe.clone(),
         bot_name: a.bot_name.clone(),
         recording_id: a.recording_id.clone(),
-        out_dir: cfg.spool_root.join(&a.recording_id),
+        out_dir: spool_dir(&cfg.spool_root, a),
         max_duration: a.max_duration_secs.map(Duration::from_secs),
         video: cfg.video.clone(),
         join_attempts: DEFAULT_JOIN_ATTEMPTS,
@@ -262,6 +263,152 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment) -> RecordConfig {
         deadlines: cfg.deadlines,
         upload: cfg.upload.clone(),
         min_free_bytes: cfg.min_free_bytes,
+        continuation: a.continuation.clone(),
+        handoff: Some(link.clone()),
+    }
+}
+
+/// `<spool_root>/<recording_id>`, or for a successor `<recording_id>-<generation>`: its
+/// predecessor may be on the same host, with its own folder still in use.
+fn spool_dir(root: &std::path::Path, a: &Assignment) -> PathBuf {
+    match &a.continuation {
+        Some(c) => root.join(format!("{}-{}", a.recording_id, c.generation)),
+        None => root.join(&a.recording_id),
+    }
+}
+
+/// Where a handoff stands, for the bot taken away.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Handing {
+    Not,
+    /// Asked for a successor; the answer is due by then.
+    Requested {
+        until: Instant,
+    },
+    /// A successor is joining; this bot records on until its first segment, or until then.
+    Accepted {
+        until: Instant,
+    },
+    /// Over, one way or the other.
+    Done,
+}
+
+/// The controller's messages about the recording, and the host's SIGTERM.
+#[derive(Debug)]
+struct Controls {
+    recording_id: String,
+    stop: CancellationToken,
+    stop_code: crate::record::StopCode,
+    link: Arc<HandoffLink>,
+    outbox: mpsc::UnboundedSender<BotMessage>,
+    grace: Duration,
+    offline: watch::Receiver<Option<Instant>>,
+    out_dir: PathBuf,
+}
+
+impl Controls {
+    async fn run(self, mut inbox: mpsc::UnboundedReceiver<ControllerMessage>, preempt: CancellationToken) {
+        let mut handing = Handing::Not;
+        loop {
+            let due = match handing {
+                Handing::Requested { until } | Handing::Accepted { until } => Some(until),
+                Handing::Not | Handing::Done => None,
+            };
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(msg) => handing = self.on_message(msg, handing),
+                    None => return,
+                },
+                _ = preempt.cancelled(), if handing == Handing::Not => handing = self.request_handoff().await,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                    if let Handing::Requested { .. } = handing {
+                        tracing::warn!("the controller did not answer the handoff request; stopping");
+                        self.link.resume_publishing();
+                    } else {
+                        tracing::warn!(grace_secs = self.grace.as_secs(), "the grace is up before the successor's first segment; leaving it the recording");
+                    }
+                    self.stop.cancel();
+                    handing = Handing::Done;
+                }
+            }
+        }
+    }
+
+    fn on_message(&self, msg: ControllerMessage, handing: Handing) -> Handing {
+        let id = &self.recording_id;
+        match msg {
+            ControllerMessage::Stop { recording_id } if &recording_id == id => {
+                tracing::info!(recording_id = %id, "stop requested");
+                if !self.stop.is_cancelled() {
+                    self.stop_code.set(SubCode::StoppedByApi);
+                }
+                if let Handing::Requested { .. } = handing {
+                    // No handoff now: the store's manifest is this bot's to finish.
+                    self.link.resume_publishing();
+                    self.stop.cancel();
+                    return Handing::Done;
+                }
+                self.stop.cancel();
+            }
+            ControllerMessage::HandoffAccepted { recording_id, successor } if &recording_id == id => {
+                if let Handing::Requested { .. } = handing {
+                    tracing::info!(%successor, "a successor takes the recording over; recording on until it stores its first segment");
+                    self.link.accept(&successor);
+                    return Handing::Accepted { until: Instant::now() + self.grace.saturating_sub(HANDOFF_ANSWER_TIMEOUT / 2) };
+                }
+            }
+            ControllerMessage::HandoffRefused { recording_id, reason } if &recording_id == id => {
+                if let Handing::Requested { .. } = handing {
+                    tracing::warn!(%reason, "no successor for the recording; stopping");
+                    self.link.resume_publishing();
+                    self.stop.cancel();
+                    return Handing::Done;
+                }
+            }
+            ControllerMessage::HandOver { recording_id } if &recording_id == id => {
+                tracing::info!("the successor's first segment is stored; handing over");
+                self.stop.cancel();
+                return Handing::Done;
+            }
+            ControllerMessage::Inherited { recording_id, segment } if &recording_id == id => self.link.inherit(segment),
+            ControllerMessage::PredecessorDone { recording_id } if &recording_id == id => self.link.set_predecessor_done(),
+            ControllerMessage::Assign(a) => {
+                tracing::warn!(recording_id = %a.recording_id, "second assignment to a single-use bot; ignored")
+            }
+            ControllerMessage::Retire => tracing::debug!("retire while recording; ignored"),
+            // Taken by the connection, never passed on.
+            ControllerMessage::Welcome { .. } => {}
+            other => tracing::warn!(message = ?other, "a message for another recording; ignored"),
+        }
+        handing
+    }
+
+    /// The host is taking the bot away: asks for a successor when one can take over (the
+    /// capture runs, the controller is there, handoffs are on), else stops now.
+    async fn request_handoff(&self) -> Handing {
+        let connected = self.offline.borrow().is_none();
+        if self.grace.is_zero() || !self.link.is_recording() || !connected {
+            tracing::info!(recording = self.link.is_recording(), connected, "no handoff: stopping");
+            self.stop.cancel();
+            return Handing::Done;
+        }
+        let Some(last_sequence) = self.link.flush().await else {
+            tracing::warn!("the uploader did not write the store's manifest in time; stopping without a handoff");
+            self.link.resume_publishing();
+            self.stop.cancel();
+            return Handing::Done;
+        };
+        // Past every segment on disk, stored or not, and what the grace can still add.
+        let highest = recfleet_media::next_sequence(&self.out_dir).map_or(last_sequence, |n| n.saturating_sub(1)).max(last_sequence);
+        let (successor_first_sequence, successor_generation) = crate::handoff::successor_start(highest, self.link.generation(), self.grace);
+        tracing::info!(last_sequence, successor_first_sequence, "asking the controller for a successor");
+        let _ = self.outbox.send(BotMessage::HandoffRequested {
+            recording_id: self.recording_id.clone(),
+            last_sequence,
+            successor_first_sequence,
+            successor_generation,
+        });
+        Handing::Requested { until: Instant::now() + HANDOFF_ANSWER_TIMEOUT }
     }
 }
 
@@ -277,6 +424,7 @@ async fn next_assignment(inbox: &mut mpsc::UnboundedReceiver<ControllerMessage>)
                 return None;
             }
             ControllerMessage::Welcome { .. } => {}
+            other => tracing::debug!(message = ?other, "a handoff message while idle; ignored"),
         }
     }
     None

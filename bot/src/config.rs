@@ -96,6 +96,10 @@ pub struct RecordConfig {
     pub upload: Option<UploadSettings>,
     /// The recording stops (`disk_full`) before `out_dir`'s file system has less than this free.
     pub min_free_bytes: u64,
+    /// Set when this bot carries on another bot's recording (a handoff).
+    pub continuation: Option<recfleet_proto::protocol::Continuation>,
+    /// Shared with the agent while a handoff goes on (either side); `None` standalone.
+    pub handoff: Option<std::sync::Arc<crate::handoff::HandoffLink>>,
 }
 
 /// The object store a recording uploads to, and the disk it may use meanwhile.
@@ -214,6 +218,8 @@ mod tests {
             deadlines: Deadlines::default(),
             upload: None,
             min_free_bytes: 0,
+            continuation: None,
+            handoff: None,
         }
     }
 

@@ -43,6 +43,11 @@ impl Journal {
         Self { path: dir.join("events.json"), timeline: Mutex::new(Timeline::new(recording_id, started_at)), reporter }
     }
 
+    /// Carries on a timeline another bot began (a handoff): its events stay first.
+    pub fn resume(dir: &Path, timeline: Timeline, reporter: Arc<dyn Reporter>) -> Self {
+        Self { path: dir.join("events.json"), timeline: Mutex::new(timeline), reporter }
+    }
+
     pub fn reporter(&self) -> &dyn Reporter {
         self.reporter.as_ref()
     }

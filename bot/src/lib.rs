@@ -13,6 +13,7 @@ pub mod config;
 pub mod display;
 pub mod ecs_task;
 pub mod forward_log;
+pub mod handoff;
 pub mod join;
 pub mod journal;
 pub mod page_js;

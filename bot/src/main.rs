@@ -113,6 +113,12 @@ struct AgentArgs {
     /// recording, stores it, then exits).
     #[arg(long, env = "RECFLEET_ORPHAN_TIMEOUT_SECS", default_value_t = 600)]
     orphan_timeout_secs: u64,
+    /// On SIGTERM (its host taken back: ECS, Docker, a Spot interruption) the bot asks the
+    /// controller for a successor and records on for at most this long, until the successor's
+    /// first segment is stored; 0 ends the recording at once with `stopped_by_signal`. Keep it
+    /// inside the runtime's stop timeout, with the stopping deadline.
+    #[arg(long, env = "RECFLEET_HANDOFF_GRACE_SECS", default_value_t = recfleet_bot::agent::DEFAULT_HANDOFF_GRACE_SECS)]
+    handoff_grace_secs: u64,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -319,11 +325,12 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         max_capture_restarts: args.faults.max_capture_restarts,
         silence_fault: Duration::from_secs(args.faults.silence_fault_secs),
         deadlines,
+        handoff_grace: Duration::from_secs(args.handoff_grace_secs),
         logs,
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signals(shutdown.clone()));
-    match recfleet_bot::agent::run(cfg, shutdown).await {
+    let (shutdown, preempt) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(agent_signals(shutdown.clone(), preempt.clone()));
+    match recfleet_bot::agent::run(cfg, shutdown, preempt).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(recfleet_bot::agent::AgentError::Record(err)) => fail(&err),
         Err(err) => {
@@ -357,6 +364,8 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         deadlines: args.faults.deadlines(),
         upload,
         min_free_bytes: args.store.min_free_disk_mb * MB,
+        continuation: None,
+        handoff: None,
     })
 }
 
@@ -375,6 +384,34 @@ async fn stop_on_signals(shutdown: CancellationToken) {
         _ = term.recv() => tracing::info!("SIGTERM: finishing the recording"),
     }
     shutdown.cancel();
+}
+
+/// Under a controller: SIGTERM is the host taking the bot away (the agent hands its recording
+/// over), SIGINT or a second SIGTERM stops it now.
+async fn agent_signals(shutdown: CancellationToken, preempt: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM will not finalize");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: finishing the recording");
+                shutdown.cancel();
+                return;
+            }
+            _ = term.recv() => {
+                if preempt.is_cancelled() {
+                    tracing::info!("second SIGTERM: finishing the recording now");
+                    shutdown.cancel();
+                    return;
+                }
+                tracing::info!("SIGTERM: the host is taking the bot away");
+                preempt.cancel();
+            }
+        }
+    }
 }
 
 fn fail(err: &RecordError) -> ExitCode {

@@ -25,6 +25,7 @@ use recfleet_storage::{recording_key, ObjectStore, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::handoff::Control;
 use crate::journal::Reporter;
 
 pub const JOURNAL: &str = "upload.jsonl";
@@ -48,6 +49,11 @@ pub struct UploadConfig {
     pub disk_budget_bytes: u64,
     pub min_free_bytes: u64,
     pub drain_deadline: Duration,
+    /// A successor's start: the store's manifest as its predecessor left it, which this
+    /// uploader extends rather than replaces.
+    pub seed: Option<Manifest>,
+    /// A successor's: the segments its predecessor stored after that, listed too.
+    pub link: Option<Arc<crate::handoff::HandoffLink>>,
 }
 
 /// One line of the journal.
@@ -168,6 +174,7 @@ pub struct Uploader {
     journal: Arc<JournalFile>,
     already: HashSet<String>,
     finishing: watch::Sender<Option<Instant>>,
+    control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -182,7 +189,7 @@ impl Uploader {
         progress.lock().expect("progress lock").stats.stored = earlier.stored.len() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let (finishing, finishing_rx) = watch::channel(None);
-        let mut manifest = Manifest { recording_id: cfg.recording_id.clone(), ..Manifest::default() };
+        let mut manifest = cfg.seed.clone().unwrap_or_else(|| Manifest { recording_id: cfg.recording_id.clone(), ..Manifest::default() });
         for seg in &earlier.stored {
             add_to_manifest(&mut manifest, seg);
         }
@@ -195,9 +202,18 @@ impl Uploader {
             reporter,
             manifest,
             finishing: finishing_rx,
+            link: cfg.link.clone(),
+            seeded: cfg.seed.as_ref().map(|m| m.generations.clone()).unwrap_or_default(),
+            paused: false,
         };
-        let task = tokio::spawn(tracing::Instrument::in_current_span(worker.run(rx)));
-        Uploader { dir: dir.to_path_buf(), cfg, tx, progress, journal, already: earlier.names, finishing, task }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(tracing::Instrument::in_current_span(worker.run(rx, control_rx)));
+        Uploader { dir: dir.to_path_buf(), cfg, tx, progress, journal, already: earlier.names, finishing, control, task }
+    }
+
+    /// Where a handoff asks this uploader to stop (or go on) writing the store's manifest.
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.control.clone()
     }
 
     /// True when an earlier uploader already stored `name`.
@@ -293,6 +309,8 @@ pub async fn resume(
         disk_budget_bytes: settings.disk_budget_bytes,
         min_free_bytes,
         drain_deadline: settings.drain_deadline,
+        seed: None,
+        link: None,
     };
     let (_, closed) = crate::spool::Spool::reopen(dir, recording_id)
         .map_err(|e| crate::RecordError::OutDir { path: dir.to_path_buf(), reason: e.to_string() })?;
@@ -344,6 +362,17 @@ fn add_to_manifest(manifest: &mut Manifest, seg: &ManifestSegment) {
     }
 }
 
+/// Pure: a predecessor's capture generations, then this bot's, in order of their first segment.
+pub fn merge_generations(
+    earlier: &[recfleet_proto::CaptureGeneration],
+    own: Vec<recfleet_proto::CaptureGeneration>,
+) -> Vec<recfleet_proto::CaptureGeneration> {
+    let mut all: Vec<_> = earlier.iter().filter(|g| !own.iter().any(|o| o.init == g.init)).cloned().collect();
+    all.extend(own);
+    all.sort_by_key(|g| g.first_sequence);
+    all
+}
+
 /// The task that talks to the store.
 #[derive(Debug)]
 struct Worker {
@@ -356,6 +385,12 @@ struct Worker {
     /// What the store holds, as its manifest lists it.
     manifest: Manifest,
     finishing: watch::Receiver<Option<Instant>>,
+    /// A successor's: its predecessor's inherited segments.
+    link: Option<Arc<crate::handoff::HandoffLink>>,
+    /// A successor's: the predecessor's capture generations, as the store's manifest had them.
+    seeded: Vec<recfleet_proto::CaptureGeneration>,
+    /// A successor owns the store's manifest now: files still go up, the manifest does not.
+    paused: bool,
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -368,13 +403,16 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>, mut control: mpsc::UnboundedReceiver<Control>) {
         let mut queue: VecDeque<Item> = VecDeque::new();
         let mut delays = backoff();
         let mut failing_since: Option<Instant> = None;
         let mut unpublished = 0u32;
         let mut closed = false;
         loop {
+            while let Ok(c) = control.try_recv() {
+                self.on_control(c).await;
+            }
             while let Ok(item) = rx.try_recv() {
                 queue.push_back(item);
             }
@@ -388,9 +426,12 @@ impl Worker {
                 if closed {
                     break;
                 }
-                match rx.recv().await {
-                    Some(item) => queue.push_back(item),
-                    None => closed = true,
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => queue.push_back(item),
+                        None => closed = true,
+                    },
+                    Some(c) = control.recv() => self.on_control(c).await,
                 }
                 continue;
             }
@@ -449,6 +490,24 @@ impl Worker {
         self.progress.lock().expect("progress lock").stats.not_uploaded = left;
     }
 
+    /// A handoff's request: the last manifest this bot writes (retried once on failure), or
+    /// the manifest back in its hands.
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Flush(answer) => {
+                if let Err(err) = self.publish(false).await {
+                    tracing::warn!(error = %err, "cannot write the store's manifest before the handoff; retrying once");
+                    if let Err(err) = self.publish(false).await {
+                        tracing::warn!(error = %err, "the successor starts from an older manifest");
+                    }
+                }
+                self.paused = true;
+                let _ = answer.send(self.manifest.segments.last().map_or(0, |s| s.sequence));
+            }
+            Control::Resume => self.paused = false,
+        }
+    }
+
     fn past_deadline(&self) -> bool {
         self.finishing.borrow().is_some_and(|d| Instant::now() >= d)
     }
@@ -490,14 +549,22 @@ impl Worker {
     /// Writes the store's playlist, manifest and timeline: segments first, then the files that
     /// name them, so a reader never finds a name without its segment.
     async fn publish(&mut self, complete: bool) -> Result<(), recfleet_storage::StoreError> {
-        if self.manifest.segments.is_empty() {
+        if self.manifest.segments.is_empty() || self.paused {
             return Ok(());
         }
+        if let Some(link) = &self.link {
+            for seg in link.inherited() {
+                if !self.manifest.segments.iter().any(|s| s.name == seg.name) && self.manifest.init_named(&seg.name).is_none() {
+                    add_to_manifest(&mut self.manifest, &seg);
+                }
+            }
+            self.manifest.segments.sort_by_key(|s| s.sequence);
+        }
         self.manifest.complete = complete;
-        // When each capture generation started, as the spool noted it: recovery keeps the time
-        // between them.
+        // When each capture generation started, as the spool noted it (and, for a successor,
+        // as its predecessor's manifest had them): recovery keeps the time between them.
         match std::fs::read(self.dir.join(MANIFEST)).map(|b| serde_json::from_slice::<Manifest>(&b)) {
-            Ok(Ok(local)) => self.manifest.generations = local.generations,
+            Ok(Ok(local)) => self.manifest.generations = merge_generations(&self.seeded, local.generations),
             Ok(Err(err)) => tracing::warn!(error = %err, "the spool's manifest does not parse; the store's keeps its generations"),
             Err(err) => tracing::debug!(error = %err, "no spool manifest to take the generations from"),
         }
@@ -538,6 +605,8 @@ mod tests {
             disk_budget_bytes: 1 << 30,
             min_free_bytes: 0,
             drain_deadline: Duration::from_secs(5),
+            seed: None,
+            link: None,
         }
     }
 

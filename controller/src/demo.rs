@@ -73,6 +73,7 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         ecs: None,
         advertise_urls: Vec::new(),
         lost_window: crate::fleet::DEFAULT_LOST_WINDOW,
+        handoffs: true,
         deadlines: recfleet_proto::Deadlines::default(),
     };
     let served = tokio::spawn(crate::serve(serve_cfg, listener, shutdown.clone()));

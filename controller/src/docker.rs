@@ -27,6 +27,10 @@ pub const LABEL_POOL: &str = "recfleet.pool";
 pub const LABEL_BOT: &str = "recfleet.bot_id";
 /// How long a bot gets after SIGTERM to finalize before the engine kills it.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+/// What a bot container gets between SIGTERM and SIGKILL when stopped from outside: the
+/// handoff's grace, the stopping deadline and the upload drain (the Terraform task
+/// definition's `stopTimeout` is the same).
+const CONTAINER_STOP_TIMEOUT_SECS: i64 = 120;
 /// The bot image's user and group (`container/Dockerfile.bot`).
 pub const BOT_UID: u32 = 10001;
 
@@ -176,6 +180,9 @@ impl DockerRuntime {
             image: Some(self.cfg.image.clone()),
             env: Some(env),
             labels: Some(labels),
+            // A `docker stop` from outside (a host drained) gives the bot this long to hand its
+            // recording over and store what is left, as ECS's `stopTimeout` does.
+            stop_timeout: Some(CONTAINER_STOP_TIMEOUT_SECS),
             host_config: Some(HostConfig {
                 nano_cpus: Some((self.cfg.cpus * 1e9) as i64),
                 memory: Some(self.cfg.memory_bytes),

@@ -73,6 +73,8 @@ pub struct ServeConfig {
     /// A busy bot is declared lost only after this long with neither a message on its socket
     /// nor a new segment of its recording in the store (`--lost-window-secs`).
     pub lost_window: std::time::Duration,
+    /// Bots taken away (SIGTERM) get a successor from the warm pool (`--no-handoff` turns it off).
+    pub handoffs: bool,
     /// The bots' deadlines per status, passed to every bot and enforced again by the manager
     /// (`recfleet_proto::deadline::CONTROLLER_MARGIN` later).
     pub deadlines: recfleet_proto::Deadlines,
@@ -231,6 +233,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         public_url: format!("http://{addr}"),
         keep_bots_on_exit: cfg.keep_bots_on_exit,
         lost_window: cfg.lost_window,
+        handoffs: cfg.handoffs,
         deadlines: cfg.deadlines,
         deadline_margin: recfleet_proto::deadline::CONTROLLER_MARGIN,
         deposed: deposed.clone(),

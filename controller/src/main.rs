@@ -68,6 +68,11 @@ struct ServeArgs {
     /// At least the heartbeat timeout (10).
     #[arg(long, env = "RECFLEET_LOST_WINDOW_SECS", default_value_t = recfleet::fleet::DEFAULT_LOST_WINDOW.as_secs())]
     lost_window_secs: u64,
+    /// Refuse the handoffs bots ask for when their host takes them away (SIGTERM): the
+    /// recording then ends with what was stored (`preempted` or `stopped_by_signal`) rather
+    /// than go on with a successor from the warm pool.
+    #[arg(long, env = "RECFLEET_NO_HANDOFF")]
+    no_handoff: bool,
     /// Seconds a bot may take to join (every attempt; the waiting room has the recipe's own
     /// limit). Passed to the bots; a recording still joining 30 s after it is failed and its bot
     /// stopped (docs/BOT.md#deadlines).
@@ -342,6 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ecs,
         advertise_urls: args.advertise_url,
         lost_window: std::time::Duration::from_secs(args.lost_window_secs),
+        handoffs: !args.no_handoff,
         deadlines: recfleet_proto::Deadlines {
             joining: std::time::Duration::from_secs(args.joining_deadline_secs),
             stopping: std::time::Duration::from_secs(args.stopping_deadline_secs),

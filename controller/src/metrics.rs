@@ -53,6 +53,7 @@ pub mod names {
     pub const POOL_BOTS_SILENT: &str = "recfleet_pool_bots_silent";
     pub const BOT_CAPTURE_SILENT_TOTAL: &str = "recfleet_bot_capture_silent_total";
     pub const RECORDING_DEADLINES_EXCEEDED_TOTAL: &str = "recfleet_recording_deadlines_exceeded_total";
+    pub const RECORDING_HANDOFFS_TOTAL: &str = "recfleet_recording_handoffs_total";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -96,6 +97,7 @@ pub mod names {
         POOL_BOTS_SILENT,
         BOT_CAPTURE_SILENT_TOTAL,
         RECORDING_DEADLINES_EXCEEDED_TOTAL,
+        RECORDING_HANDOFFS_TOTAL,
     ];
 }
 
@@ -173,6 +175,7 @@ pub struct Metrics {
     pub bots_silent: IntGauge,
     pub capture_silent: IntCounter,
     pub deadlines_exceeded: IntCounterVec,
+    pub handoffs: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -357,6 +360,12 @@ impl Metrics {
                 "Recordings that outlasted a status's deadline (docs/BOT.md#deadlines), by status and by who enforced it (bot, or controller: the bot was stopped).",
                 &["status", "enforced_by"],
             ),
+            handoffs: counter_vec(
+                &r,
+                RECORDING_HANDOFFS_TOTAL,
+                "Recordings whose bot was taken away (SIGTERM) and asked for a successor, by result: started (a successor joins), refused (none; the recording ended), completed (the predecessor handed over and left).",
+                &["result"],
+            ),
             bots_silent: gauge(
                 &r,
                 POOL_BOTS_SILENT,
@@ -388,6 +397,9 @@ impl Metrics {
             for by in [EnforcedBy::Bot, EnforcedBy::Controller] {
                 m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by.as_str()]).inc_by(0);
             }
+        }
+        for result in ["started", "refused", "completed"] {
+            m.handoffs.with_label_values(&[result]).inc_by(0);
         }
         m.state_write_failures.inc_by(0);
         m.launch_failures.inc_by(0);

@@ -146,6 +146,8 @@ pub enum LogKind {
     RecoveryFailed,
     /// `DELETE`: soft, the row stays with `deleted = 1`.
     Deleted,
+    /// Its bot was taken away and a successor carries it on (data: both bots, the result).
+    Handoff,
 }
 
 impl LogKind {
@@ -162,6 +164,7 @@ impl LogKind {
             LogKind::Recovered => "recovered",
             LogKind::RecoveryFailed => "recovery_failed",
             LogKind::Deleted => "deleted",
+            LogKind::Handoff => "handoff",
         }
     }
 }

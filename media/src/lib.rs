@@ -116,7 +116,8 @@ fn restarts_at(prev: &ManifestSegment, seg: &ManifestSegment) -> bool {
 /// the result. A recording whose capture restarted is made part by part (FFmpeg's HLS reader
 /// does not rebase timestamps at a discontinuity), and the parts are joined with the concat
 /// demuxer, each placed at its generation's wall-clock start when the manifest has it: the
-/// MP4's clock stays the meeting's, and the time the encoder was down is a held frame.
+/// MP4's clock stays the meeting's, the time the encoder was down is a held frame, and where
+/// two bots recorded the same moments (a handoff) the earlier part ends where the next begins.
 pub async fn make_mp4(dir: &Path, manifest: &Manifest) -> Result<Mp4Info, FinalizeError> {
     let out = dir.join(MP4);
     let tmp = dir.join(format!("{MP4}.part"));
@@ -136,8 +137,7 @@ pub async fn make_mp4(dir: &Path, manifest: &Manifest) -> Result<Mp4Info, Finali
                 let probed = probe(&dir.join(&part)).await?.duration_secs;
                 concat.push_str(&format!("file '{part}'\n"));
                 if let Some(next) = ranges.get(k + 1) {
-                    let wall = wall_clock_gap(manifest, range.start, next.start);
-                    concat.push_str(&format!("duration {:.3}\n", wall.map_or(probed, |w| w.max(probed))));
+                    concat.push_str(&part_timing(probed, wall_clock_gap(manifest, range.start, next.start)));
                 }
             }
             let list = "finalize_parts.ffconcat";
@@ -160,6 +160,18 @@ pub async fn make_mp4(dir: &Path, manifest: &Manifest) -> Result<Mp4Info, Finali
     };
     std::fs::rename(&tmp, &out).map_err(|source| FinalizeError::Write { path: out.clone(), source })?;
     Ok(info)
+}
+
+/// Pure: the concat directives that place the next part, given this part's probed length and
+/// the wall-clock time from its first frame to the next part's. A gap (the encoder was down)
+/// stretches the part to the wall clock; an overlap (a successor bot started recording before
+/// its predecessor stopped) cuts the part where the next one begins, so nothing plays twice.
+fn part_timing(probed: f64, wall: Option<f64>) -> String {
+    match wall {
+        Some(w) if w < probed => format!("duration {w:.3}\noutpoint {w:.3}\n"),
+        Some(w) => format!("duration {w:.3}\n"),
+        None => format!("duration {probed:.3}\n"),
+    }
 }
 
 /// Seconds from the first frame of the generation segment `from` belongs to, to that of
@@ -426,6 +438,13 @@ mod tests {
         };
         m.generations = vec![generation(1, 1, 10_000), generation(2, 5, 17_250)];
         assert_eq!(wall_clock_gap(&m, 0, 3), Some(7.25));
+    }
+
+    #[test]
+    fn a_gap_stretches_a_part_and_an_overlap_cuts_it() {
+        assert_eq!(part_timing(6.0, Some(7.25)), "duration 7.250\n", "the encoder was down 1.25 s");
+        assert_eq!(part_timing(10.0, Some(7.5)), "duration 7.500\noutpoint 7.500\n", "2.5 s recorded twice");
+        assert_eq!(part_timing(6.0, None), "duration 6.000\n", "undated parts follow each other");
     }
 
     #[test]

@@ -47,13 +47,19 @@ pub enum BotMessage {
     },
     /// A warn or error event of the bot's own log, with its fields.
     Log { level: LogLevel, message: String, fields: serde_json::Map<String, serde_json::Value> },
+    /// Its host is taking the bot away (SIGTERM): it asks for a successor and records on
+    /// meanwhile. Every segment it stored so far is in the store's manifest; the successor's
+    /// capture is to start at `successor_first_sequence` as `successor_generation`, numbers
+    /// this bot will not reach before its grace is up.
+    HandoffRequested { recording_id: String, last_sequence: u64, successor_first_sequence: u64, successor_generation: u32 },
     /// The bot is done with its recording and about to exit.
     Finished { recording_id: String, outcome: Outcome },
 }
 
 impl BotMessage {
     /// Every `kind`, for metrics that show each one from the start.
-    pub const KINDS: [&'static str; 8] = ["hello", "heartbeat", "ready", "state_changed", "timeline", "segment_stored", "log", "finished"];
+    pub const KINDS: [&'static str; 9] =
+        ["hello", "heartbeat", "ready", "state_changed", "timeline", "segment_stored", "log", "handoff_requested", "finished"];
 
     /// The message's type as it is tagged on the wire (`hello`, `heartbeat`, …): a closed set,
     /// fit for a metric label.
@@ -66,6 +72,7 @@ impl BotMessage {
             BotMessage::Timeline { .. } => "timeline",
             BotMessage::SegmentStored { .. } => "segment_stored",
             BotMessage::Log { .. } => "log",
+            BotMessage::HandoffRequested { .. } => "handoff_requested",
             BotMessage::Finished { .. } => "finished",
         }
     }
@@ -82,8 +89,21 @@ pub enum LogLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
-    Completed { summary: Box<Summary> },
-    Failed { sub_code: Option<SubCode>, code: String, message: String },
+    Completed {
+        summary: Box<Summary>,
+    },
+    Failed {
+        sub_code: Option<SubCode>,
+        code: String,
+        message: String,
+    },
+    /// The bot handed the recording over to `successor` (which finishes it) and stored what it
+    /// recorded up to `last_sequence`.
+    HandedOff {
+        successor: String,
+        last_sequence: u64,
+        upload: Option<UploadStats>,
+    },
 }
 
 /// What the controller says.
@@ -101,6 +121,17 @@ pub enum ControllerMessage {
     Stop { recording_id: String },
     /// An idle bot is no longer needed: exit. A busy bot ignores it.
     Retire,
+    /// `successor` takes the recording over: record on until told `HandOver`.
+    HandoffAccepted { recording_id: String, successor: String },
+    /// No successor (no warm bot, or handoffs are off): finish the recording now, as a signal
+    /// does.
+    HandoffRefused { recording_id: String, reason: String },
+    /// The successor's first segment is stored: leave the meeting, store what is left, exit.
+    HandOver { recording_id: String },
+    /// To a successor: a segment its predecessor stored after the handoff began.
+    Inherited { recording_id: String, segment: ManifestSegment },
+    /// To a successor: its predecessor is done (or gone); nothing more will be inherited.
+    PredecessorDone { recording_id: String },
 }
 
 /// One recording handed to a warm bot.
@@ -111,6 +142,19 @@ pub struct Assignment {
     pub bot_name: String,
     pub recipe: Option<Recipe>,
     pub max_duration_secs: Option<u64>,
+    /// Set when this bot carries on another bot's recording rather than starting one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<Continuation>,
+}
+
+/// Where a successor picks a recording up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuation {
+    pub from_bot: String,
+    /// Its capture's first segment number: past every number the predecessor uses.
+    pub first_sequence: u64,
+    /// Its capture generation (`init_<generation>.mp4`): past the predecessor's.
+    pub generation: u32,
 }
 
 #[cfg(test)]
@@ -139,6 +183,7 @@ mod tests {
             bot_name: "Rec".into(),
             recipe: Some(recipe),
             max_duration_secs: Some(3600),
+            continuation: None,
         }));
         let text = serde_json::to_string(&msg).unwrap();
         assert_eq!(serde_json::from_str::<ControllerMessage>(&text).unwrap(), msg);

@@ -43,6 +43,12 @@ pub enum EventKind {
     /// `status` outlasted its deadline of `secs` (docs/BOT.md#deadlines): what still ran was
     /// stopped and what was recorded is kept.
     DeadlineExceeded { status: crate::RecordingStatus, secs: u64 },
+    /// This bot carries on a recording another bot handed over (its host was taken back):
+    /// its capture starts at segment `first_sequence`, after `from_bot`'s last.
+    Handoff { from_bot: String, first_sequence: u64 },
+    /// This bot handed its recording over to `to_bot` and left the meeting; `last_sequence` is
+    /// the last segment it recorded.
+    HandedOff { to_bot: String, last_sequence: u64 },
     /// Why the meeting ended for the bot.
     Ended { sub_code: SubCode, detail: String },
     /// `recording.mp4` is made and checked.

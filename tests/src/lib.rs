@@ -4,6 +4,7 @@
 pub mod bot;
 pub mod docker;
 pub mod ecs;
+pub mod handoff;
 pub mod media;
 pub mod pg;
 pub use recfleet_meeting as meeting;

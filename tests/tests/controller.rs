@@ -42,6 +42,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         ecs: None,
         advertise_urls: Vec::new(),
         lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
+        handoffs: true,
         deadlines: recfleet_proto::Deadlines::default(),
     }
 }
@@ -550,4 +551,55 @@ async fn a_bot_cut_off_from_the_controller_for_a_minute_is_not_lost_and_complete
     let events = c.get(&format!("{path}/files/events.json")).await;
     let kinds: Vec<&str> = events["events"].as_array().map(|e| e.iter().filter_map(|e| e["kind"].as_str()).collect()).unwrap_or_default();
     assert_eq!(kinds.iter().filter(|k| **k == "ended").count(), 1, "{kinds:?}");
+}
+
+/// The handoff test's meeting, by its own clock (from the first bot's join).
+const HANDOFF_MEETING_SECS: f64 = 20.0;
+
+/// The sum of a metric's samples whose labels include `labels` (`result="started"`).
+async fn metric(c: &Controller, name: &str, labels: &str) -> f64 {
+    let text = c.http.get(format!("{}/metrics", c.base)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A bot whose host takes it away mid-meeting (SIGTERM) hands its recording over: a warm bot
+/// joins and records the rest into the same recording, the first leaves once the second's first
+/// segment is stored, and one MP4 covers the whole meeting, the overlap cut, with at most 2 s
+/// missing. The recording completes once, as the meeting ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_taken_away_mid_meeting_hands_its_recording_to_a_successor() {
+    let meeting = MeetingServer::start().await.unwrap();
+    let c = Controller::start(1, 3).await;
+    c.wait_for("a warm bot", Duration::from_secs(60), |p| p["idle"] == 1, "/v1/pool").await;
+    let url = meeting.url(&format!("/m/handoff?end={HANDOFF_MEETING_SECS}&clock=meeting"));
+    let (status, rec) = c.post("/v1/recordings", &json!({"meeting_url": url, "recipe_name": "recfleet-test-meeting"}), None).await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), |r| r["status"] == "recording", &path).await;
+    // A successor is warm, and a few segments are stored, before the host takes the bot away.
+    c.wait_for("a warm successor", Duration::from_secs(60), |p| p["idle"] == 1 && p["starting"] == 0, "/v1/pool").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let busy: Vec<u32> = recfleet_tests::procs::bots_of(&c.base).into_iter().filter(|pid| recfleet_tests::procs::records(*pid)).collect();
+    assert_eq!(busy.len(), 1, "one bot records before the handoff");
+    // SAFETY: SIGTERM to our own descendant, as ECS or Docker stops a container.
+    unsafe { libc::kill(busy[0] as libc::pid_t, libc::SIGTERM) };
+
+    let done = c.wait_for("completed", Duration::from_secs(90), |r| r["status"] == "completed" || r["status"] == "failed", &path).await;
+    let measured = recfleet_tests::handoff::check(&c.http, &c.base, KEY, &done, HANDOFF_MEETING_SECS).await;
+    eprintln!("handoff on the process runtime: {measured:?}");
+    assert_eq!(metric(&c, "recfleet_recording_handoffs_total", "result=\"started\"").await, 1.0);
+    assert_eq!(metric(&c, "recfleet_recording_handoffs_total", "result=\"completed\"").await, 1.0);
+    assert_eq!(metric(&c, "recfleet_recordings_finished_total", "status=\"completed\"").await, 1.0, "completed exactly once");
+    // The first bot is gone, and did not leave a recording behind it.
+    let started = Instant::now();
+    while recfleet_tests::procs::bots_of(&c.base).contains(&busy[0]) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the bot taken away did not exit");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = c.get("/v1/recordings").await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list:#}");
 }

@@ -57,6 +57,7 @@ impl Controller {
             ecs: None,
             advertise_urls: vec![format!("ws://{addr}")],
             lost_window: recfleet::fleet::DEFAULT_LOST_WINDOW,
+            handoffs: true,
             deadlines: recfleet_proto::Deadlines::default(),
         };
         let shutdown = CancellationToken::new();
@@ -234,6 +235,48 @@ async fn docker_bots_record_and_a_killed_container_is_recovered() {
         assert!(started.elapsed() < Duration::from_secs(45), "containers left: {}", all());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The handoff test's meeting, by its own clock (from the first bot's join).
+const HANDOFF_MEETING_SECS: f64 = 20.0;
+
+/// A bot container stopped from outside mid-meeting (SIGTERM, as `docker stop` or a drained
+/// host sends) hands its recording over to the pool's warm container, which records the rest
+/// into the same recording: one MP4 of the whole meeting, completed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_container_stopped_mid_meeting_hands_its_recording_over() {
+    let (net, _s3) = network_with_bucket("handoff", "recfleet-handoff").await;
+    let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pool = format!("h{}", std::process::id());
+    let c = Controller::start(&net, &pool, data.path(), Some("recfleet-handoff"), false).await;
+    c.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    let first = pool_containers(&pool);
+    assert_eq!(first.len(), 1, "one warm bot container before the recording");
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &first[0]])).unwrap();
+    assert_eq!(inspect[0]["Config"]["StopTimeout"], 120, "room to hand over when stopped from outside");
+
+    let id = c.record(meeting.url(&format!("/m/docker-handoff?end={HANDOFF_MEETING_SECS}&clock=meeting"))).await;
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    c.wait_for("a warm successor", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1 && p["starting"] == 0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    docker(&["kill", "--signal", "TERM", &first[0]]);
+
+    let done = c.wait_for("completed", Duration::from_secs(120), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    let measured = recfleet_tests::handoff::check(&c.http, &c.base, KEY, &done, HANDOFF_MEETING_SECS).await;
+    eprintln!("handoff on the docker runtime: {measured:?}");
+    let text = c.http.get(format!("{}/metrics", c.base)).send().await.unwrap().text().await.unwrap();
+    let sample = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(sample("recfleet_recording_handoffs_total{result=\"completed\"}"), Some(1.0), "{text}");
+    assert_eq!(sample("recfleet_recordings_finished_total{status=\"completed\",sub_code=\"meeting_ended\"}"), Some(1.0), "completed once");
+    // The container taken away exited by itself once it had handed over (auto-removed).
+    let started = Instant::now();
+    while pool_containers(&pool).contains(&first[0]) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stopped container is still there");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.stop().await;
 }
 
 /// The default folder store (the data folder) with the docker runtime: the controller gives the

@@ -137,7 +137,9 @@ async fn an_ecs_task_records_survives_a_controller_restart_and_a_spot_interrupti
     let tag = Tag::new();
     let port = recfleet_tests::free_port();
     let data = aws.dir.path().join("data").display().to_string();
-    let db = ["--database-url", &pg.url(), "--pool-min-idle", "1", "--pool-max", "2"];
+    // Handoffs off: the interruption below ends the recording with what was stored (the
+    // handoff itself is tested on the process and Docker runtimes).
+    let db = ["--database-url", &pg.url(), "--pool-min-idle", "1", "--pool-max", "2", "--no-handoff"];
     let mut serve = aws.serve(&tag, port, &data, &db);
     let api = Api::new(&serve.base, KEY);
     api.wait_for("a warm task", Duration::from_secs(120), "/v1/pool", |p| p["idle"] == 1).await;
@@ -239,6 +241,7 @@ async fn an_ecs_task_records_survives_a_controller_restart_and_a_spot_interrupti
     );
     let p = recfleet_tests::media::playable(&api.http, &done).await;
     assert!(p.duration_secs >= 4.0, "what was recorded before the interruption: {} s", p.duration_secs);
+    assert_eq!(api.metric("recfleet_recording_handoffs_total").await, 1.0, "the bot asked for a successor and was refused");
     let stopped = aws
         .wait_tasks("the interrupted task stopped", Duration::from_secs(40), |ts| {
             ts.iter().any(|t| t["id"] == warm.as_str() && t["last_status"] == "STOPPED")

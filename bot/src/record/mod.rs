@@ -23,6 +23,7 @@ use crate::upload::{UploadConfig, Uploader};
 use crate::watch::{self, End, Limits, Watched};
 use recfleet_media::{self as finalize, MP4};
 
+mod handover;
 mod stop;
 mod watches;
 
@@ -134,7 +135,7 @@ pub async fn record_on(
             return Err(err);
         }
     };
-    let upload = match &cfg.upload {
+    let mut upload = match &cfg.upload {
         None => None,
         Some(u) => {
             let opts = recfleet_storage::StoreOptions { path_style: u.path_style, ..Default::default() };
@@ -145,6 +146,8 @@ pub async fn record_on(
                     disk_budget_bytes: u.disk_budget_bytes,
                     min_free_bytes: cfg.min_free_bytes,
                     drain_deadline: u.drain_deadline,
+                    seed: None,
+                    link: None,
                 }),
                 Err(err) => {
                     session.shutdown().await;
@@ -153,7 +156,18 @@ pub async fn record_on(
             }
         }
     };
-    let journal = Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc(), reporter);
+    // A successor carries on the store's manifest and timeline as its predecessor left them.
+    let mut earlier_timeline = None;
+    if let (Some(_), Some(up)) = (&cfg.continuation, upload.as_mut()) {
+        let (manifest, timeline) = handover::read_earlier(&up.store, &cfg.recording_id).await;
+        up.seed = Some(manifest);
+        up.link = cfg.handoff.clone();
+        earlier_timeline = timeline;
+    }
+    let journal = match earlier_timeline {
+        Some(timeline) => Journal::resume(&out_dir, timeline, reporter),
+        None => Journal::new(&out_dir, &cfg.recording_id, OffsetDateTime::now_utc(), reporter),
+    };
     let job = Job { cfg, out_dir: &out_dir, journal: &journal, shutdown, stop_code, upload };
     job.run(session).await
 }
@@ -180,6 +194,9 @@ impl Job<'_> {
                 return Err(err);
             }
         };
+        if let Some(successor) = self.cfg.handoff.as_ref().and_then(|l| l.successor()) {
+            return Ok(self.hand_over(capture, session, end, spool, uploader, &successor).await);
+        }
         self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
         tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
         let ending = if end.sub_code == self.stop_code.get() { RecordingEvent::StopRequested } else { RecordingEvent::EndedWithMedia };
@@ -251,19 +268,27 @@ impl Job<'_> {
             audio_source: session.audio.monitor_source(),
             video: self.cfg.video.clone(),
             out_dir: self.out_dir.to_path_buf(),
-            generation: 1,
-            start_number: 1,
+            generation: self.cfg.continuation.as_ref().map_or(1, |c| c.generation),
+            start_number: self.cfg.continuation.as_ref().map_or(1, |c| c.first_sequence),
             silence_after: self.cfg.silence_fault,
         };
         let (levels_tx, levels) = tokio::sync::mpsc::unbounded_channel();
         let (mut capture, first_frame_at) = Capture::start(&capture_cfg, FIRST_FRAME_TIMEOUT, &Totals::new(levels_tx))
             .await
             .map_err(|e| RecordError::Capture { reason: e.to_string() })?;
-        self.journal.record_at(first_frame_at, EventKind::RecordingStarted);
+        match &self.cfg.continuation {
+            Some(c) => self
+                .journal
+                .record_at(first_frame_at, EventKind::Handoff { from_bot: c.from_bot.clone(), first_sequence: c.first_sequence }),
+            None => self.journal.record_at(first_frame_at, EventKind::RecordingStarted),
+        }
         self.journal.reporter().capture(capture.stats_handle());
         *status = self.advance(*status, RecordingEvent::RecordingStarted, None);
 
         let uploader = self.upload.clone().map(|cfg| Uploader::start(self.out_dir, cfg, self.journal.reporter_arc()));
+        if let Some(link) = &self.cfg.handoff {
+            link.capturing(capture.generation(), uploader.as_ref().map(Uploader::control));
+        }
         let (disk_full_tx, disk_full) = tokio::sync::watch::channel(None);
         let (generation_tx, generations) = tokio::sync::mpsc::unbounded_channel();
         let watch_cfg = SpoolWatch {
@@ -363,6 +388,10 @@ impl Job<'_> {
         if *restarts >= self.cfg.max_capture_restarts {
             return Err(End::new(SubCode::CaptureFailed, reason));
         }
+        if self.cfg.handoff.as_ref().is_some_and(|l| l.successor().is_some()) {
+            // A successor records on; a new generation here could take its numbers.
+            return Err(End::new(SubCode::CaptureFailed, format!("{reason}; not restarted while handing over")));
+        }
         *restarts += 1;
         let lost_at = std::time::Instant::now();
         let first_frame_at = capture
@@ -371,6 +400,9 @@ impl Job<'_> {
             .map_err(|e| End::new(SubCode::CaptureFailed, format!("{reason}; the restart failed: {e}")))?;
         let gap_ms = lost_at.elapsed().as_millis() as u64;
         let generation = capture.generation();
+        if let Some(link) = &self.cfg.handoff {
+            link.set_generation(generation);
+        }
         let _ = generations.send(capture.generation_info(first_frame_at));
         tracing::info!(gap_ms, generation, attempt = *restarts, "capture restarted");
         self.journal.record_at(first_frame_at, EventKind::CaptureRestarted { attempt: *restarts, generation, reason, gap_ms });
@@ -449,7 +481,11 @@ impl Job<'_> {
             return Err(RecordError::Capture { reason: format!("no segment was written ({})", end.detail) });
         }
         spool.mark_complete().map_err(|e| finalize_err(e.to_string()))?;
-        let info = finalize::make_mp4(self.out_dir, spool.manifest()).await.map_err(|e| finalize_err(e.to_string()))?;
+        let whole = match (&self.cfg.continuation, &self.upload) {
+            (Some(_), Some(up)) => self.with_predecessor(spool.manifest(), &up.store).await.map_err(finalize_err)?,
+            _ => spool.manifest().clone(),
+        };
+        let info = finalize::make_mp4(self.out_dir, &whole).await.map_err(|e| finalize_err(e.to_string()))?;
         self.journal.record(EventKind::Finalized { duration_secs: info.duration_secs });
         Ok(info)
     }

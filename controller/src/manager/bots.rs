@@ -79,6 +79,16 @@ impl Manager {
                     }
                 }
                 self.touch(&recording_id, LogKind::SegmentStored, serde_json::to_value(&segment).expect("serializes"));
+                self.relay_segment(bot_id, &recording_id, &segment);
+            }
+            BotMessage::HandoffRequested { recording_id, last_sequence, successor_first_sequence, successor_generation } => {
+                let req = super::handoff::Request {
+                    recording_id,
+                    last_sequence,
+                    first_sequence: successor_first_sequence,
+                    generation: successor_generation,
+                };
+                self.on_handoff_requested(bot_id, req);
             }
             BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
             BotMessage::Timeline { recording_id, event } => {
@@ -89,6 +99,9 @@ impl Manager {
                 self.apply_event(&recording_id, &event)
             }
             BotMessage::Finished { recording_id, mut outcome } => {
+                if self.predecessor_finished(bot_id, &recording_id, &outcome) {
+                    return;
+                }
                 if let Some(why) = self.runtime.preempted(bot_id) {
                     if preempted(&mut outcome) {
                         tracing::info!(%recording_id, why = %why, "the bot's host was taken back");
@@ -115,8 +128,10 @@ impl Manager {
             ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped | ExitReason::Preempted => {}
         }
         if let Some(id) = bot.recording {
-            // Decided after `EXIT_GRACE`, when its last messages have had time to land.
-            self.orphaned.insert(id, (Instant::now(), exit.detail, exit.reason));
+            if !self.predecessor_gone(bot.handoff.as_ref(), &id) {
+                // Decided after `EXIT_GRACE`, when its last messages have had time to land.
+                self.orphaned.insert(id, (Instant::now(), exit.detail, exit.reason));
+            }
         }
     }
 
@@ -171,7 +186,9 @@ impl Manager {
                 self.launch_failed(&format!("the bot did not connect and warm up within {startup:?}"));
             }
             if let Some(rec) = bot.recording {
-                self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating and its recording stopped growing in the store");
+                if !self.predecessor_gone(bot.handoff.as_ref(), &rec) {
+                    self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating and its recording stopped growing in the store");
+                }
             }
         }
     }
@@ -378,6 +395,7 @@ impl Manager {
                     vitals: Vitals::default(),
                     launched_at: Some(Instant::now()),
                     idle_since: None,
+                    handoff: None,
                     store_sign: super::StoreSign::default(),
                 };
                 self.bots.insert(bot_id.clone(), bot);
@@ -398,7 +416,7 @@ fn preempted(outcome: &mut Outcome) -> bool {
     let sub_code = match outcome {
         Outcome::Completed { summary } => &mut summary.sub_code,
         Outcome::Failed { sub_code: Some(code), .. } => code,
-        Outcome::Failed { sub_code: None, .. } => return false,
+        Outcome::Failed { sub_code: None, .. } | Outcome::HandedOff { .. } => return false,
     };
     if *sub_code != SubCode::StoppedBySignal {
         return false;

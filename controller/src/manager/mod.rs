@@ -16,6 +16,7 @@
 //! through the store, the runtime and the channels it is given.
 
 mod bots;
+mod handoff;
 mod outbox;
 mod recordings;
 mod telemetry;
@@ -123,6 +124,9 @@ struct Bot {
     idle_since: Option<Instant>,
     /// What the store shows of its recording while its socket is silent.
     store_sign: StoreSign,
+    /// Its part in a handoff under way (not persisted: a restarted controller lets the
+    /// successor finish and the predecessor's `Finished` change nothing).
+    handoff: Option<handoff::Role>,
 }
 
 /// What a store probe found for a silent bot: (bot id, the highest segment stored, if any).
@@ -177,6 +181,8 @@ pub struct ManagerConfig {
     pub keep_bots_on_exit: bool,
     /// A busy bot is lost only after this long without a message or a new stored segment.
     pub lost_window: Duration,
+    /// A bot taken away (SIGTERM) that asks for a successor gets one from the warm pool.
+    pub handoffs: bool,
     /// The bots' deadlines per status (they keep them; the manager enforces them again).
     pub deadlines: recfleet_proto::Deadlines,
     /// How much later than the bot the manager enforces a deadline.
@@ -310,6 +316,7 @@ impl Manager {
                 launched_at: None,
                 idle_since,
                 store_sign: StoreSign::default(),
+                handoff: None,
             };
             m.bots.insert(b.id, bot);
         }
@@ -502,6 +509,7 @@ impl Manager {
                     BotMessage::StateChanged { recording_id, .. }
                     | BotMessage::Timeline { recording_id, .. }
                     | BotMessage::SegmentStored { recording_id, .. }
+                    | BotMessage::HandoffRequested { recording_id, .. }
                     | BotMessage::Finished { recording_id, .. } => Some(recording_id.clone()),
                     BotMessage::Hello { recording_id, .. } => recording_id.clone(),
                     BotMessage::Ready | BotMessage::Heartbeat { .. } | BotMessage::Log { .. } => {

@@ -85,8 +85,12 @@ impl Manager {
             if advance(rec, RecordingEvent::EndedWithoutMedia, &self.cfg.metrics) {
                 rec.completed_at = Some(now);
             }
-        } else if let Some(tx) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)).and_then(|b| b.tx.as_ref()) {
-            let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
+        } else {
+            // Both bots of a handoff under way: the predecessor hands over at once, the
+            // successor finishes.
+            for tx in self.bots.values().filter(|b| b.recording.as_deref() == Some(id)).filter_map(|b| b.tx.as_ref()) {
+                let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
+            }
         }
         let view = rec.clone();
         self.touch(id, LogKind::StopRequested, json!({"queued": queued, "status_after_stop": after_stop}));
@@ -157,6 +161,8 @@ impl Manager {
             | EventKind::CaptureSound { .. }
             | EventKind::Left { .. }
             | EventKind::LeaveFailed { .. }
+            | EventKind::Handoff { .. }
+            | EventKind::HandedOff { .. }
             | EventKind::Finalized { .. } => {}
         }
         self.touch(id, LogKind::Timeline, serde_json::to_value(event).expect("serializes"));
@@ -187,6 +193,8 @@ impl Manager {
                     recover = true;
                 }
             }
+            // A predecessor's: the recording is its successor's to finish (`handoff`).
+            Outcome::HandedOff { .. } => return,
             Outcome::Failed { sub_code, code, message } => {
                 rec.sub_code = sub_code.or(rec.sub_code);
                 rec.error = Some(ErrorDetail::new(code, message.clone()));
@@ -353,6 +361,7 @@ impl Manager {
                 bot_name: rec.bot_name.clone(),
                 recipe: entry.stored.recipe.clone(),
                 max_duration_secs: rec.max_duration_secs,
+                continuation: None,
             };
             let tx = bot.tx.as_ref().expect("checked above");
             if tx.send(ControllerMessage::Assign(Box::new(assignment))).is_err() {

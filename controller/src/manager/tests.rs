@@ -33,6 +33,7 @@ async fn manager(dir: &std::path::Path) -> Manager {
         public_url: "http://127.0.0.1:1".into(),
         keep_bots_on_exit: false,
         lost_window: crate::fleet::DEFAULT_LOST_WINDOW,
+        handoffs: true,
         deadlines: recfleet_proto::Deadlines::default(),
         deadline_margin: recfleet_proto::deadline::CONTROLLER_MARGIN,
         objects: recfleet_storage::Store::Fs(recfleet_storage::FsStore::new(dir.to_path_buf())),

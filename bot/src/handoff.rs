@@ -1,0 +1,158 @@
+//! A recording that changes bots mid-meeting, as the agent and the recording share it.
+//!
+//! The predecessor (its host is taking it away: SIGTERM) stops writing the store's manifest
+//! once it has written it a last time, asks the controller for a successor, records on until
+//! the successor's first segment is stored, then leaves and stores what is left. The successor
+//! records into the same recording from a later segment number and generation, takes the
+//! store's manifest over, is told of each segment its predecessor stores after that, and makes
+//! the MP4 of the whole meeting.
+//!
+//! This module holds the shared state only; the agent speaks to the controller, the recording
+//! acts on what is set here.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use recfleet_proto::ManifestSegment;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Longest the predecessor waits for its uploader to write the store's manifest a last time.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the uploader is asked while a handoff goes on.
+#[derive(Debug)]
+pub enum Control {
+    /// Write the store's manifest now, then no more: answers the last segment stored.
+    Flush(oneshot::Sender<u64>),
+    /// No successor after all: write the store's manifest again.
+    Resume,
+}
+
+/// One recording's handoff state, on either side.
+#[derive(Debug)]
+pub struct HandoffLink {
+    uploader: Mutex<Option<mpsc::UnboundedSender<Control>>>,
+    /// The capture is running (a handoff before it would hand over nothing).
+    recording: AtomicBool,
+    generation: AtomicU32,
+    /// A successor was found: this bot's part ends as a handoff, whatever ends it.
+    accepted: Mutex<Option<String>>,
+    /// Segments the predecessor stored after the store's manifest was last written by it.
+    inherited: Mutex<Vec<ManifestSegment>>,
+    predecessor_done: watch::Sender<bool>,
+}
+
+impl Default for HandoffLink {
+    fn default() -> Self {
+        Self {
+            uploader: Mutex::new(None),
+            recording: AtomicBool::new(false),
+            generation: AtomicU32::new(1),
+            accepted: Mutex::new(None),
+            inherited: Mutex::new(Vec::new()),
+            predecessor_done: watch::channel(false).0,
+        }
+    }
+}
+
+impl HandoffLink {
+    /// The recording's capture is running as `generation`, its uploader listening on `uploader`.
+    pub fn capturing(&self, generation: u32, uploader: Option<mpsc::UnboundedSender<Control>>) {
+        self.generation.store(generation, Ordering::SeqCst);
+        *self.uploader.lock().expect("handoff lock") = uploader;
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// A restarted encoder's generation.
+    pub fn set_generation(&self, generation: u32) {
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
+    }
+
+    /// Makes the uploader write the store's manifest a last time and stop writing it; the last
+    /// segment stored, or `None` when there is no uploader or it did not answer in time.
+    pub async fn flush(&self) -> Option<u64> {
+        let tx = self.uploader.lock().expect("handoff lock").clone()?;
+        let (done, answer) = oneshot::channel();
+        tx.send(Control::Flush(done)).ok()?;
+        tokio::time::timeout(FLUSH_TIMEOUT, answer).await.ok()?.ok()
+    }
+
+    /// The handoff was refused: the store's manifest is this bot's again.
+    pub fn resume_publishing(&self) {
+        if let Some(tx) = self.uploader.lock().expect("handoff lock").as_ref() {
+            let _ = tx.send(Control::Resume);
+        }
+    }
+
+    pub fn accept(&self, successor: &str) {
+        *self.accepted.lock().expect("handoff lock") = Some(successor.to_string());
+    }
+
+    /// The successor, once one was found.
+    pub fn successor(&self) -> Option<String> {
+        self.accepted.lock().expect("handoff lock").clone()
+    }
+
+    /// The successor's side: a segment the predecessor stored.
+    pub fn inherit(&self, segment: ManifestSegment) {
+        let mut inherited = self.inherited.lock().expect("handoff lock");
+        if !inherited.iter().any(|s| s.name == segment.name) {
+            inherited.push(segment);
+        }
+    }
+
+    pub fn inherited(&self) -> Vec<ManifestSegment> {
+        self.inherited.lock().expect("handoff lock").clone()
+    }
+
+    pub fn set_predecessor_done(&self) {
+        self.predecessor_done.send_replace(true);
+    }
+
+    /// Waits until the predecessor is done storing, at most `limit`; whether it is.
+    pub async fn wait_predecessor(&self, limit: Duration) -> bool {
+        let mut done = self.predecessor_done.subscribe();
+        tokio::time::timeout(limit, done.wait_for(|d| *d)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Pure: the first segment number and generation for a successor of a bot whose last stored
+/// segment is `last_sequence`, recording as `generation`, that may record `grace` longer:
+/// past every number it can still write (2 s segments), with a margin.
+pub fn successor_start(last_sequence: u64, generation: u32, grace: Duration) -> (u64, u32) {
+    let segments = grace.as_secs().div_ceil(u64::from(recfleet_media::SEGMENT_SECS));
+    (last_sequence + segments + 4, generation + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_successor_starts_past_what_the_predecessor_can_still_write() {
+        assert_eq!(successor_start(10, 1, Duration::from_secs(20)), (24, 2));
+        assert_eq!(successor_start(0, 3, Duration::from_secs(5)), (7, 4));
+    }
+
+    #[tokio::test]
+    async fn inherited_segments_are_kept_once_and_the_end_is_awaited() {
+        let link = HandoffLink::default();
+        let seg = recfleet_media::describe("seg_000003.m4s", 2.0, 10, "00".into());
+        link.inherit(seg.clone());
+        link.inherit(seg);
+        assert_eq!(link.inherited().len(), 1);
+        assert!(!link.wait_predecessor(Duration::from_millis(20)).await);
+        link.set_predecessor_done();
+        assert!(link.wait_predecessor(Duration::from_millis(20)).await);
+        assert_eq!(link.flush().await, None, "no uploader, nothing to flush");
+    }
+}
