@@ -441,3 +441,118 @@ async fn a_late_close_of_an_old_connection_keeps_the_new_one() {
     m.handle(Command::BotDisconnected { bot_id: bot_id.clone(), tx: new }).await;
     assert!(m.bots[&bot_id].tx.is_none());
 }
+
+/// A fresh channel for `bot_id`, whose messages the test reads.
+fn listen(m: &mut Manager, bot_id: &str) -> mpsc::UnboundedReceiver<ControllerMessage> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    m.bots.get_mut(bot_id).unwrap().tx = Some(tx);
+    rx
+}
+
+fn drained(rx: &mut mpsc::UnboundedReceiver<ControllerMessage>) -> Vec<ControllerMessage> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn handoffs(m: &Manager, result: &str) -> u64 {
+    m.cfg.metrics.handoffs.with_label_values(&[result]).get()
+}
+
+fn asks_for_a_successor(id: &str) -> BotMessage {
+    BotMessage::HandoffRequested { recording_id: id.into(), last_sequence: 3, successor_first_sequence: 17, successor_generation: 2 }
+}
+
+/// A recording whose bot asks for a successor, and the warm bot there is (launched by the pool
+/// when the first was assigned, now connected and ready).
+async fn recording_with_a_warm_bot(m: &mut Manager) -> (String, String, String) {
+    let (id, first) = assigned(m).await;
+    started(m, &id);
+    m.reconcile();
+    let warm = m.bots.keys().find(|k| **k != first).expect("the pool launched a second bot").clone();
+    let (tx, _) = mpsc::unbounded_channel();
+    m.bots.get_mut(&warm).unwrap().tx = Some(tx);
+    m.on_bot_message(&warm, BotMessage::Ready);
+    (id, first, warm)
+}
+
+#[tokio::test]
+async fn a_bot_taken_away_hands_its_recording_to_a_warm_bot_and_only_the_successor_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let (mut to_first, mut to_warm) = (listen(&mut m, &first), listen(&mut m, &warm));
+
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    let assigned = drained(&mut to_warm);
+    let [ControllerMessage::Assign(a)] = assigned.as_slice() else { panic!("{assigned:?}") };
+    let want = recfleet_proto::protocol::Continuation { from_bot: first.clone(), first_sequence: 17, generation: 2 };
+    assert_eq!((a.recording_id.as_str(), a.continuation.as_ref()), (id.as_str(), Some(&want)));
+    assert_eq!(drained(&mut to_first), [ControllerMessage::HandoffAccepted { recording_id: id.clone(), successor: warm.clone() }]);
+    assert_eq!((m.bots[&warm].state, m.bots[&warm].recording.as_deref()), (BotState::Busy, Some(id.as_str())));
+    assert_eq!(handoffs(&m, "started"), 1);
+
+    // The predecessor's segments go on to the successor; the successor's first ends the overlap.
+    let seg = |n: u64| recfleet_media::describe(&recfleet_media::segment_name(n), 2.0, 10, "00".into());
+    m.on_bot_message(&first, BotMessage::SegmentStored { recording_id: id.clone(), segment: seg(4), upload_lag_ms: None });
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::Inherited { recording_id: id.clone(), segment: seg(4) }]);
+    m.on_bot_message(&warm, BotMessage::SegmentStored { recording_id: id.clone(), segment: seg(17), upload_lag_ms: None });
+    m.on_bot_message(&warm, BotMessage::SegmentStored { recording_id: id.clone(), segment: seg(18), upload_lag_ms: None });
+    assert_eq!(drained(&mut to_first), [ControllerMessage::HandOver { recording_id: id.clone() }], "told once");
+
+    // The predecessor's end is not the recording's, nor is its exit a crash.
+    let handed_off = Outcome::HandedOff { successor: warm.clone(), last_sequence: 5, upload: None };
+    m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: handed_off });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording);
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::PredecessorDone { recording_id: id.clone() }]);
+    assert_eq!(handoffs(&m, "completed"), 1);
+    m.bot_exited(Exited { bot_id: first.clone(), reason: ExitReason::Finished, detail: "exit status: 0".into() });
+    assert!(m.orphaned.is_empty(), "the predecessor's exit leaves the recording alone");
+
+    m.on_bot_message(&warm, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    let view = &m.recordings[&id].stored.view;
+    assert_eq!((view.status, view.partial), (RecordingStatus::Completed, false));
+}
+
+#[tokio::test]
+async fn a_handoff_is_refused_without_a_warm_bot_or_when_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first) = assigned(&mut m).await;
+    started(&mut m, &id);
+    let mut to_first = listen(&mut m, &first);
+    // The pool's next bot is still starting: nobody to hand over to.
+    m.reconcile();
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    let refused = drained(&mut to_first);
+    assert!(
+        matches!(refused.as_slice(), [ControllerMessage::HandoffRefused { reason, .. }] if reason.contains("no warm bot")),
+        "{refused:?}"
+    );
+    assert_eq!((handoffs(&m, "refused"), handoffs(&m, "started")), (1, 0));
+
+    let warm = m.bots.keys().find(|k| **k != first).unwrap().clone();
+    let (tx, _) = mpsc::unbounded_channel();
+    m.bots.get_mut(&warm).unwrap().tx = Some(tx);
+    m.on_bot_message(&warm, BotMessage::Ready);
+    m.cfg.handoffs = false;
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    let refused = drained(&mut to_first);
+    assert!(
+        matches!(refused.as_slice(), [ControllerMessage::HandoffRefused { reason, .. }] if reason.contains("--no-handoff")),
+        "{refused:?}"
+    );
+    assert_eq!(m.bots[&warm].state, BotState::Idle, "the warm bot stays warm");
+}
+
+#[tokio::test]
+async fn a_predecessor_that_dies_while_handing_over_leaves_the_recording_to_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let mut to_warm = listen(&mut m, &warm);
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    drained(&mut to_warm);
+    m.bot_exited(Exited { bot_id: first, reason: ExitReason::Crashed, detail: "signal: 9".into() });
+    assert!(m.orphaned.is_empty(), "not the recording's crash");
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::PredecessorDone { recording_id: id.clone() }]);
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording);
+}
