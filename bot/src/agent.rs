@@ -358,8 +358,11 @@ impl Controls {
                 }
             }
             ControllerMessage::HandoffRefused { recording_id, reason } if &recording_id == id => {
-                if let Handing::Requested { .. } = handing {
+                // Refused at once, or called off (the successor could not join): this bot
+                // finishes the recording, as a signal says.
+                if let Handing::Requested { .. } | Handing::Accepted { .. } = handing {
                     tracing::warn!(%reason, "no successor for the recording; stopping");
+                    self.link.withdraw();
                     self.link.resume_publishing();
                     self.stop.cancel();
                     return Handing::Done;

@@ -97,6 +97,11 @@ impl HandoffLink {
         *self.accepted.lock().expect("handoff lock") = Some(successor.to_string());
     }
 
+    /// The handoff was called off: this bot finishes the recording.
+    pub fn withdraw(&self) {
+        *self.accepted.lock().expect("handoff lock") = None;
+    }
+
     /// The successor, once one was found.
     pub fn successor(&self) -> Option<String> {
         self.accepted.lock().expect("handoff lock").clone()

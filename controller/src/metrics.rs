@@ -363,7 +363,7 @@ impl Metrics {
             handoffs: counter_vec(
                 &r,
                 RECORDING_HANDOFFS_TOTAL,
-                "Recordings whose bot was taken away (SIGTERM) and asked for a successor, by result: started (a successor joins), refused (none; the recording ended), completed (the predecessor handed over and left).",
+                "Recordings whose bot was taken away (SIGTERM) and asked for a successor, by result: started (a successor joins), refused (none; the recording ended), failed (the successor could not join; the first bot finished the recording), completed (the predecessor handed over and left).",
                 &["result"],
             ),
             bots_silent: gauge(
@@ -398,7 +398,7 @@ impl Metrics {
                 m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by.as_str()]).inc_by(0);
             }
         }
-        for result in ["started", "refused", "completed"] {
+        for result in ["started", "refused", "failed", "completed"] {
             m.handoffs.with_label_values(&[result]).inc_by(0);
         }
         m.state_write_failures.inc_by(0);

@@ -99,7 +99,7 @@ impl Manager {
                 self.apply_event(&recording_id, &event)
             }
             BotMessage::Finished { recording_id, mut outcome } => {
-                if self.predecessor_finished(bot_id, &recording_id, &outcome) {
+                if self.successor_failed(bot_id, &recording_id, &outcome) || self.predecessor_finished(bot_id, &recording_id, &outcome) {
                     return;
                 }
                 if let Some(why) = self.runtime.preempted(bot_id) {

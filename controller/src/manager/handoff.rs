@@ -145,20 +145,63 @@ impl Manager {
         }
     }
 
+    /// A successor's `Finished` before its first segment was stored (it could not join): the
+    /// handoff is off, and the predecessor, which records until then, is told so and finishes
+    /// the recording itself. `false` when that is not the case (the recording then finishes
+    /// as any other).
+    pub(super) fn successor_failed(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
+        let Some(Some(Role::From { predecessor, recording: false, .. })) = self.bots.get(bot_id).map(|b| b.handoff.clone()) else {
+            return false;
+        };
+        if !self.bots.get(&predecessor).is_some_and(|p| matches!(p.handoff, Some(Role::To { .. }))) {
+            return false;
+        }
+        let reason = match outcome {
+            Outcome::Failed { code, message, .. } => format!("the successor failed ({code}): {message}"),
+            _ => "the successor ended before it recorded".to_string(),
+        };
+        tracing::warn!(recording_id, from_bot = %predecessor, to_bot = %bot_id, %reason, "handoff failed: the first bot finishes the recording");
+        if let Some(b) = self.bots.get_mut(bot_id) {
+            b.recording = None;
+            b.handoff = None;
+        }
+        if let Some(p) = self.bots.get_mut(&predecessor) {
+            p.handoff = None;
+        }
+        self.dirty_bots.extend([bot_id.to_string(), predecessor.clone()]);
+        self.cfg.metrics.handoffs.with_label_values(&["failed"]).inc();
+        self.send_to(&predecessor, ControllerMessage::HandoffRefused { recording_id: recording_id.to_string(), reason: reason.clone() });
+        self.touch(
+            recording_id,
+            LogKind::Handoff,
+            json!({"from_bot": predecessor, "to_bot": bot_id, "result": "failed", "reason": reason}),
+        );
+        true
+    }
+
     /// A predecessor's `Finished`: its part is stored (or as much as it could); the recording
     /// stays the successor's. `false` when `bot_id` is no predecessor.
     pub(super) fn predecessor_finished(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
         let handed_off = matches!(outcome, Outcome::HandedOff { .. });
-        let Some(bot) = self.bots.get_mut(bot_id) else { return handed_off };
-        let successor = match &bot.handoff {
-            Some(Role::To { successor }) => Some(successor.clone()),
-            // A handoff this controller did not see begin (it restarted meanwhile).
+        let role = self.bots.get(bot_id).map(|b| b.handoff.clone());
+        let successor = match role {
+            Some(Some(Role::To { successor })) => Some(successor),
+            // A handoff this controller did not see begin (it restarted meanwhile), or one
+            // called off as the bot's grace ran out.
             _ if handed_off => None,
             _ => return false,
         };
-        // Its exit is no crash of the recording's.
-        bot.recording = None;
-        self.dirty_bots.push(bot_id.to_string());
+        if let Some(bot) = self.bots.get_mut(bot_id) {
+            // Its exit is no crash of the recording's.
+            bot.recording = None;
+            self.dirty_bots.push(bot_id.to_string());
+        }
+        if successor.is_none() && !self.bots.values().any(|b| b.recording.as_deref() == Some(recording_id)) {
+            // Handed over to nobody (the successor failed as the grace ran out): what was
+            // stored is the recording.
+            let why = "the bot handed its recording over, but no successor carries it on";
+            self.mark_ended_by(recording_id, recfleet_proto::SubCode::StoppedBySignal, "handoff_failed", why);
+        }
         match outcome {
             Outcome::HandedOff { last_sequence, .. } => {
                 tracing::info!(recording_id, %bot_id, last_sequence, successor = ?successor, "the predecessor handed over and left");

@@ -556,3 +556,23 @@ async fn a_predecessor_that_dies_while_handing_over_leaves_the_recording_to_its_
     assert_eq!(drained(&mut to_warm), [ControllerMessage::PredecessorDone { recording_id: id.clone() }]);
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording);
 }
+
+#[tokio::test]
+async fn a_successor_that_cannot_join_gives_the_recording_back_to_its_predecessor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let mut to_first = listen(&mut m, &first);
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    drained(&mut to_first);
+    let failed =
+        Outcome::Failed { sub_code: Some(SubCode::JoinFailed), code: "not_joined".into(), message: "the lobby never loaded".into() };
+    m.on_bot_message(&warm, BotMessage::Finished { recording_id: id.clone(), outcome: failed });
+    let told = drained(&mut to_first);
+    assert!(matches!(told.as_slice(), [ControllerMessage::HandoffRefused { reason, .. }] if reason.contains("not_joined")), "{told:?}");
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording, "not finalized from the store");
+    assert_eq!(handoffs(&m, "failed"), 1);
+    // The first bot finishes it as a signal says.
+    m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+}
