@@ -235,7 +235,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken, preempt: Can
     }
     stop_on_message.abort();
     heartbeat.abort();
-    let outcome = match (&result, handoff.successor()) {
+    let outcome = match (&result, handoff.handing_over_to()) {
         (Ok(summary), Some(successor)) => Outcome::HandedOff { successor, last_sequence, upload: summary.upload.clone() },
         (Ok(summary), None) => Outcome::Completed { summary: Box::new(summary.clone()) },
         (Err(err), _) => Outcome::Failed { sub_code: err.sub_code(), code: err.code().into(), message: err.to_string() },
@@ -309,29 +309,47 @@ struct Controls {
 impl Controls {
     async fn run(self, mut inbox: mpsc::UnboundedReceiver<ControllerMessage>, preempt: CancellationToken) {
         let mut handing = Handing::Not;
+        // Without a connection (the controller refused the token) a SIGTERM still stops.
+        let mut open = true;
         loop {
             let due = match handing {
                 Handing::Requested { until } | Handing::Accepted { until } => Some(until),
                 Handing::Not | Handing::Done => None,
             };
             tokio::select! {
-                msg = inbox.recv() => match msg {
+                msg = inbox.recv(), if open => match msg {
                     Some(msg) => handing = self.on_message(msg, handing),
-                    None => return,
+                    None => open = false,
                 },
-                _ = preempt.cancelled(), if handing == Handing::Not => handing = self.request_handoff().await,
+                _ = preempt.cancelled(), if handing == Handing::Not => {
+                    handing = if open { self.request_handoff().await } else { self.stop_now("no controller") };
+                }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                    if let Handing::Requested { .. } = handing {
-                        tracing::warn!("the controller did not answer the handoff request; stopping");
-                        self.link.resume_publishing();
-                    } else {
-                        tracing::warn!(grace_secs = self.grace.as_secs(), "the grace is up before the successor's first segment; leaving it the recording");
-                    }
-                    self.stop.cancel();
-                    handing = Handing::Done;
+                    handing = match handing {
+                        Handing::Requested { .. } => {
+                            tracing::warn!("the controller did not answer the handoff request; stopping");
+                            // A late acceptance must not leave a successor recording too.
+                            let _ = self.outbox.send(BotMessage::HandoffWithdrawn { recording_id: self.recording_id.clone() });
+                            self.stop_now("no answer")
+                        }
+                        _ => {
+                            tracing::warn!(grace_secs = self.grace.as_secs(), "the grace is up before the successor's first segment; leaving it the recording");
+                            self.link.hand_over();
+                            self.stop.cancel();
+                            Handing::Done
+                        }
+                    };
                 }
             }
         }
+    }
+
+    /// Ends the recording as a signal says, with no handoff.
+    fn stop_now(&self, why: &str) -> Handing {
+        tracing::info!(why, "no handoff: stopping");
+        self.link.withdraw();
+        self.stop.cancel();
+        Handing::Done
     }
 
     fn on_message(&self, msg: ControllerMessage, handing: Handing) -> Handing {
@@ -342,11 +360,10 @@ impl Controls {
                 if !self.stop.is_cancelled() {
                     self.stop_code.set(SubCode::StoppedByApi);
                 }
-                if let Handing::Requested { .. } = handing {
-                    // No handoff now: the store's manifest is this bot's to finish.
-                    self.link.resume_publishing();
-                    self.stop.cancel();
-                    return Handing::Done;
+                // A stop while a handoff is under way (its successor not recording yet) calls it
+                // off: this bot finishes the recording.
+                if matches!(handing, Handing::Requested { .. } | Handing::Accepted { .. }) {
+                    return self.stop_now("stopped by the API");
                 }
                 self.stop.cancel();
             }
@@ -358,20 +375,19 @@ impl Controls {
                 }
             }
             ControllerMessage::HandoffRefused { recording_id, reason } if &recording_id == id => {
-                // Refused at once, or called off (the successor could not join): this bot
-                // finishes the recording, as a signal says.
-                if let Handing::Requested { .. } | Handing::Accepted { .. } = handing {
-                    tracing::warn!(%reason, "no successor for the recording; stopping");
-                    self.link.withdraw();
-                    self.link.resume_publishing();
-                    self.stop.cancel();
-                    return Handing::Done;
+                // Refused at once, or called off (the successor could not join).
+                if matches!(handing, Handing::Requested { .. } | Handing::Accepted { .. }) {
+                    tracing::warn!(%reason, "no successor for the recording");
+                    return self.stop_now("refused");
                 }
             }
             ControllerMessage::HandOver { recording_id } if &recording_id == id => {
-                tracing::info!("the successor's first segment is stored; handing over");
-                self.stop.cancel();
-                return Handing::Done;
+                if let Handing::Accepted { .. } = handing {
+                    tracing::info!("the successor's first segment is stored; handing over");
+                    self.link.hand_over();
+                    self.stop.cancel();
+                    return Handing::Done;
+                }
             }
             ControllerMessage::Inherited { recording_id, segment } if &recording_id == id => self.link.inherit(segment),
             ControllerMessage::PredecessorDone { recording_id } if &recording_id == id => self.link.set_predecessor_done(),
@@ -381,7 +397,14 @@ impl Controls {
             ControllerMessage::Retire => tracing::debug!("retire while recording; ignored"),
             // Taken by the connection, never passed on.
             ControllerMessage::Welcome { .. } => {}
-            other => tracing::warn!(message = ?other, "a message for another recording; ignored"),
+            ControllerMessage::Stop { recording_id }
+            | ControllerMessage::HandoffAccepted { recording_id, .. }
+            | ControllerMessage::HandoffRefused { recording_id, .. }
+            | ControllerMessage::HandOver { recording_id }
+            | ControllerMessage::Inherited { recording_id, .. }
+            | ControllerMessage::PredecessorDone { recording_id } => {
+                tracing::warn!(%recording_id, "a message for another recording; ignored")
+            }
         }
         handing
     }
@@ -391,15 +414,12 @@ impl Controls {
     async fn request_handoff(&self) -> Handing {
         let connected = self.offline.borrow().is_none();
         if self.grace.is_zero() || !self.link.is_recording() || !connected {
-            tracing::info!(recording = self.link.is_recording(), connected, "no handoff: stopping");
-            self.stop.cancel();
-            return Handing::Done;
+            tracing::info!(recording = self.link.is_recording(), connected, grace_secs = self.grace.as_secs(), "no handoff possible");
+            return self.stop_now("no handoff possible");
         }
         let Some(last_sequence) = self.link.flush().await else {
-            tracing::warn!("the uploader did not write the store's manifest in time; stopping without a handoff");
-            self.link.resume_publishing();
-            self.stop.cancel();
-            return Handing::Done;
+            tracing::warn!("the uploader did not write the store's manifest; stopping without a handoff");
+            return self.stop_now("no manifest");
         };
         // Past every segment on disk, stored or not, and what the grace can still add.
         let highest = recfleet_media::next_sequence(&self.out_dir).map_or(last_sequence, |n| n.saturating_sub(1)).max(last_sequence);
@@ -411,6 +431,7 @@ impl Controls {
             successor_first_sequence,
             successor_generation,
         });
+        self.link.requested_sent();
         Handing::Requested { until: Instant::now() + HANDOFF_ANSWER_TIMEOUT }
     }
 }

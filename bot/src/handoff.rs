@@ -23,11 +23,19 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// What the uploader is asked while a handoff goes on.
 #[derive(Debug)]
 pub enum Control {
-    /// Write the store's manifest now, then no more: answers the last segment stored.
-    Flush(oneshot::Sender<u64>),
+    /// Write the store's manifest now, then no more: answers the last segment stored, or
+    /// `None` (and goes on as before) when the store did not take the manifest. Until `Go` (or
+    /// `Resume`) it stores nothing more, so that every segment it stores after the answer is
+    /// reported after the handoff request.
+    Flush(oneshot::Sender<Option<u64>>),
+    /// The request is on its way: upload on, the manifest left to the successor.
+    Go,
     /// No successor after all: write the store's manifest again.
     Resume,
 }
+
+/// Longest the uploader holds its uploads between a flush and `Go`.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One recording's handoff state, on either side.
 #[derive(Debug)]
@@ -36,8 +44,14 @@ pub struct HandoffLink {
     /// The capture is running (a handoff before it would hand over nothing).
     recording: AtomicBool,
     generation: AtomicU32,
-    /// A successor was found: this bot's part ends as a handoff, whatever ends it.
+    /// A successor was asked for: the encoder is not restarted (a new generation could take
+    /// the successor's numbers).
+    requested: AtomicBool,
+    /// A successor was found.
     accepted: Mutex<Option<String>>,
+    /// Told to hand over (or the grace ran out with a successor found): this bot's part ends
+    /// as a handoff. Any other end calls the handoff off.
+    handing_over: AtomicBool,
     /// Segments the predecessor stored after the store's manifest was last written by it.
     inherited: Mutex<Vec<ManifestSegment>>,
     predecessor_done: watch::Sender<bool>,
@@ -49,7 +63,9 @@ impl Default for HandoffLink {
             uploader: Mutex::new(None),
             recording: AtomicBool::new(false),
             generation: AtomicU32::new(1),
+            requested: AtomicBool::new(false),
             accepted: Mutex::new(None),
+            handing_over: AtomicBool::new(false),
             inherited: Mutex::new(Vec::new()),
             predecessor_done: watch::channel(false).0,
         }
@@ -78,28 +94,51 @@ impl HandoffLink {
     }
 
     /// Makes the uploader write the store's manifest a last time and stop writing it; the last
-    /// segment stored, or `None` when there is no uploader or it did not answer in time.
+    /// segment stored, or `None` when there is no uploader, it did not answer in time or the
+    /// store did not take the manifest. From here on the encoder is not restarted.
     pub async fn flush(&self) -> Option<u64> {
+        self.requested.store(true, Ordering::SeqCst);
         let tx = self.uploader.lock().expect("handoff lock").clone()?;
         let (done, answer) = oneshot::channel();
         tx.send(Control::Flush(done)).ok()?;
-        tokio::time::timeout(FLUSH_TIMEOUT, answer).await.ok()?.ok()
+        tokio::time::timeout(FLUSH_TIMEOUT, answer).await.ok()?.ok()?
     }
 
-    /// The handoff was refused: the store's manifest is this bot's again.
-    pub fn resume_publishing(&self) {
+    /// The request is sent: the uploader goes on.
+    pub fn requested_sent(&self) {
+        self.control(Control::Go);
+    }
+
+    /// No handoff after all (refused, unanswered, called off, or the recording ended
+    /// otherwise): the store's manifest is this bot's again, and its encoder may restart.
+    pub fn withdraw(&self) {
+        *self.accepted.lock().expect("handoff lock") = None;
+        self.requested.store(false, Ordering::SeqCst);
+        self.control(Control::Resume);
+    }
+
+    fn control(&self, c: Control) {
         if let Some(tx) = self.uploader.lock().expect("handoff lock").as_ref() {
-            let _ = tx.send(Control::Resume);
+            let _ = tx.send(c);
         }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
     }
 
     pub fn accept(&self, successor: &str) {
         *self.accepted.lock().expect("handoff lock") = Some(successor.to_string());
     }
 
-    /// The handoff was called off: this bot finishes the recording.
-    pub fn withdraw(&self) {
-        *self.accepted.lock().expect("handoff lock") = None;
+    /// Hand over now: the successor records.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::SeqCst);
+    }
+
+    /// The successor this bot hands over to, once it is told to.
+    pub fn handing_over_to(&self) -> Option<String> {
+        self.handing_over.load(Ordering::SeqCst).then(|| self.successor()).flatten()
     }
 
     /// The successor, once one was found.

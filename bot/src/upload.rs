@@ -303,13 +303,18 @@ pub async fn resume(
 ) -> Result<UploadStats, crate::RecordError> {
     let opts = recfleet_storage::StoreOptions { path_style: settings.path_style, ..Default::default() };
     let store = Store::open(&settings.store, &opts).await.map_err(|e| crate::RecordError::Store(e.to_string()))?;
+    // Extended, not replaced: after a handoff the store's manifest lists the other bot's part.
+    let seed = match store.get(&recording_key(recording_id, MANIFEST)).await {
+        Ok(Some(bytes)) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+        _ => None,
+    };
     let cfg = UploadConfig {
         store,
         recording_id: recording_id.to_string(),
         disk_budget_bytes: settings.disk_budget_bytes,
         min_free_bytes,
         drain_deadline: settings.drain_deadline,
-        seed: None,
+        seed,
         link: None,
     };
     let (_, closed) = crate::spool::Spool::reopen(dir, recording_id)
@@ -354,11 +359,14 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Lists a stored file once, segments in number order.
 fn add_to_manifest(manifest: &mut Manifest, seg: &ManifestSegment) {
     if recfleet_media::is_init(&seg.name) {
         manifest.add_init(seg.clone());
     } else if recfleet_media::sequence_of(&seg.name).is_some() {
-        manifest.segments.push(seg.clone());
+        manifest.segments.retain(|s| s.name != seg.name);
+        let at = manifest.segments.partition_point(|s| s.sequence < seg.sequence);
+        manifest.segments.insert(at, seg.clone());
     }
 }
 
@@ -411,7 +419,7 @@ impl Worker {
         let mut closed = false;
         loop {
             while let Ok(c) = control.try_recv() {
-                self.on_control(c).await;
+                self.on_control(c, &mut control).await;
             }
             while let Ok(item) = rx.try_recv() {
                 queue.push_back(item);
@@ -431,7 +439,7 @@ impl Worker {
                         Some(item) => queue.push_back(item),
                         None => closed = true,
                     },
-                    Some(c) = control.recv() => self.on_control(c).await,
+                    Some(c) = control.recv() => self.on_control(c, &mut control).await,
                 }
                 continue;
             }
@@ -490,20 +498,34 @@ impl Worker {
         self.progress.lock().expect("progress lock").stats.not_uploaded = left;
     }
 
-    /// A handoff's request: the last manifest this bot writes (retried once on failure), or
-    /// the manifest back in its hands.
-    async fn on_control(&mut self, control: Control) {
-        match control {
+    /// A handoff's request: the last manifest this bot writes (retried once), then no upload
+    /// until the request is sent (`Go`), so the segments stored after it are reported after
+    /// it; or the manifest back in this bot's hands.
+    async fn on_control(&mut self, c: Control, control: &mut mpsc::UnboundedReceiver<Control>) {
+        match c {
             Control::Flush(answer) => {
-                if let Err(err) = self.publish(false).await {
+                let mut written = self.publish(false).await;
+                if let Err(err) = &written {
                     tracing::warn!(error = %err, "cannot write the store's manifest before the handoff; retrying once");
-                    if let Err(err) = self.publish(false).await {
-                        tracing::warn!(error = %err, "the successor starts from an older manifest");
-                    }
+                    written = self.publish(false).await;
+                }
+                if let Err(err) = written {
+                    tracing::warn!(error = %err, "the store did not take the manifest: no handoff");
+                    let _ = answer.send(None);
+                    return;
                 }
                 self.paused = true;
-                let _ = answer.send(self.manifest.segments.last().map_or(0, |s| s.sequence));
+                if answer.send(Some(self.manifest.segments.last().map_or(0, |s| s.sequence))).is_err() {
+                    self.paused = false;
+                    return;
+                }
+                match tokio::time::timeout(crate::handoff::HOLD_TIMEOUT, control.recv()).await {
+                    Ok(Some(Control::Resume)) => self.paused = false,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => tracing::warn!("the handoff request was not confirmed; uploading on"),
+                }
             }
+            Control::Go => {}
             Control::Resume => self.paused = false,
         }
     }
@@ -554,11 +576,8 @@ impl Worker {
         }
         if let Some(link) = &self.link {
             for seg in link.inherited() {
-                if !self.manifest.segments.iter().any(|s| s.name == seg.name) && self.manifest.init_named(&seg.name).is_none() {
-                    add_to_manifest(&mut self.manifest, &seg);
-                }
+                add_to_manifest(&mut self.manifest, &seg);
             }
-            self.manifest.segments.sort_by_key(|s| s.sequence);
         }
         self.manifest.complete = complete;
         // When each capture generation started, as the spool noted it (and, for a successor,

@@ -132,6 +132,32 @@ impl EnforcedBy {
     }
 }
 
+/// How a handoff went (the `result` label of `recfleet_recording_handoffs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffResult {
+    /// A successor was assigned.
+    Started,
+    /// None could be: the bot finished the recording as a signal says.
+    Refused,
+    /// Called off before the successor recorded: the first bot finished the recording.
+    Failed,
+    /// The first bot handed over and left.
+    Completed,
+}
+
+impl HandoffResult {
+    pub const ALL: [HandoffResult; 4] = [HandoffResult::Started, HandoffResult::Refused, HandoffResult::Failed, HandoffResult::Completed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffResult::Started => "started",
+            HandoffResult::Refused => "refused",
+            HandoffResult::Failed => "failed",
+            HandoffResult::Completed => "completed",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -398,8 +424,8 @@ impl Metrics {
                 m.deadlines_exceeded.with_label_values(&[setting.status.as_str(), by.as_str()]).inc_by(0);
             }
         }
-        for result in ["started", "refused", "failed", "completed"] {
-            m.handoffs.with_label_values(&[result]).inc_by(0);
+        for result in HandoffResult::ALL {
+            m.handoffs.with_label_values(&[result.as_str()]).inc_by(0);
         }
         m.state_write_failures.inc_by(0);
         m.launch_failures.inc_by(0);

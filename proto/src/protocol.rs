@@ -52,14 +52,27 @@ pub enum BotMessage {
     /// capture is to start at `successor_first_sequence` as `successor_generation`, numbers
     /// this bot will not reach before its grace is up.
     HandoffRequested { recording_id: String, last_sequence: u64, successor_first_sequence: u64, successor_generation: u32 },
+    /// The bot gave up waiting for an answer to its `HandoffRequested` and finishes the
+    /// recording itself: a successor assigned meanwhile is to be called off.
+    HandoffWithdrawn { recording_id: String },
     /// The bot is done with its recording and about to exit.
     Finished { recording_id: String, outcome: Outcome },
 }
 
 impl BotMessage {
     /// Every `kind`, for metrics that show each one from the start.
-    pub const KINDS: [&'static str; 9] =
-        ["hello", "heartbeat", "ready", "state_changed", "timeline", "segment_stored", "log", "handoff_requested", "finished"];
+    pub const KINDS: [&'static str; 10] = [
+        "hello",
+        "heartbeat",
+        "ready",
+        "state_changed",
+        "timeline",
+        "segment_stored",
+        "log",
+        "handoff_requested",
+        "handoff_withdrawn",
+        "finished",
+    ];
 
     /// The message's type as it is tagged on the wire (`hello`, `heartbeat`, …): a closed set,
     /// fit for a metric label.
@@ -73,6 +86,7 @@ impl BotMessage {
             BotMessage::SegmentStored { .. } => "segment_stored",
             BotMessage::Log { .. } => "log",
             BotMessage::HandoffRequested { .. } => "handoff_requested",
+            BotMessage::HandoffWithdrawn { .. } => "handoff_withdrawn",
             BotMessage::Finished { .. } => "finished",
         }
     }

@@ -134,7 +134,7 @@ async fn agent_records_an_assignment_and_obeys_stop() {
                 assert_eq!(recording_id, "rec-agent-1");
                 break outcome;
             }
-            BotMessage::HandoffRequested { .. } => panic!("nothing took this bot away"),
+            BotMessage::HandoffRequested { .. } | BotMessage::HandoffWithdrawn { .. } => panic!("nothing took this bot away"),
             BotMessage::Heartbeat { .. } | BotMessage::Log { .. } | BotMessage::Hello { .. } | BotMessage::Ready => {}
         }
     };

@@ -2,6 +2,9 @@
 //! left, no MP4: the successor makes it), and the successor's start (the store's manifest and
 //! timeline as the predecessor left them) and finish (the predecessor's segments fetched, one
 //! MP4 of the whole meeting).
+//!
+//! It must not decide whether a handoff happens (the agent and `crate::handoff` do) nor move
+//! the recording's status: the predecessor's part ends without one.
 
 use std::time::Duration;
 

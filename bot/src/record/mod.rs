@@ -194,8 +194,16 @@ impl Job<'_> {
                 return Err(err);
             }
         };
-        if let Some(successor) = self.cfg.handoff.as_ref().and_then(|l| l.successor()) {
-            return Ok(self.hand_over(capture, session, end, spool, uploader, &successor).await);
+        if let Some(link) = &self.cfg.handoff {
+            match link.handing_over_to() {
+                Some(successor) => return Ok(self.hand_over(capture, session, end, spool, uploader, &successor).await),
+                // Ended otherwise while a handoff was under way: this bot finishes the recording.
+                None if link.is_requested() => {
+                    tracing::info!(sub_code = %end.sub_code, "the recording ended during the handoff; finishing it here");
+                    link.withdraw();
+                }
+                None => {}
+            }
         }
         self.journal.record(EventKind::Ended { sub_code: end.sub_code, detail: end.detail.clone() });
         tracing::info!(sub_code = %end.sub_code, detail = %end.detail, "meeting over for the bot; finalizing");
@@ -388,7 +396,7 @@ impl Job<'_> {
         if *restarts >= self.cfg.max_capture_restarts {
             return Err(End::new(SubCode::CaptureFailed, reason));
         }
-        if self.cfg.handoff.as_ref().is_some_and(|l| l.successor().is_some()) {
+        if self.cfg.handoff.as_ref().is_some_and(|l| l.is_requested()) {
             // A successor records on; a new generation here could take its numbers.
             return Err(End::new(SubCode::CaptureFailed, format!("{reason}; not restarted while handing over")));
         }

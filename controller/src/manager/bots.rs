@@ -90,6 +90,7 @@ impl Manager {
                 };
                 self.on_handoff_requested(bot_id, req);
             }
+            BotMessage::HandoffWithdrawn { recording_id } => self.on_handoff_withdrawn(bot_id, &recording_id),
             BotMessage::Log { level, message, fields } => self.on_bot_log(bot_id, level, &message, fields),
             BotMessage::Timeline { recording_id, event } => {
                 if matches!(event.kind, EventKind::Ended { sub_code: SubCode::StoppedBySignal, .. }) {
@@ -99,7 +100,7 @@ impl Manager {
                 self.apply_event(&recording_id, &event)
             }
             BotMessage::Finished { recording_id, mut outcome } => {
-                if self.successor_failed(bot_id, &recording_id, &outcome) || self.predecessor_finished(bot_id, &recording_id, &outcome) {
+                if self.handoff_finished(bot_id, &recording_id, &outcome) {
                     return;
                 }
                 if let Some(why) = self.runtime.preempted(bot_id) {
@@ -128,7 +129,7 @@ impl Manager {
             ExitReason::Crashed | ExitReason::Finished | ExitReason::Stopped | ExitReason::Preempted => {}
         }
         if let Some(id) = bot.recording {
-            if !self.predecessor_gone(bot.handoff.as_ref(), &id) {
+            if !self.handoff_bot_gone(&exit.bot_id, bot.handoff.as_ref(), &id) {
                 // Decided after `EXIT_GRACE`, when its last messages have had time to land.
                 self.orphaned.insert(id, (Instant::now(), exit.detail, exit.reason));
             }
@@ -186,7 +187,7 @@ impl Manager {
                 self.launch_failed(&format!("the bot did not connect and warm up within {startup:?}"));
             }
             if let Some(rec) = bot.recording {
-                if !self.predecessor_gone(bot.handoff.as_ref(), &rec) {
+                if !self.handoff_bot_gone(&id, bot.handoff.as_ref(), &rec) {
                     self.mark_crashed(&rec, "bot_lost", "the bot stopped heartbeating and its recording stopped growing in the store");
                 }
             }

@@ -5,8 +5,11 @@
 //! hand over, leaves and stores what is left. The recording's status stays `recording`
 //! throughout, and only the successor's `Finished` finishes it.
 //!
+//! A handoff that cannot go on is called off (`Role::CalledOff`) or given back, and the first
+//! bot finishes the recording itself.
+//!
 //! This module pairs the two bots and relays between them; it must not change a recording's
-//! status.
+//! status itself (the recording half does, through `mark_ended_by`) or talk to the runtime.
 
 use recfleet_proto::protocol::{Assignment, Continuation, ControllerMessage, Outcome};
 use recfleet_proto::{ManifestSegment, RecordingStatus};
@@ -14,6 +17,7 @@ use serde_json::json;
 
 use super::Manager;
 use crate::fleet::{BotEvent, BotState};
+use crate::metrics::HandoffResult;
 use crate::store::LogKind;
 use crate::webhook::Delivery;
 
@@ -25,6 +29,9 @@ pub(super) enum Role {
     /// It carries on `predecessor`'s recording from segment `first_sequence`; `recording`
     /// once that segment is stored.
     From { predecessor: String, first_sequence: u64, recording: bool },
+    /// It was to carry a recording on, but the handoff was called off before it recorded:
+    /// whatever it says of the recording now changes nothing.
+    CalledOff,
 }
 
 /// What a bot asked for, to hand its recording over.
@@ -56,9 +63,9 @@ impl Manager {
             Ok(s) => s,
             Err(reason) => {
                 tracing::warn!(recording_id = %id, %bot_id, %reason, "handoff refused");
-                self.cfg.metrics.handoffs.with_label_values(&["refused"]).inc();
+                self.handoff_counted(HandoffResult::Refused);
                 self.send_to(bot_id, ControllerMessage::HandoffRefused { recording_id: id.clone(), reason: reason.clone() });
-                self.touch(&id, LogKind::Handoff, json!({"from_bot": bot_id, "result": "refused", "reason": reason}));
+                self.touch(&id, LogKind::Handoff, json!({"from_bot": bot_id, "result": HandoffResult::Refused.as_str(), "reason": reason}));
                 return;
             }
         };
@@ -78,8 +85,12 @@ impl Manager {
         };
         let webhook = entry.stored.webhook_url.clone().map(|url| (url, serde_json::to_value(rec).expect("serializes")));
         let bot = self.bots.get_mut(&successor).expect("picked above");
-        if bot.tx.as_ref().is_some_and(|tx| tx.send(ControllerMessage::Assign(Box::new(assignment))).is_err()) {
+        if bot.tx.as_ref().is_none_or(|tx| tx.send(ControllerMessage::Assign(Box::new(assignment))).is_err()) {
             bot.tx = None;
+            let reason = "the warm bot picked went away".to_string();
+            self.handoff_counted(HandoffResult::Refused);
+            self.send_to(bot_id, ControllerMessage::HandoffRefused { recording_id: id.clone(), reason });
+            return;
         }
         bot.state = bot.state.next(BotEvent::Assigned).expect("only idle bots are picked");
         bot.idle_since = None;
@@ -98,8 +109,8 @@ impl Manager {
             first_sequence = req.first_sequence,
             "handoff: a successor takes the recording over"
         );
-        self.cfg.metrics.handoffs.with_label_values(&["started"]).inc();
-        let data = json!({"from_bot": bot_id, "to_bot": successor, "result": "started", "first_sequence": req.first_sequence});
+        self.handoff_counted(HandoffResult::Started);
+        let data = json!({"from_bot": bot_id, "to_bot": successor, "result": HandoffResult::Started.as_str(), "first_sequence": req.first_sequence});
         if let Some((url, mut payload)) = webhook {
             payload["handoff"] = data.clone();
             let _ = self.webhooks.send(Delivery { recording_id: id.clone(), url, event_type: "recording.handoff".into(), payload });
@@ -145,85 +156,191 @@ impl Manager {
         }
     }
 
-    /// A successor's `Finished` before its first segment was stored (it could not join): the
-    /// handoff is off, and the predecessor, which records until then, is told so and finishes
-    /// the recording itself. `false` when that is not the case (the recording then finishes
-    /// as any other).
-    pub(super) fn successor_failed(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
-        let Some(Some(Role::From { predecessor, recording: false, .. })) = self.bots.get(bot_id).map(|b| b.handoff.clone()) else {
-            return false;
-        };
-        if !self.bots.get(&predecessor).is_some_and(|p| matches!(p.handoff, Some(Role::To { .. }))) {
-            return false;
-        }
-        let reason = match outcome {
-            Outcome::Failed { code, message, .. } => format!("the successor failed ({code}): {message}"),
-            _ => "the successor ended before it recorded".to_string(),
-        };
-        tracing::warn!(recording_id, from_bot = %predecessor, to_bot = %bot_id, %reason, "handoff failed: the first bot finishes the recording");
-        if let Some(b) = self.bots.get_mut(bot_id) {
+    /// Calls the handoff of `successor` off before it recorded: it is stopped, and nothing it
+    /// says of the recording counts any more.
+    fn call_off(&mut self, successor: &str, recording_id: &str, why: &str) {
+        tracing::warn!(recording_id, to_bot = %successor, why, "handoff called off");
+        self.handoff_counted(HandoffResult::Failed);
+        self.send_to(successor, ControllerMessage::Stop { recording_id: recording_id.to_string() });
+        if let Some(b) = self.bots.get_mut(successor) {
             b.recording = None;
-            b.handoff = None;
+            b.handoff = Some(Role::CalledOff);
         }
-        if let Some(p) = self.bots.get_mut(&predecessor) {
-            p.handoff = None;
+        self.dirty_bots.push(successor.to_string());
+        self.touch(recording_id, LogKind::Handoff, json!({"to_bot": successor, "result": HandoffResult::Failed.as_str(), "reason": why}));
+    }
+
+    fn role(&self, bot_id: &str) -> Option<Role> {
+        self.bots.get(bot_id).and_then(|b| b.handoff.clone())
+    }
+
+    /// Whether `successor` has recorded yet (its first segment is stored).
+    fn successor_recording(&self, successor: &str) -> bool {
+        matches!(self.role(successor), Some(Role::From { recording: true, .. }))
+    }
+
+    /// `POST .../stop` while a handoff is under way: with a successor recording, the
+    /// predecessor hands over and the successor stops; before that, the handoff is called off
+    /// and the predecessor stops. `false` when no handoff is under way.
+    pub(super) fn stop_handoff(&mut self, recording_id: &str) -> bool {
+        let Some(predecessor) = self
+            .bots
+            .iter()
+            .find(|(_, b)| b.recording.as_deref() == Some(recording_id) && matches!(b.handoff, Some(Role::To { .. })))
+            .map(|(k, _)| k.clone())
+        else {
+            return false;
+        };
+        let Some(Role::To { successor }) = self.role(&predecessor) else { return false };
+        let stop = ControllerMessage::Stop { recording_id: recording_id.to_string() };
+        if self.successor_recording(&successor) {
+            self.send_to(&predecessor, ControllerMessage::HandOver { recording_id: recording_id.to_string() });
+            self.send_to(&successor, stop);
+        } else {
+            self.call_off(&successor, recording_id, "stopped by the API");
+            if let Some(p) = self.bots.get_mut(&predecessor) {
+                p.handoff = None;
+            }
+            self.send_to(&predecessor, stop);
         }
-        self.dirty_bots.extend([bot_id.to_string(), predecessor.clone()]);
-        self.cfg.metrics.handoffs.with_label_values(&["failed"]).inc();
-        self.send_to(&predecessor, ControllerMessage::HandoffRefused { recording_id: recording_id.to_string(), reason: reason.clone() });
-        self.touch(
-            recording_id,
-            LogKind::Handoff,
-            json!({"from_bot": predecessor, "to_bot": bot_id, "result": "failed", "reason": reason}),
-        );
         true
     }
 
-    /// A predecessor's `Finished`: its part is stored (or as much as it could); the recording
-    /// stays the successor's. `false` when `bot_id` is no predecessor.
-    pub(super) fn predecessor_finished(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
+    /// The predecessor gave up waiting for an answer and finishes the recording itself.
+    pub(super) fn on_handoff_withdrawn(&mut self, bot_id: &str, recording_id: &str) {
+        if let Some(Role::To { successor }) = self.role(bot_id) {
+            self.call_off(&successor, recording_id, "the bot taken away withdrew its request");
+        }
+        if let Some(b) = self.bots.get_mut(bot_id) {
+            b.handoff = None;
+        }
+    }
+
+    /// A `Finished` that belongs to a handoff rather than to the recording: a called-off
+    /// successor's; a successor's before its first segment (it could not join: the predecessor,
+    /// still recording, is told to finish the recording itself); a predecessor's. `false` for
+    /// one the recording is to finish with.
+    pub(super) fn handoff_finished(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
+        match self.role(bot_id) {
+            Some(Role::CalledOff) => {
+                tracing::info!(recording_id, %bot_id, "a called-off successor finished; nothing changes");
+                if let Some(b) = self.bots.get_mut(bot_id) {
+                    b.handoff = None;
+                }
+                true
+            }
+            Some(Role::From { predecessor, recording: false, .. }) if matches!(self.role(&predecessor), Some(Role::To { .. })) => {
+                let reason = match outcome {
+                    Outcome::Failed { code, message, .. } => format!("the successor failed ({code}): {message}"),
+                    _ => "the successor ended before it recorded".to_string(),
+                };
+                self.give_back(bot_id, &predecessor, recording_id, &reason);
+                true
+            }
+            _ => self.predecessor_finished(bot_id, recording_id, outcome),
+        }
+    }
+
+    /// The successor could not take over: the predecessor, which records until then, is told
+    /// to finish the recording itself.
+    fn give_back(&mut self, successor: &str, predecessor: &str, recording_id: &str, reason: &str) {
+        tracing::warn!(recording_id, from_bot = %predecessor, to_bot = %successor, %reason, "handoff failed: the first bot finishes the recording");
+        self.handoff_counted(HandoffResult::Failed);
+        if let Some(b) = self.bots.get_mut(successor) {
+            b.recording = None;
+            b.handoff = None;
+        }
+        if let Some(p) = self.bots.get_mut(predecessor) {
+            p.handoff = None;
+        }
+        self.dirty_bots.extend([successor.to_string(), predecessor.to_string()]);
+        let msg = ControllerMessage::HandoffRefused { recording_id: recording_id.to_string(), reason: reason.to_string() };
+        self.send_to(predecessor, msg);
+        self.touch(
+            recording_id,
+            LogKind::Handoff,
+            json!({"from_bot": predecessor, "to_bot": successor, "result": HandoffResult::Failed.as_str(), "reason": reason}),
+        );
+    }
+
+    /// A predecessor's `Finished`. Handed over: its part is stored, the recording is the
+    /// successor's. Finished otherwise (the meeting ended or a stop came during the handoff):
+    /// a successor that records carries on; one that does not is called off, and the
+    /// recording finishes with this outcome. `false` when the recording is to finish with it.
+    fn predecessor_finished(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
         let handed_off = matches!(outcome, Outcome::HandedOff { .. });
-        let role = self.bots.get(bot_id).map(|b| b.handoff.clone());
-        let successor = match role {
-            Some(Some(Role::To { successor })) => Some(successor),
+        let successor = match self.role(bot_id) {
+            Some(Role::To { successor }) => Some(successor),
             // A handoff this controller did not see begin (it restarted meanwhile), or one
             // called off as the bot's grace ran out.
             _ if handed_off => None,
             _ => return false,
         };
+        if let Some(successor) = successor.as_ref().filter(|s| !handed_off && !self.successor_recording(s)) {
+            self.call_off(&successor.clone(), recording_id, "the bot taken away finished the recording itself");
+            if let Some(b) = self.bots.get_mut(bot_id) {
+                b.handoff = None;
+            }
+            return false;
+        }
         if let Some(bot) = self.bots.get_mut(bot_id) {
             // Its exit is no crash of the recording's.
             bot.recording = None;
+            bot.handoff = None;
             self.dirty_bots.push(bot_id.to_string());
-        }
-        if successor.is_none() && !self.bots.values().any(|b| b.recording.as_deref() == Some(recording_id)) {
-            // Handed over to nobody (the successor failed as the grace ran out): what was
-            // stored is the recording.
-            let why = "the bot handed its recording over, but no successor carries it on";
-            self.mark_ended_by(recording_id, recfleet_proto::SubCode::StoppedBySignal, "handoff_failed", why);
         }
         match outcome {
             Outcome::HandedOff { last_sequence, .. } => {
                 tracing::info!(recording_id, %bot_id, last_sequence, successor = ?successor, "the predecessor handed over and left");
-                self.cfg.metrics.handoffs.with_label_values(&["completed"]).inc();
+                self.handoff_counted(HandoffResult::Completed);
             }
             other => {
                 tracing::warn!(recording_id, %bot_id, outcome = ?other, "the predecessor ended otherwise while handing over; its successor carries on")
             }
         }
         self.touch(recording_id, LogKind::Finished, serde_json::to_value(outcome).expect("serializes"));
-        if let Some(successor) = successor {
-            self.send_to(&successor, ControllerMessage::PredecessorDone { recording_id: recording_id.to_string() });
+        match successor {
+            Some(successor) => self.predecessor_done(&successor, recording_id),
+            None if !self.bots.values().any(|b| b.recording.as_deref() == Some(recording_id)) => {
+                // Handed over to nobody (the successor failed as the grace ran out): what was
+                // stored is the recording.
+                let why = "the bot handed its recording over, but no successor carries it on";
+                self.mark_ended_by(recording_id, recfleet_proto::SubCode::StoppedBySignal, "handoff_failed", why);
+            }
+            None => {}
         }
         true
     }
 
-    /// A predecessor that exited or was lost before its `Finished`: its successor waits no more.
-    pub(super) fn predecessor_gone(&mut self, role: Option<&Role>, recording_id: &str) -> bool {
-        let Some(Role::To { successor }) = role else { return false };
-        tracing::warn!(recording_id, %successor, "the predecessor is gone before handing over; its successor carries on");
+    /// The successor is told its predecessor is done, and may hand over in turn.
+    fn predecessor_done(&mut self, successor: &str, recording_id: &str) {
+        if let Some(b) = self.bots.get_mut(successor).filter(|b| matches!(b.handoff, Some(Role::From { .. }))) {
+            b.handoff = None;
+        }
         self.send_to(successor, ControllerMessage::PredecessorDone { recording_id: recording_id.to_string() });
-        true
+    }
+
+    /// A bot of a handoff that exited or was lost before its `Finished`: a predecessor's
+    /// successor waits no more; a successor that had not recorded gives the recording back.
+    /// `true` when the recording is to be left alone (no crash of it).
+    pub(super) fn handoff_bot_gone(&mut self, bot_id: &str, role: Option<&Role>, recording_id: &str) -> bool {
+        match role {
+            Some(Role::To { successor }) => {
+                tracing::warn!(recording_id, %successor, "the predecessor is gone before handing over; its successor carries on");
+                self.predecessor_done(successor, recording_id);
+                true
+            }
+            Some(Role::From { predecessor, recording: false, .. }) if matches!(self.role(predecessor), Some(Role::To { .. })) => {
+                self.give_back(bot_id, &predecessor.clone(), recording_id, "the successor is gone");
+                true
+            }
+            Some(Role::CalledOff) => true,
+            _ => false,
+        }
+    }
+
+    fn handoff_counted(&self, result: HandoffResult) {
+        self.cfg.metrics.handoffs.with_label_values(&[result.as_str()]).inc();
     }
 
     fn send_to(&mut self, bot_id: &str, msg: ControllerMessage) {

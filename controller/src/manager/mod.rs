@@ -510,6 +510,7 @@ impl Manager {
                     | BotMessage::Timeline { recording_id, .. }
                     | BotMessage::SegmentStored { recording_id, .. }
                     | BotMessage::HandoffRequested { recording_id, .. }
+                    | BotMessage::HandoffWithdrawn { recording_id }
                     | BotMessage::Finished { recording_id, .. } => Some(recording_id.clone()),
                     BotMessage::Hello { recording_id, .. } => recording_id.clone(),
                     BotMessage::Ready | BotMessage::Heartbeat { .. } | BotMessage::Log { .. } => {

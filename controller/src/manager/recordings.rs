@@ -85,14 +85,13 @@ impl Manager {
             if advance(rec, RecordingEvent::EndedWithoutMedia, &self.cfg.metrics) {
                 rec.completed_at = Some(now);
             }
-        } else {
-            // Both bots of a handoff under way: the predecessor hands over at once, the
-            // successor finishes.
-            for tx in self.bots.values().filter(|b| b.recording.as_deref() == Some(id)).filter_map(|b| b.tx.as_ref()) {
+        }
+        let view = rec.clone();
+        if !queued && !self.stop_handoff(id) {
+            if let Some(tx) = self.bots.values().find(|b| b.recording.as_deref() == Some(id)).and_then(|b| b.tx.as_ref()) {
                 let _ = tx.send(ControllerMessage::Stop { recording_id: id.to_string() });
             }
         }
-        let view = rec.clone();
         self.touch(id, LogKind::StopRequested, json!({"queued": queued, "status_after_stop": after_stop}));
         Ok(view)
     }

@@ -562,7 +562,7 @@ async fn a_successor_that_cannot_join_gives_the_recording_back_to_its_predecesso
     let dir = tempfile::tempdir().unwrap();
     let mut m = manager(dir.path()).await;
     let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
-    let mut to_first = listen(&mut m, &first);
+    let (mut to_first, _to_warm) = (listen(&mut m, &first), listen(&mut m, &warm));
     m.on_bot_message(&first, asks_for_a_successor(&id));
     drained(&mut to_first);
     let failed =
@@ -573,6 +573,58 @@ async fn a_successor_that_cannot_join_gives_the_recording_back_to_its_predecesso
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording, "not finalized from the store");
     assert_eq!(handoffs(&m, "failed"), 1);
     // The first bot finishes it as a signal says.
+    m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_stop_during_a_handoff_calls_it_off_until_the_successor_records_and_hands_over_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let (mut to_first, mut to_warm) = (listen(&mut m, &first), listen(&mut m, &warm));
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    drained(&mut to_first);
+    drained(&mut to_warm);
+    // Before the successor records: it is called off, and the first bot finishes the recording.
+    m.stop(&id).unwrap();
+    assert_eq!(drained(&mut to_first), [ControllerMessage::Stop { recording_id: id.clone() }]);
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::Stop { recording_id: id.clone() }]);
+    let nothing = Outcome::Failed { sub_code: Some(SubCode::StoppedByApi), code: "ended_before_recording".into(), message: "x".into() };
+    m.on_bot_message(&warm, BotMessage::Finished { recording_id: id.clone(), outcome: nothing });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Stopping, "the called-off successor changes nothing");
+    m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_stop_once_the_successor_records_hands_over_and_stops_the_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let (mut to_first, mut to_warm) = (listen(&mut m, &first), listen(&mut m, &warm));
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    let seg = recfleet_media::describe(&recfleet_media::segment_name(17), 2.0, 10, "00".into());
+    m.on_bot_message(&warm, BotMessage::SegmentStored { recording_id: id.clone(), segment: seg, upload_lag_ms: None });
+    drained(&mut to_first);
+    drained(&mut to_warm);
+    m.stop(&id).unwrap();
+    assert_eq!(drained(&mut to_first), [ControllerMessage::HandOver { recording_id: id.clone() }]);
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::Stop { recording_id: id.clone() }]);
+}
+
+#[tokio::test]
+async fn a_withdrawn_request_calls_the_successor_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let mut to_warm = listen(&mut m, &warm);
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    drained(&mut to_warm);
+    m.on_bot_message(&first, BotMessage::HandoffWithdrawn { recording_id: id.clone() });
+    assert_eq!(drained(&mut to_warm), [ControllerMessage::Stop { recording_id: id.clone() }]);
+    m.bot_exited(Exited { bot_id: warm, reason: ExitReason::Finished, detail: "exit status: 0".into() });
+    assert!(m.orphaned.is_empty());
     m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
 }
