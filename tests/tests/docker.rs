@@ -30,9 +30,21 @@ impl Controller {
     /// A controller with the docker runtime, recordings in `bucket` (s3s-fs) or, with `None`, in
     /// the default folder store (the data folder).
     async fn start(net: &Net, pool: &str, data: &std::path::Path, bucket: Option<&str>, keep: bool) -> Controller {
+        Self::start_with(net, pool, data, bucket, keep, |_| {}).await
+    }
+
+    /// `start`, with the configuration changed by `tweak`.
+    async fn start_with(
+        net: &Net,
+        pool: &str,
+        data: &std::path::Path,
+        bucket: Option<&str>,
+        keep: bool,
+        tweak: impl FnOnce(&mut recfleet::ServeConfig),
+    ) -> Controller {
         let listener = tokio::net::TcpListener::bind((net.gateway, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = recfleet::ServeConfig {
+        let mut cfg = recfleet::ServeConfig {
             data_dir: data.to_path_buf(),
             database: None,
             api_key: KEY.into(),
@@ -60,6 +72,7 @@ impl Controller {
             handoffs: true,
             deadlines: recfleet_proto::Deadlines::default(),
         };
+        tweak(&mut cfg);
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(recfleet::serve(cfg, listener, shutdown.clone()));
         Controller { base: format!("http://{addr}"), http: reqwest::Client::new(), shutdown, served: Some(served) }
@@ -276,6 +289,67 @@ async fn a_bot_container_stopped_mid_meeting_hands_its_recording_over() {
         assert!(started.elapsed() < Duration::from_secs(60), "the stopped container is still there");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    c.stop().await;
+}
+
+/// A bot container cut off its network for 60 s (`docker network disconnect`: the controller and
+/// the store both out of reach) records on to its disk. With the lost window above the cut it
+/// is not declared lost; once its network is back it reconnects, uploads what it recorded, and
+/// the recording completes whole, once, with every stored segment in its manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_container_cut_off_its_network_for_a_minute_completes_whole() {
+    use recfleet_storage::ObjectStore;
+    const MEETING_SECS: f64 = 80.0;
+    const CUT: Duration = Duration::from_secs(60);
+    let (net, _s3) = network_with_bucket("cut", "recfleet-cut").await;
+    let meeting = MeetingServer::start_on(net.gateway).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pool = format!("c{}", std::process::id());
+    let c = Controller::start_with(&net, &pool, data.path(), Some("recfleet-cut"), false, |cfg| {
+        cfg.lost_window = Duration::from_secs(90);
+    })
+    .await;
+    c.wait_for("a warm bot container", Duration::from_secs(90), "/v1/pool", |p| p["idle"] == 1).await;
+    let first = pool_containers(&pool);
+    assert_eq!(first.len(), 1, "one warm bot container before the recording");
+    let id = c.record(meeting.url(&format!("/m/docker-cut?end={MEETING_SECS}"))).await;
+    let path = format!("/v1/recordings/{id}");
+    c.wait_for("recording", Duration::from_secs(60), &path, |r| r["status"] == "recording").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    docker(&["network", "disconnect", &net.name, &first[0]]);
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < CUT {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let r = c.get(&path).await;
+        assert_eq!(r["status"], "recording", "{:.0} s into the cut: {r:#}", cut_at.elapsed().as_secs_f64());
+    }
+    // The cut is real: the controller hears nothing from the bot.
+    let metrics = c.http.get(format!("{}/metrics", c.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "recfleet_pool_bots_silent 1"), "the cut-off bot is silent");
+    docker(&["network", "connect", &net.name, &first[0]]);
+
+    let done = c.wait_for("completed", Duration::from_secs(90), &path, |r| r["status"] == "completed" || r["status"] == "failed").await;
+    assert_eq!(
+        (done["status"].as_str(), done["sub_code"].as_str(), done["partial"].as_bool()),
+        (Some("completed"), Some("meeting_ended"), Some(false)),
+        "finalized by its own bot: {done:#}"
+    );
+    let p = recfleet_tests::media::playable(&c.http, &done).await;
+    eprintln!("cut off for {} s: MP4 {:.2} s of an {MEETING_SECS} s meeting", CUT.as_secs(), p.duration_secs);
+    assert!((p.duration_secs - MEETING_SECS).abs() <= 2.5, "the whole meeting: {:.2} s", p.duration_secs);
+    // Nothing recorded during the cut is lost: every stored segment is in the manifest, whole.
+    let store = recfleet_tests::s3::store("recfleet-cut", "").await;
+    let prefix = format!("recordings/{id}/");
+    let manifest: Value = serde_json::from_slice(&store.get(&format!("{prefix}manifest.json")).await.unwrap().unwrap()).unwrap();
+    let listed = manifest["segments"].as_array().unwrap();
+    for seg in listed {
+        let name = seg["name"].as_str().unwrap();
+        let bytes = store.get(&format!("{prefix}{name}")).await.unwrap().unwrap_or_else(|| panic!("{name} is not in the bucket"));
+        assert_eq!(recfleet_media::sha256_hex(&bytes), seg["sha256"].as_str().unwrap(), "{name}");
+    }
+    let numbers: Vec<u64> = listed.iter().map(|s| s["sequence"].as_u64().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no segment missing: {numbers:?}");
     c.stop().await;
 }
 
