@@ -117,6 +117,44 @@ async fn killed_browser_process_is_replaced_and_the_meeting_rejoined() {
     assert_rejoined_whole_meeting(&run, &["browser process exited", "DevTools connection"]);
 }
 
+/// The encoder killed while the bot rejoins after a lost browser: restarted there too, the
+/// rejoin goes on, and one recording of the whole meeting plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encoder_killed_during_a_rejoin_is_restarted_and_the_rejoin_goes_on() {
+    let server = MeetingServer::start().await.unwrap();
+    let out = tempfile::Builder::new().prefix("recfleet-fault-").tempdir().unwrap();
+    let mut bot = recording_bot(&server, out.path(), "rejoin-encoder-kill", "", &[]).await;
+    kill_chromium(&bot, |kind| kind.is_none());
+    bot.wait_for_event("browser_lost", Duration::from_secs(10)).await;
+    kill(procs::capture(bot.pid()).expect("the bot's capture FFmpeg runs"));
+    let run = bot.finish(LIMIT).await;
+
+    run.assert_exit(0);
+    let summary = run.summary();
+    assert_eq!((summary["status"].as_str(), summary["sub_code"].as_str()), (Some("completed"), Some("meeting_ended")), "{summary}");
+    let at = |e: &serde_json::Value| e["elapsed_ms"].as_u64().unwrap();
+    let (lost, restarted, rejoined) = (run.events_of("browser_lost"), run.events_of("capture_restarted"), run.events_of("rejoined"));
+    assert_eq!((lost.len(), restarted.len(), rejoined.len()), (1, 1, 1), "{:#}", run.events());
+    assert!(restarted[0]["reason"].as_str().unwrap().contains("while the bot rejoined"), "{}", restarted[0]);
+    eprintln!(
+        "browser lost, encoder killed during the rejoin: encoder back after {} ms, rejoined after {} ms",
+        restarted[0]["gap_ms"], rejoined[0]["gap_ms"]
+    );
+    assert!(
+        at(&lost[0]) <= at(&restarted[0]) && at(&restarted[0]) <= at(&rejoined[0]) + 500,
+        "the restart came during the rejoin: {:#}",
+        run.events()
+    );
+    let p = media::probe(&run.mp4());
+    assert_eq!((p.video_codec.as_str(), p.pix_fmt.as_str(), p.audio_codec.as_deref()), ("h264", "yuv420p", Some("aac")), "{p:?}");
+    assert!((p.duration_secs - MEETING_SECS).abs() <= 2.0, "one MP4 of the whole meeting: {:.2} s", p.duration_secs);
+    eprintln!("MP4 {:.2} s of a {MEETING_SECS} s meeting", p.duration_secs);
+    let frames = media::frames(&run.mp4(), SAMPLE_FPS);
+    assert!(shows_call(&frames[frames.len() - 3]), "the call view is back after the rejoin");
+    let left = run.leftovers();
+    assert!(left.is_empty(), "the bot left processes running: {left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_renderer_is_replaced_and_the_meeting_rejoined() {
     let server = MeetingServer::start().await.unwrap();

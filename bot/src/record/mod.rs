@@ -364,10 +364,21 @@ impl Job<'_> {
             rejoins += 1;
             let lost_at = std::time::Instant::now();
             self.journal.record(EventKind::BrowserLost { reason: reason.clone(), attempt: rejoins });
-            let rejoined = tokio::select! {
-                r = self.rejoin(session) => r,
-                end = limits.reached() => return end,
-                errors = capture.exited() => return End::new(SubCode::CaptureFailed, format!("ffmpeg stopped by itself: {errors}")),
+            // The encoder may die while the bot rejoins: it is restarted there too, and the
+            // rejoin goes on.
+            let rejoin = self.rejoin(session);
+            tokio::pin!(rejoin);
+            let rejoined = loop {
+                tokio::select! {
+                    r = &mut rejoin => break r,
+                    end = limits.reached() => return end,
+                    errors = capture.exited() => {
+                        let lost = format!("ffmpeg stopped by itself while the bot rejoined: {errors}");
+                        if let Err(end) = self.restart_capture(capture, lost, &mut restarts, generations).await {
+                            return end;
+                        }
+                    }
+                }
             };
             match rejoined {
                 Ok(()) => {
