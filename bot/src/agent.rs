@@ -217,6 +217,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken, preempt: Can
         grace: cfg.handoff_grace,
         offline,
         out_dir: record_cfg.out_dir.clone(),
+        successor: assignment.continuation.is_some(),
     };
     let stop_on_message = tokio::spawn(tracing::Instrument::in_current_span(controls.run(inbox, preempt)));
     let reporter = Arc::new(Forward { recording_id: recording_id.clone(), outbox: outbox.clone(), live });
@@ -281,8 +282,9 @@ fn spool_dir(root: &std::path::Path, a: &Assignment) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Handing {
     Not,
-    /// Asked for a successor; the answer is due by then.
+    /// Asked for a successor (the host's SIGTERM came at `since`); the answer is due by `until`.
     Requested {
+        since: Instant,
         until: Instant,
     },
     /// A successor is joining; this bot records on until its first segment, or until then.
@@ -304,6 +306,8 @@ struct Controls {
     grace: Duration,
     offline: watch::Receiver<Option<Instant>>,
     out_dir: PathBuf,
+    /// It carries on another bot's recording.
+    successor: bool,
 }
 
 impl Controls {
@@ -313,7 +317,7 @@ impl Controls {
         let mut open = true;
         loop {
             let due = match handing {
-                Handing::Requested { until } | Handing::Accepted { until } => Some(until),
+                Handing::Requested { until, .. } | Handing::Accepted { until } => Some(until),
                 Handing::Not | Handing::Done => None,
             };
             tokio::select! {
@@ -340,6 +344,8 @@ impl Controls {
                         }
                     };
                 }
+                // Nothing left to wait for: no connection, and the handoff is over.
+                else => return,
             }
         }
     }
@@ -368,10 +374,11 @@ impl Controls {
                 self.stop.cancel();
             }
             ControllerMessage::HandoffAccepted { recording_id, successor } if &recording_id == id => {
-                if let Handing::Requested { .. } = handing {
+                if let Handing::Requested { since, .. } = handing {
                     tracing::info!(%successor, "a successor takes the recording over; recording on until it stores its first segment");
                     self.link.accept(&successor);
-                    return Handing::Accepted { until: Instant::now() + self.grace.saturating_sub(HANDOFF_ANSWER_TIMEOUT / 2) };
+                    // The grace counts from the host's SIGTERM.
+                    return Handing::Accepted { until: since + self.grace };
                 }
             }
             ControllerMessage::HandoffRefused { recording_id, reason } if &recording_id == id => {
@@ -379,6 +386,12 @@ impl Controls {
                 if matches!(handing, Handing::Requested { .. } | Handing::Accepted { .. }) {
                     tracing::warn!(%reason, "no successor for the recording");
                     return self.stop_now("refused");
+                }
+                // To a successor: its handoff is called off before it recorded.
+                if self.successor && !self.link.is_called_off() {
+                    tracing::warn!(%reason, "the handoff this bot was to carry on is called off; stopping without outputs");
+                    self.link.call_off();
+                    self.stop.cancel();
                 }
             }
             ControllerMessage::HandOver { recording_id } if &recording_id == id => {
@@ -412,6 +425,7 @@ impl Controls {
     /// The host is taking the bot away: asks for a successor when one can take over (the
     /// capture runs, the controller is there, handoffs are on), else stops now.
     async fn request_handoff(&self) -> Handing {
+        let since = Instant::now();
         let connected = self.offline.borrow().is_none();
         if self.grace.is_zero() || !self.link.is_recording() || !connected {
             tracing::info!(recording = self.link.is_recording(), connected, grace_secs = self.grace.as_secs(), "no handoff possible");
@@ -432,7 +446,7 @@ impl Controls {
             successor_generation,
         });
         self.link.requested_sent();
-        Handing::Requested { until: Instant::now() + HANDOFF_ANSWER_TIMEOUT }
+        Handing::Requested { since, until: Instant::now() + HANDOFF_ANSWER_TIMEOUT }
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Control {
     Flush(oneshot::Sender<Option<u64>>),
     /// The request is on its way: upload on, the manifest left to the successor.
     Go,
+    /// A successor whose handoff was called off: the store's manifest is not its to write.
+    Pause,
     /// No successor after all: write the store's manifest again.
     Resume,
 }
@@ -52,6 +54,11 @@ pub struct HandoffLink {
     /// Told to hand over (or the grace ran out with a successor found): this bot's part ends
     /// as a handoff. Any other end calls the handoff off.
     handing_over: AtomicBool,
+    /// No handoff after all: sticky, so that a late answer changes nothing.
+    withdrawn: AtomicBool,
+    /// A successor whose handoff was called off before it recorded: it stops, and writes no
+    /// manifest and no MP4 (the first bot finishes the recording).
+    called_off: AtomicBool,
     /// Segments the predecessor stored after the store's manifest was last written by it.
     inherited: Mutex<Vec<ManifestSegment>>,
     predecessor_done: watch::Sender<bool>,
@@ -66,6 +73,8 @@ impl Default for HandoffLink {
             requested: AtomicBool::new(false),
             accepted: Mutex::new(None),
             handing_over: AtomicBool::new(false),
+            withdrawn: AtomicBool::new(false),
+            called_off: AtomicBool::new(false),
             inherited: Mutex::new(Vec::new()),
             predecessor_done: watch::channel(false).0,
         }
@@ -112,6 +121,7 @@ impl HandoffLink {
     /// No handoff after all (refused, unanswered, called off, or the recording ended
     /// otherwise): the store's manifest is this bot's again, and its encoder may restart.
     pub fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::SeqCst);
         *self.accepted.lock().expect("handoff lock") = None;
         self.requested.store(false, Ordering::SeqCst);
         self.control(Control::Resume);
@@ -128,12 +138,26 @@ impl HandoffLink {
     }
 
     pub fn accept(&self, successor: &str) {
-        *self.accepted.lock().expect("handoff lock") = Some(successor.to_string());
+        if !self.withdrawn.load(Ordering::SeqCst) {
+            *self.accepted.lock().expect("handoff lock") = Some(successor.to_string());
+        }
     }
 
     /// Hand over now: the successor records.
     pub fn hand_over(&self) {
-        self.handing_over.store(true, Ordering::SeqCst);
+        if !self.withdrawn.load(Ordering::SeqCst) {
+            self.handing_over.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The successor's side: the handoff is called off; stop without outputs.
+    pub fn call_off(&self) {
+        self.called_off.store(true, Ordering::SeqCst);
+        self.control(Control::Pause);
+    }
+
+    pub fn is_called_off(&self) -> bool {
+        self.called_off.load(Ordering::SeqCst)
     }
 
     /// The successor this bot hands over to, once it is told to.

@@ -526,6 +526,7 @@ impl Worker {
                 }
             }
             Control::Go => {}
+            Control::Pause => self.paused = true,
             Control::Resume => self.paused = false,
         }
     }

@@ -79,7 +79,8 @@ pub fn merge_manifests(earlier: &Manifest, inherited: &[ManifestSegment], own: &
 
 impl Job<'_> {
     /// The predecessor's end: the successor records on, so this bot stops its capture, leaves,
-    /// stores what is left, and makes no MP4 and no status change.
+    /// stores what is left, and makes no MP4 and no status change. Also a successor's whose
+    /// handoff was called off (`successor` is `None`): the first bot finishes the recording.
     pub(super) async fn hand_over(
         &self,
         capture: Capture,
@@ -87,7 +88,7 @@ impl Job<'_> {
         end: End,
         mut spool: Spool,
         uploader: Option<Uploader>,
-        successor: &str,
+        successor: Option<&str>,
     ) -> Summary {
         let stats = capture.stats_handle();
         self.stop_in_time(capture, session, &end).await;
@@ -100,8 +101,13 @@ impl Job<'_> {
             last.iter().for_each(|seg| up.closed(seg));
         }
         let last_sequence = spool.manifest().segments.last().map_or(0, |s| s.sequence);
-        tracing::info!(%successor, last_sequence, detail = %end.detail, "handed over; storing what is left");
-        self.journal.record(EventKind::HandedOff { to_bot: successor.to_string(), last_sequence });
+        match successor {
+            Some(successor) => {
+                tracing::info!(%successor, last_sequence, detail = %end.detail, "handed over; storing what is left");
+                self.journal.record(EventKind::HandedOff { to_bot: successor.to_string(), last_sequence });
+            }
+            None => tracing::info!(last_sequence, "the handoff was called off; the first bot finishes the recording"),
+        }
         let upload = match uploader {
             Some(up) => Some(up.finish(&[]).await),
             None => None,

@@ -195,8 +195,11 @@ impl Job<'_> {
             }
         };
         if let Some(link) = &self.cfg.handoff {
+            if link.is_called_off() {
+                return Ok(self.hand_over(capture, session, end, spool, uploader, None).await);
+            }
             match link.handing_over_to() {
-                Some(successor) => return Ok(self.hand_over(capture, session, end, spool, uploader, &successor).await),
+                Some(successor) => return Ok(self.hand_over(capture, session, end, spool, uploader, Some(&successor)).await),
                 // Ended otherwise while a handoff was under way: this bot finishes the recording.
                 None if link.is_requested() => {
                     tracing::info!(sub_code = %end.sub_code, "the recording ended during the handoff; finishing it here");

@@ -63,6 +63,8 @@ impl Manager {
                     tracing::debug!(bot = status.as_str(), controller = entry.stored.view.status.as_str(), "bot reports another status");
                 }
             }
+            // A called-off successor's word on the recording changes nothing.
+            BotMessage::SegmentStored { .. } | BotMessage::Timeline { .. } if self.called_off(bot_id) => {}
             BotMessage::SegmentStored { recording_id, segment, upload_lag_ms } => {
                 if let Some(bot) = self.bots.get_mut(bot_id) {
                     bot.store_sign.sequence = bot.store_sign.sequence.max(segment.sequence);

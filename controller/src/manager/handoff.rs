@@ -29,9 +29,10 @@ pub(super) enum Role {
     /// It carries on `predecessor`'s recording from segment `first_sequence`; `recording`
     /// once that segment is stored.
     From { predecessor: String, first_sequence: u64, recording: bool },
-    /// It was to carry a recording on, but the handoff was called off before it recorded:
-    /// whatever it says of the recording now changes nothing.
-    CalledOff,
+    /// It was to carry `recording_id` on, but the handoff was called off before it recorded:
+    /// it is told so (again at each reconnection) and whatever it says of the recording
+    /// changes nothing.
+    CalledOff { recording_id: String },
 }
 
 /// What a bot asked for, to hand its recording over.
@@ -156,15 +157,15 @@ impl Manager {
         }
     }
 
-    /// Calls the handoff of `successor` off before it recorded: it is stopped, and nothing it
-    /// says of the recording counts any more.
+    /// Calls the handoff of `successor` off before it recorded: it stops without writing the
+    /// recording's manifest or MP4, and nothing it says of the recording counts any more.
     fn call_off(&mut self, successor: &str, recording_id: &str, why: &str) {
         tracing::warn!(recording_id, to_bot = %successor, why, "handoff called off");
         self.handoff_counted(HandoffResult::Failed);
-        self.send_to(successor, ControllerMessage::Stop { recording_id: recording_id.to_string() });
+        self.send_to(successor, ControllerMessage::HandoffRefused { recording_id: recording_id.to_string(), reason: why.to_string() });
         if let Some(b) = self.bots.get_mut(successor) {
             b.recording = None;
-            b.handoff = Some(Role::CalledOff);
+            b.handoff = Some(Role::CalledOff { recording_id: recording_id.to_string() });
         }
         self.dirty_bots.push(successor.to_string());
         self.touch(recording_id, LogKind::Handoff, json!({"to_bot": successor, "result": HandoffResult::Failed.as_str(), "reason": why}));
@@ -210,9 +211,24 @@ impl Manager {
     pub(super) fn on_handoff_withdrawn(&mut self, bot_id: &str, recording_id: &str) {
         if let Some(Role::To { successor }) = self.role(bot_id) {
             self.call_off(&successor, recording_id, "the bot taken away withdrew its request");
+            if let Some(b) = self.bots.get_mut(bot_id) {
+                b.handoff = None;
+            }
         }
-        if let Some(b) = self.bots.get_mut(bot_id) {
-            b.handoff = None;
+    }
+
+    /// Whether `bot_id`'s handoff was called off: what it says of a recording is ignored.
+    pub(super) fn called_off(&self, bot_id: &str) -> bool {
+        matches!(self.role(bot_id), Some(Role::CalledOff { .. }))
+    }
+
+    /// What a bot reconnecting must hear again: a called-off successor, that it is.
+    pub(super) fn on_reconnect(&self, bot_id: &str) -> Option<ControllerMessage> {
+        match self.role(bot_id) {
+            Some(Role::CalledOff { recording_id }) => {
+                Some(ControllerMessage::HandoffRefused { recording_id, reason: "the handoff was called off".into() })
+            }
+            _ => None,
         }
     }
 
@@ -222,19 +238,25 @@ impl Manager {
     /// one the recording is to finish with.
     pub(super) fn handoff_finished(&mut self, bot_id: &str, recording_id: &str, outcome: &Outcome) -> bool {
         match self.role(bot_id) {
-            Some(Role::CalledOff) => {
+            Some(Role::CalledOff { .. }) => {
                 tracing::info!(recording_id, %bot_id, "a called-off successor finished; nothing changes");
-                if let Some(b) = self.bots.get_mut(bot_id) {
-                    b.handoff = None;
-                }
                 true
             }
-            Some(Role::From { predecessor, recording: false, .. }) if matches!(self.role(&predecessor), Some(Role::To { .. })) => {
+            Some(Role::From { predecessor, recording: false, .. }) => {
                 let reason = match outcome {
                     Outcome::Failed { code, message, .. } => format!("the successor failed ({code}): {message}"),
                     _ => "the successor ended before it recorded".to_string(),
                 };
-                self.give_back(bot_id, &predecessor, recording_id, &reason);
+                if matches!(self.role(&predecessor), Some(Role::To { .. })) {
+                    self.give_back(bot_id, &predecessor, recording_id, &reason);
+                } else {
+                    // Its predecessor handed over and is gone: what they stored is the recording.
+                    if let Some(b) = self.bots.get_mut(bot_id) {
+                        b.recording = None;
+                        b.handoff = None;
+                    }
+                    self.mark_ended_by(recording_id, recfleet_proto::SubCode::StoppedBySignal, "handoff_failed", &reason);
+                }
                 true
             }
             _ => self.predecessor_finished(bot_id, recording_id, outcome),
@@ -312,9 +334,10 @@ impl Manager {
         true
     }
 
-    /// The successor is told its predecessor is done, and may hand over in turn.
+    /// The successor is told its predecessor is done; once it records, it may hand over in
+    /// turn (before, its end still decides what becomes of the recording).
     fn predecessor_done(&mut self, successor: &str, recording_id: &str) {
-        if let Some(b) = self.bots.get_mut(successor).filter(|b| matches!(b.handoff, Some(Role::From { .. }))) {
+        if let Some(b) = self.bots.get_mut(successor).filter(|b| matches!(b.handoff, Some(Role::From { recording: true, .. }))) {
             b.handoff = None;
         }
         self.send_to(successor, ControllerMessage::PredecessorDone { recording_id: recording_id.to_string() });
@@ -334,7 +357,7 @@ impl Manager {
                 self.give_back(bot_id, &predecessor.clone(), recording_id, "the successor is gone");
                 true
             }
-            Some(Role::CalledOff) => true,
+            Some(Role::CalledOff { .. }) => true,
             _ => false,
         }
     }
@@ -343,7 +366,7 @@ impl Manager {
         self.cfg.metrics.handoffs.with_label_values(&[result.as_str()]).inc();
     }
 
-    fn send_to(&mut self, bot_id: &str, msg: ControllerMessage) {
+    pub(super) fn send_to(&mut self, bot_id: &str, msg: ControllerMessage) {
         if let Some(bot) = self.bots.get_mut(bot_id) {
             if bot.tx.as_ref().is_some_and(|tx| tx.send(msg).is_err()) {
                 bot.tx = None;

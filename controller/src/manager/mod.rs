@@ -499,6 +499,10 @@ impl Manager {
                     }
                     _ => false,
                 };
+                // A called-off successor away at the time hears it now.
+                if let Some(msg) = self.on_reconnect(&bot_id).filter(|_| ok) {
+                    self.send_to(&bot_id, msg);
+                }
                 let _ = reply.send(ok);
             }
             Command::FromBot { bot_id, msg } => {

@@ -138,6 +138,8 @@ impl Manager {
                 rec.recording_started_at = Some(event.at);
                 advance(rec, RecordingEvent::RecordingStarted, &metrics);
             }
+            // A late end (a bot that kept going) does not rewrite a finished recording.
+            EventKind::Ended { .. } if rec.status.is_terminal() => {}
             EventKind::Ended { sub_code, .. } => {
                 rec.ended_at = Some(event.at);
                 rec.sub_code = Some(*sub_code);

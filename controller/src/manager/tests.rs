@@ -589,7 +589,8 @@ async fn a_stop_during_a_handoff_calls_it_off_until_the_successor_records_and_ha
     // Before the successor records: it is called off, and the first bot finishes the recording.
     m.stop(&id).unwrap();
     assert_eq!(drained(&mut to_first), [ControllerMessage::Stop { recording_id: id.clone() }]);
-    assert_eq!(drained(&mut to_warm), [ControllerMessage::Stop { recording_id: id.clone() }]);
+    let told = drained(&mut to_warm);
+    assert!(matches!(told.as_slice(), [ControllerMessage::HandoffRefused { .. }]), "the successor is called off: {told:?}");
     let nothing = Outcome::Failed { sub_code: Some(SubCode::StoppedByApi), code: "ended_before_recording".into(), message: "x".into() };
     m.on_bot_message(&warm, BotMessage::Finished { recording_id: id.clone(), outcome: nothing });
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Stopping, "the called-off successor changes nothing");
@@ -622,9 +623,37 @@ async fn a_withdrawn_request_calls_the_successor_off() {
     m.on_bot_message(&first, asks_for_a_successor(&id));
     drained(&mut to_warm);
     m.on_bot_message(&first, BotMessage::HandoffWithdrawn { recording_id: id.clone() });
-    assert_eq!(drained(&mut to_warm), [ControllerMessage::Stop { recording_id: id.clone() }]);
+    let told = drained(&mut to_warm);
+    assert!(matches!(told.as_slice(), [ControllerMessage::HandoffRefused { .. }]), "the successor is called off: {told:?}");
     m.bot_exited(Exited { bot_id: warm, reason: ExitReason::Finished, detail: "exit status: 0".into() });
     assert!(m.orphaned.is_empty());
     m.on_bot_message(&first, BotMessage::Finished { recording_id: id.clone(), outcome: completed(&id) });
     assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_called_off_successor_is_told_again_when_it_reconnects_and_its_word_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let (id, first, warm) = recording_with_a_warm_bot(&mut m).await;
+    let _to_first = listen(&mut m, &first);
+    let _assigned = listen(&mut m, &warm);
+    m.on_bot_message(&first, asks_for_a_successor(&id));
+    m.bots.get_mut(&warm).unwrap().tx = None;
+    m.on_bot_message(&first, BotMessage::HandoffWithdrawn { recording_id: id.clone() });
+    // Away when it was called off: told when it is back.
+    let (tx, mut to_warm) = mpsc::unbounded_channel();
+    let token = "t".to_string();
+    m.bots.get_mut(&warm).unwrap().token_sha256 = token_hash(&token);
+    let (reply, _) = oneshot::channel();
+    m.handle(Command::BotConnected { bot_id: warm.clone(), token, tx, reply }).await;
+    let told = drained(&mut to_warm);
+    assert!(matches!(told.as_slice(), [ControllerMessage::HandoffRefused { .. }]), "{told:?}");
+    let late_end = recfleet_proto::Event {
+        at: OffsetDateTime::now_utc(),
+        elapsed_ms: 0,
+        kind: EventKind::Ended { sub_code: SubCode::StoppedByApi, detail: String::new() },
+    };
+    m.on_bot_message(&warm, BotMessage::Timeline { recording_id: id.clone(), event: late_end });
+    assert_eq!(m.recordings[&id].stored.view.status, RecordingStatus::Recording, "the called-off successor's end is not the recording's");
 }
