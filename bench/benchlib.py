@@ -13,6 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# The benchmarks' meetings, receivers and stores are on loopback or a Docker network's gateway,
+# which a controller refuses unless told (`--allow-networks`).
+os.environ.setdefault("RECFLEET_ALLOW_NETWORKS", "loopback,private")
 
 
 def free_port():

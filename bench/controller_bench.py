@@ -63,7 +63,7 @@ def run(kind, count, min_idle, meeting):
         env = dict(os.environ, RUST_LOG="warn,chromiumoxide=off")
         server = subprocess.Popen(
             [str(BIN / "recfleet"), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-             "--api-key", KEY, "--pool-min-idle", str(min_idle), "--pool-max", "2"],
+             "--api-key", KEY, "--pool-min-idle", str(min_idle), "--pool-max", "2", "--allow-networks", "loopback"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait("the API", lambda: _try(lambda: call(base, "GET", "/v1/pool")))

@@ -53,7 +53,8 @@ def one_run(net, gateway, pool_name):
     with tempfile.TemporaryDirectory() as data:
         ctl = subprocess.Popen([str(BIN / "recfleet"), "serve", "--listen", f"{gateway}:{port}", "--api-key", KEY,
                                 "--data-dir", data, "--runtime", "docker", "--docker-network", net, "--pool-name", pool_name,
-                                "--advertise-url", f"ws://{gateway}:{port}", "--pool-min-idle", "1", "--pool-max", "1"],
+                                "--advertise-url", f"ws://{gateway}:{port}", "--pool-min-idle", "1", "--pool-max", "1",
+                                "--allow-networks", "private"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.time() + 120

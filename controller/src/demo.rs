@@ -62,6 +62,8 @@ pub async fn run(cfg: DemoConfig) -> Result<DemoResult, DemoError> {
         pool_idle_ttl: Duration::from_secs(crate::pool::DEFAULT_IDLE_TTL_SECS),
         pool_demand_window: Duration::from_secs(crate::pool::DEFAULT_DEMAND_WINDOW_SECS),
         allowed_hosts: None,
+        // The bundled meeting is on loopback.
+        networks: recfleet_proto::NetworkPolicy::LOCAL,
         bot_binary: cfg.bot_binary.clone(),
         webhook_secret: None,
         keep_bots_on_exit: false,

@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// The window of recent requests the pool's demand is read from (zero: off).
     pub pool_demand_window: std::time::Duration,
     pub allowed_hosts: Option<Vec<String>>,
+    /// Loopback and private networks meeting and webhook URLs may point into
+    /// (`--allow-networks`); metadata and link-local addresses are refused whatever it says.
+    pub networks: recfleet_proto::NetworkPolicy,
     pub bot_binary: PathBuf,
     /// `whsec_…`; generated and kept in the data folder when absent.
     pub webhook_secret: Option<String>,
@@ -148,6 +151,7 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         commands: commands.clone(),
         api_key_sha256: store::token_hash(&cfg.api_key),
         allowed_hosts: cfg.allowed_hosts.clone(),
+        networks: cfg.networks,
         objects: objects.clone(),
         presign_expiry: cfg.presign_expiry,
         metrics: metrics.clone(),
@@ -188,7 +192,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
     }
     bot_env.extend(cfg.deadlines.env());
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
-    let webhooks = webhook::spawn(&secret, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
+    let webhooks =
+        webhook::spawn(&secret, cfg.networks, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let runtime: Arc<dyn runtime::Runtime> = match (&cfg.ecs, &cfg.docker) {
         (Some(e), _) => {

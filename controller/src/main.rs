@@ -94,6 +94,11 @@ struct ServeArgs {
     /// Comma-separated meeting hosts to allow (all when unset).
     #[arg(long, env = "RECFLEET_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Option<Vec<String>>,
+    /// Networks beyond the public internet that meeting and webhook URLs may point into:
+    /// `loopback`, `private` (RFC 1918, 100.64/10, fc00::/7), comma-separated. Refused when
+    /// unset. Cloud metadata and link-local addresses are refused whatever this says.
+    #[arg(long, env = "RECFLEET_ALLOW_NETWORKS", default_value = "", value_parser = recfleet_proto::NetworkPolicy::parse)]
+    allow_networks: recfleet_proto::NetworkPolicy,
     /// The bot binary (default: `recfleet-bot` next to this one).
     #[arg(long, env = "RECFLEET_BOT_BINARY")]
     bot_binary: Option<PathBuf>,
@@ -335,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         pool_idle_ttl: std::time::Duration::from_secs(args.pool_idle_ttl_secs),
         pool_demand_window: std::time::Duration::from_secs(args.pool_demand_window_secs),
         allowed_hosts: args.allowed_hosts,
+        networks: args.allow_networks,
         bot_binary,
         webhook_secret: args.webhook_secret,
         // A restarted controller re-adopts its bots; busy ones keep recording meanwhile.

@@ -321,7 +321,7 @@ impl Metrics {
             webhook_deliveries: counter_vec(
                 &r,
                 WEBHOOK_DELIVERIES_TOTAL,
-                "Webhook delivery attempts by result (delivered, failed, gave_up).",
+                "Webhook delivery attempts by result (delivered, failed, refused by the address policy, gave_up).",
                 &["result"],
             ),
             api_requests: counter_vec(&r, API_REQUESTS_TOTAL, "API requests by route, method and status.", &["route", "method", "status"]),
@@ -412,7 +412,7 @@ impl Metrics {
         for kind in recfleet_proto::protocol::BotMessage::KINDS {
             m.bot_messages.with_label_values(&[kind]).inc_by(0);
         }
-        for result in ["delivered", "failed", "gave_up"] {
+        for result in ["delivered", "failed", "refused", "gave_up"] {
             m.webhook_deliveries.with_label_values(&[result]).inc_by(0);
         }
         for result in ["completed", "failed"] {

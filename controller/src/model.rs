@@ -93,7 +93,9 @@ pub struct Outputs {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRecording {
-    /// http(s); link-local and metadata addresses are refused.
+    /// http(s). Metadata and link-local addresses are refused, and loopback and private ones
+    /// unless the controller allows them (`--allow-networks`), also when a host name resolves
+    /// to one.
     #[schema(example = "https://meet.example.com/abc-defg")]
     pub meeting_url: String,
     #[serde(default)]
@@ -107,6 +109,7 @@ pub struct CreateRecording {
     pub recipe_name: Option<String>,
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
+    /// http(s), under the same address rules as `meeting_url`, checked again at every delivery.
     #[serde(default)]
     pub webhook_url: Option<String>,
     #[serde(default)]
@@ -179,6 +182,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("invalid meeting_url: {0}")]
     InvalidUrl(String),
+    #[error("invalid webhook_url: {0}")]
+    InvalidWebhookUrl(String),
     #[error("invalid recipe: {0}")]
     InvalidRecipe(String),
     #[error("no recording {0}")]
@@ -218,6 +223,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::InvalidUrl(_) => "invalid_url",
+            ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
             ApiError::InvalidRecipe(_) => "invalid_recipe",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -232,7 +238,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidRecipe(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidRequest(_) | ApiError::InvalidUrl(_) | ApiError::InvalidWebhookUrl(_) | ApiError::InvalidRecipe(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Draining | ApiError::Standby | ApiError::Unavailable | ApiError::LaunchPending => StatusCode::SERVICE_UNAVAILABLE,

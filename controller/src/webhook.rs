@@ -2,12 +2,21 @@
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature`), retried with exponential backoff
 //! and jitter, and every attempt recorded in the store.
 //!
+//! Every attempt checks where it goes: a literal address against the address policy
+//! (`recfleet_proto::address`), a host name by a resolver that refuses to hand the client any
+//! address the policy refuses, so a name whose DNS changed after the request (rebinding) cannot
+//! reach a metadata or private address. No redirect is followed (a 3xx is a failed attempt), and
+//! a refused address is not retried.
+//!
 //! Deliveries run on their own tasks: a slow receiver never holds up the manager.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use recfleet_proto::address::{NetworkPolicy, Refusal};
 use standardwebhooks::Webhook;
 use tokio::sync::mpsc;
 
@@ -53,28 +62,92 @@ pub async fn load_or_create_secret(given: Option<String>, store: &Store, data_di
     Ok(secret)
 }
 
+/// The address a delivery was refused, as the resolver reports it to the client.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to {ip}, {refusal}")]
+struct RefusedAddress {
+    host: String,
+    ip: std::net::IpAddr,
+    refusal: Refusal,
+}
+
+/// The client's resolver: the system's, then every address checked. One refused address refuses
+/// the name (the client could pick any of them).
+#[derive(Debug)]
+struct CheckedResolver(NetworkPolicy);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some((ip, refusal)) = addrs.iter().find_map(|a| policy.check(a.ip()).err().map(|r| (a.ip(), r))) {
+                return Err(Box::new(RefusedAddress { host, ip, refusal }) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The client every delivery uses: checked resolution, no redirects, a timeout.
+fn client(policy: NetworkPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        // No kept connections: every delivery resolves the name again and checks the addresses.
+        .pool_max_idle_per_host(0)
+        .dns_resolver(Arc::new(CheckedResolver(policy)))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// Why one attempt failed; a refusal ends the delivery.
+#[derive(Debug)]
+enum AttemptError {
+    Refused(String),
+    Failed(String),
+}
+
+/// A refusal, when the attempt's URL or what its host resolved to is refused.
+fn refusal(policy: NetworkPolicy, url: &str, err: Option<&reqwest::Error>) -> Option<String> {
+    if let Err(why) = policy.check_url(url, &["http", "https"]) {
+        return Some(why.to_string());
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.map(|e| e as _);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
+            return Some(refused.to_string());
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Starts the deliverer; send it deliveries.
 pub fn spawn(
     secret: &str,
+    policy: NetworkPolicy,
     store: Store,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<mpsc::UnboundedSender<Delivery>, standardwebhooks::WebhookError> {
-    let signer = std::sync::Arc::new(Webhook::new(secret)?);
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("an HTTP client builds");
+    let signer = Arc::new(Webhook::new(secret)?);
+    let client = client(policy);
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     tokio::spawn(async move {
         while let Some(delivery) = rx.recv().await {
-            tokio::spawn(deliver(signer.clone(), client.clone(), store.clone(), metrics.clone(), delivery));
+            tokio::spawn(deliver(signer.clone(), client.clone(), policy, store.clone(), metrics.clone(), delivery));
         }
     });
     Ok(tx)
 }
 
 async fn deliver(
-    signer: std::sync::Arc<Webhook>,
+    signer: Arc<Webhook>,
     client: reqwest::Client,
+    policy: NetworkPolicy,
     store: Store,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     d: Delivery,
 ) {
     let message_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
@@ -88,21 +161,40 @@ async fn deliver(
     let once = || async {
         let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signature = signer.sign(&message_id, ts, body.as_bytes()).map_err(|e| e.to_string())?;
-        let result = client
-            .post(&d.url)
-            .header("content-type", "application/json")
-            .header(standardwebhooks::HEADER_WEBHOOK_ID, &message_id)
-            .header(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, ts.to_string())
-            .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
-            .body(body.clone())
-            .send()
-            .await;
-        let (code, error) = match &result {
-            Ok(resp) if resp.status().is_success() => (Some(resp.status().as_u16()), None),
-            Ok(resp) => (Some(resp.status().as_u16()), Some(format!("HTTP {}", resp.status()))),
-            Err(err) => (None, Some(err.to_string())),
+        let signature = signer.sign(&message_id, ts, body.as_bytes()).map_err(|e| AttemptError::Failed(e.to_string()))?;
+        // A literal address never reaches the resolver: check it here.
+        let refused_url = refusal(policy, &d.url, None);
+        let result = match refused_url {
+            Some(_) => None,
+            None => Some(
+                client
+                    .post(&d.url)
+                    .header("content-type", "application/json")
+                    .header(standardwebhooks::HEADER_WEBHOOK_ID, &message_id)
+                    .header(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, ts.to_string())
+                    .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
+                    .body(body.clone())
+                    .send()
+                    .await,
+            ),
         };
+        let (code, error) = match (&result, refused_url) {
+            (_, Some(why)) => (None, Some(AttemptError::Refused(why))),
+            (Some(Ok(resp)), _) if resp.status().is_success() => (Some(resp.status().as_u16()), None),
+            (Some(Ok(resp)), _) if resp.status().is_redirection() => {
+                (Some(resp.status().as_u16()), Some(AttemptError::Failed(format!("HTTP {} (redirects are not followed)", resp.status()))))
+            }
+            (Some(Ok(resp)), _) => (Some(resp.status().as_u16()), Some(AttemptError::Failed(format!("HTTP {}", resp.status())))),
+            (Some(Err(err)), _) => match refusal(policy, &d.url, Some(err)) {
+                Some(why) => (None, Some(AttemptError::Refused(why))),
+                None => (None, Some(AttemptError::Failed(error_chain(err)))),
+            },
+            (None, None) => unreachable!("an attempt is either refused or sent"),
+        };
+        let text = error.as_ref().map(|e| match e {
+            AttemptError::Refused(why) => format!("refused: {why}"),
+            AttemptError::Failed(why) => why.clone(),
+        });
         let record = DeliveryAttempt {
             message_id: &message_id,
             recording_id: &d.recording_id,
@@ -110,12 +202,16 @@ async fn deliver(
             event_type: &d.event_type,
             attempt: n,
             status_code: code,
-            error: error.clone(),
+            error: text,
         };
         if let Err(err) = store.record_delivery(&record).await {
             tracing::warn!(error = %err, "cannot record a webhook delivery");
         }
-        let result = if error.is_none() { "delivered" } else { "failed" };
+        let result = match &error {
+            None => "delivered",
+            Some(AttemptError::Refused(_)) => "refused",
+            Some(AttemptError::Failed(_)) => "failed",
+        };
         metrics.webhook_deliveries.with_label_values(&[result]).inc();
         match error {
             None => Ok(()),
@@ -123,10 +219,28 @@ async fn deliver(
         }
     };
     let backoff = ExponentialBuilder::default().with_min_delay(FIRST_RETRY).with_max_times(MAX_ATTEMPTS - 1).with_jitter();
-    if let Err(err) = once.retry(backoff).sleep(tokio::time::sleep).await {
-        metrics.webhook_deliveries.with_label_values(&["gave_up"]).inc();
-        tracing::error!(recording_id = %d.recording_id, url = %d.url, error = %err, "webhook not delivered after {MAX_ATTEMPTS} attempts");
+    match once.retry(backoff).sleep(tokio::time::sleep).when(|e| matches!(e, AttemptError::Failed(_))).await {
+        Ok(()) => {}
+        Err(AttemptError::Refused(why)) => {
+            tracing::warn!(recording_id = %d.recording_id, event_type = %d.event_type, reason = %why, "webhook refused by the address policy; not retried");
+        }
+        Err(AttemptError::Failed(why)) => {
+            metrics.webhook_deliveries.with_label_values(&["gave_up"]).inc();
+            tracing::error!(recording_id = %d.recording_id, event_type = %d.event_type, error = %why, "webhook not delivered after {MAX_ATTEMPTS} attempts");
+        }
     }
+}
+
+/// An error with its causes (reqwest's own message says little: "error sending request").
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -146,6 +260,82 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         assert_eq!(load_or_create_secret(None, &store, elsewhere.path()).await.unwrap(), secret, "kept across restarts and hosts");
         assert!(!dir.path().join(LEGACY_SECRET_FILE).exists(), "not written to the data folder");
+    }
+
+    /// A receiver on loopback that counts what reaches it and answers `status` (with a
+    /// `Location`, for a 3xx).
+    async fn receiver(status: u16, location: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let location = location.to_string();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let (counted, location) = (counted.clone(), location.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (axum::http::StatusCode::from_u16(status).unwrap(), [("location", location)], "")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("{port}"), hits)
+    }
+
+    async fn delivered(policy: NetworkPolicy, url: &str) -> (Store, Arc<crate::metrics::Metrics>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::default_url(dir.path())).await.unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let d = Delivery {
+            recording_id: "rec_1".into(),
+            url: url.into(),
+            event_type: "recording.queued".into(),
+            payload: serde_json::json!({}),
+        };
+        let signer = Arc::new(Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap());
+        let run = deliver(signer, client(policy), policy, store.clone(), metrics.clone(), d);
+        // A failure is retried for seconds; the first attempts are what these tests look at.
+        let _ = tokio::time::timeout(Duration::from_secs(2), run).await;
+        std::mem::forget(dir);
+        (store, metrics)
+    }
+
+    fn count(metrics: &crate::metrics::Metrics, result: &str) -> u64 {
+        metrics.webhook_deliveries.with_label_values(&[result]).get()
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_never_contacted_nor_retried() {
+        let none = NetworkPolicy::default();
+        let (port, hits) = receiver(200, "").await;
+        // A literal address, and a name that resolves to it (`localhost`, from the hosts file).
+        for url in [
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+            format!("http://[::ffff:7f00:1]:{port}/hook"),
+        ] {
+            let (store, metrics) = delivered(none, &url).await;
+            assert_eq!(
+                store.deliveries("rec_1").await.unwrap(),
+                vec![("recording.queued".to_string(), 1, None)],
+                "{url}: one attempt, no answer"
+            );
+            assert_eq!((count(&metrics, "refused"), count(&metrics, "failed"), count(&metrics, "delivered")), (1, 0, 0), "{url}");
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the receiver");
+        let (_, metrics) = delivered(NetworkPolicy::LOCAL, &format!("http://localhost:{port}/hook")).await;
+        assert_eq!(count(&metrics, "delivered"), 1, "allowed, it is delivered");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let (target, target_hits) = receiver(200, "").await;
+        let (port, hits) = receiver(307, &format!("http://127.0.0.1:{target}/hook")).await;
+        let (store, metrics) = delivered(NetworkPolicy::LOCAL, &format!("http://127.0.0.1:{port}/hook")).await;
+        let attempts = store.deliveries("rec_1").await.unwrap();
+        assert_eq!(attempts.first(), Some(&("recording.queued".to_string(), 1, Some(307))));
+        assert!(count(&metrics, "failed") >= 1 && hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert_eq!(target_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect's target is never contacted");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! heavy dependencies: both sides link it, and the controller validates recipes with it before
 //! any bot sees them.
 
+pub mod address;
 pub mod deadline;
 pub mod protocol;
 pub mod recipe;
@@ -13,6 +14,7 @@ pub mod recording;
 pub mod timeline;
 pub mod url;
 
+pub use address::NetworkPolicy;
 pub use deadline::Deadlines;
 pub use recipe::{Recipe, RecipeError, Step};
 pub use recording::{

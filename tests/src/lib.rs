@@ -6,6 +6,7 @@ pub mod docker;
 pub mod ecs;
 pub mod handoff;
 pub mod media;
+pub mod netns;
 pub mod pg;
 pub use recfleet_meeting as meeting;
 pub mod procs;

@@ -12,6 +12,11 @@ use serde_json::Value;
 /// The environment variable that tags a test's controllers and bots.
 pub const TAG_VAR: &str = "RECFLEET_TEST_SERVE_TAG";
 
+/// What the tests' controllers allow: their meetings, receivers and S3 are on loopback or a
+/// Docker network's gateway (a private address). A test of the policy passes `--allow-networks`,
+/// which wins over this.
+pub const ALLOW_NETWORKS: (&str, &str) = ("RECFLEET_ALLOW_NETWORKS", "loopback,private");
+
 /// Kills every process carrying `tag` when dropped.
 #[derive(Debug)]
 pub struct Tag(pub String);
@@ -69,6 +74,7 @@ impl ServeProcess {
             .arg(format!("{ip}:{port}"))
             .args(args)
             .env(TAG_VAR, &tag.0)
+            .env(ALLOW_NETWORKS.0, ALLOW_NETWORKS.1)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

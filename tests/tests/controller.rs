@@ -31,6 +31,7 @@ fn config(data: &std::path::Path, min_idle: usize, max: usize, keep_bots_on_exit
         pool_idle_ttl: Duration::from_secs(recfleet::pool::DEFAULT_IDLE_TTL_SECS),
         pool_demand_window: Duration::from_secs(recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS),
         allowed_hosts: None,
+        networks: recfleet_proto::NetworkPolicy::LOCAL,
         bot_binary: recfleet_tests::binary("recfleet-bot"),
         webhook_secret: Some(WEBHOOK_SECRET.into()),
         keep_bots_on_exit,
@@ -205,6 +206,9 @@ async fn bad_requests_get_stable_codes() {
     for (body, code) in [
         (json!({"meeting_url": "file:///etc/passwd"}), "invalid_url"),
         (json!({"meeting_url": "http://169.254.169.254/latest/meta-data/"}), "invalid_url"),
+        (json!({"meeting_url": "http://2852039166/latest/meta-data/"}), "invalid_url"),
+        (json!({"meeting_url": "https://m.example.com", "webhook_url": "http://169.254.170.2/v2/credentials"}), "invalid_webhook_url"),
+        (json!({"meeting_url": "https://m.example.com", "webhook_url": "file:///etc/passwd"}), "invalid_webhook_url"),
         (json!({"meeting_url": "https://m.example.com", "recipe": {"name": "x", "steps": [{"hover": "#a"}]}}), "invalid_request"),
         (json!({"meeting_url": "https://m.example.com", "recipe_name": "nope"}), "invalid_recipe"),
         (json!({"meeting_url": "https://m.example.com", "surprise": 1}), "invalid_request"),

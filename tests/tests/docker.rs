@@ -53,6 +53,7 @@ impl Controller {
             pool_idle_ttl: Duration::from_secs(recfleet::pool::DEFAULT_IDLE_TTL_SECS),
             pool_demand_window: Duration::from_secs(recfleet::pool::DEFAULT_DEMAND_WINDOW_SECS),
             allowed_hosts: None,
+            networks: recfleet_proto::NetworkPolicy::LOCAL,
             bot_binary: Default::default(),
             webhook_secret: None,
             keep_bots_on_exit: keep,

@@ -160,6 +160,7 @@ impl Observed {
             .arg(tmp.path().join("data"))
             .args(args)
             .env("RUST_LOG", "info,chromiumoxide=off")
+            .env(recfleet_tests::serve::ALLOW_NETWORKS.0, recfleet_tests::serve::ALLOW_NETWORKS.1)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

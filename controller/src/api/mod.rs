@@ -34,6 +34,8 @@ pub struct AppState {
     /// sha256 of the API key: the key itself is not kept.
     pub api_key_sha256: String,
     pub allowed_hosts: Option<Vec<String>>,
+    /// The networks meeting and webhook URLs may point into beyond public addresses.
+    pub networks: recfleet_proto::NetworkPolicy,
     /// Where the recordings' files are.
     pub objects: recfleet_storage::Store,
     /// How long presigned download links stay valid (S3).

@@ -39,7 +39,10 @@ pub(super) async fn create(
         return Err(ApiError::Draining);
     }
     let Json(mut req) = body.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    crate::validate::meeting_url(&req.meeting_url, state.allowed_hosts.as_deref())?;
+    crate::validate::meeting_url(&req.meeting_url, state.allowed_hosts.as_deref(), state.networks).await?;
+    if let Some(url) = &req.webhook_url {
+        crate::validate::webhook_url(url, state.networks).await?;
+    }
     match (&req.recipe, req.recipe_name.take()) {
         (Some(_), Some(_)) => return Err(ApiError::InvalidRequest("give recipe or recipe_name, not both".into())),
         (Some(r), None) => r.validate().map_err(|e| ApiError::InvalidRecipe(e.to_string()))?,
