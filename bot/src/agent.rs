@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub deadlines: recfleet_proto::Deadlines,
     /// How long a SIGTERMed bot records on for its successor; zero: no handoff.
     pub handoff_grace: Duration,
+    /// Where the browser may go besides the public internet (`--allow-networks`).
+    pub network: recfleet_proto::NetworkPolicy,
     /// Where the bot's own warn and error events are forwarded from.
     pub logs: crate::forward_log::LogForward,
 }
@@ -150,7 +152,7 @@ async fn run_in_span(cfg: AgentConfig, shutdown: CancellationToken, preempt: Can
     let link = tokio::spawn(connection(cfg.controller_urls.clone(), cfg.token.clone(), hello_rx, outbox_rx, inbox_tx, offline_tx));
 
     // Warm up while the connection comes up; a bot is idle only once this is done.
-    let session = match Session::start(&cfg.video).await {
+    let session = match Session::start(&cfg.video, cfg.network).await {
         Ok(s) => s,
         Err(err) => {
             let err = RecordError::from(err);
@@ -266,6 +268,7 @@ fn to_record_config(cfg: &AgentConfig, a: &Assignment, link: &Arc<HandoffLink>) 
         min_free_bytes: cfg.min_free_bytes,
         continuation: a.continuation.clone(),
         handoff: Some(link.clone()),
+        network: cfg.network,
     }
 }
 

@@ -34,6 +34,8 @@ pub struct BrowserConfig {
     /// `/dev/shm` is too small for Chromium's shared memory (Fargate's cannot be sized; Docker's
     /// default is 64 MB): it uses files in /tmp instead.
     pub small_shm: bool,
+    /// The egress proxy every request goes through (`egress`); loopback included.
+    pub proxy: std::net::SocketAddr,
 }
 
 /// Below this, Chromium's renderer can run out of shared memory mid-meeting and crash.
@@ -87,6 +89,10 @@ pub fn chromium_args(cfg: &BrowserConfig) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Every request through the bot's egress proxy, which checks where it goes; `<-loopback>`
+    // takes away Chromium's implicit bypass of localhost, so loopback is checked too.
+    args.push(format!("--proxy-server=http://{}", cfg.proxy));
+    args.push("--proxy-bypass-list=<-loopback>".into());
     args.push(format!("--window-size={},{}", cfg.width, cfg.height));
     args.push(format!("--user-data-dir={}", cfg.user_data_dir.display()));
     if cfg.small_shm {
@@ -284,7 +290,14 @@ mod tests {
     use super::*;
 
     fn cfg() -> BrowserConfig {
-        BrowserConfig { binary: CHROMIUM_BIN.into(), width: 1280, height: 720, user_data_dir: "/run/p".into(), small_shm: false }
+        BrowserConfig {
+            binary: CHROMIUM_BIN.into(),
+            width: 1280,
+            height: 720,
+            user_data_dir: "/run/p".into(),
+            small_shm: false,
+            proxy: "127.0.0.1:3128".parse().unwrap(),
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use recfleet_proto::{Deadlines, Recipe};
+use recfleet_proto::{Deadlines, NetworkPolicy, Recipe};
 
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
@@ -100,6 +100,8 @@ pub struct RecordConfig {
     pub continuation: Option<recfleet_proto::protocol::Continuation>,
     /// Shared with the agent while a handoff goes on (either side); `None` standalone.
     pub handoff: Option<std::sync::Arc<crate::handoff::HandoffLink>>,
+    /// Where the browser may go besides the public internet (`--allow-networks`).
+    pub network: NetworkPolicy,
 }
 
 /// The object store a recording uploads to, and the disk it may use meanwhile.
@@ -153,7 +155,7 @@ impl VideoConfig {
 
 impl RecordConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_meeting_url(&self.url)?;
+        validate_meeting_url(&self.url, self.network)?;
         if self.bot_name.trim().is_empty() || self.bot_name.chars().count() > 100 {
             return Err(ConfigError { field: "bot_name", reason: "must be 1 to 100 characters".into() });
         }
@@ -190,12 +192,13 @@ pub fn check_drain_fits(drain: Duration, finalizing: Duration) -> Result<(), Con
     Ok(())
 }
 
-/// Meeting URLs must be http(s) with a host. Address policy (link-local, metadata, allow-lists)
-/// is the controller's; a standalone bot records what its operator points it at.
-pub fn validate_meeting_url(url: &str) -> Result<(), ConfigError> {
-    recfleet_proto::url::meeting_url_host(url)
-        .map(|_| ())
-        .map_err(|reason| ConfigError { field: "url", reason: format!("{reason}: {url:?}") })
+/// Meeting URLs must be http(s) with a host, and a literal address (or `localhost`) one the
+/// address policy allows. Where a host name leads is checked at every request the browser makes
+/// (`egress`), this one included.
+pub fn validate_meeting_url(url: &str, network: NetworkPolicy) -> Result<(), ConfigError> {
+    let refused = |reason: String| ConfigError { field: "url", reason: format!("{reason}: {url:?}") };
+    recfleet_proto::url::meeting_url_host(url).map_err(|r| refused(r.into()))?;
+    network.check_url(url, &["http", "https"]).map(|_| ()).map_err(|r| refused(r.to_string()))
 }
 
 #[cfg(test)]
@@ -220,6 +223,7 @@ mod tests {
             min_free_bytes: 0,
             continuation: None,
             handoff: None,
+            network: NetworkPolicy::LOCAL,
         }
     }
 
@@ -240,12 +244,19 @@ mod tests {
     #[test]
     fn urls_must_be_http_with_a_host() {
         for ok in ["http://a", "https://meet.example.com/x?y=1", "HTTP://10.0.0.1:99/"] {
-            validate_meeting_url(ok).unwrap();
+            validate_meeting_url(ok, NetworkPolicy::LOCAL).unwrap();
         }
         for bad in ["", "meet.example.com", "file:///etc/passwd", "javascript:alert(1)", "http://", "http:///x", "ftp://a/b", "http://a b"]
         {
-            let err = validate_meeting_url(bad).unwrap_err();
+            let err = validate_meeting_url(bad, NetworkPolicy::LOCAL).unwrap_err();
             assert_eq!(err.field, "url", "{bad}");
+        }
+        // Addresses: metadata always, loopback and private unless allowed.
+        for bad in ["http://169.254.169.254/", "http://2852039166/", "http://[fd00:ec2::254]/"] {
+            assert!(validate_meeting_url(bad, NetworkPolicy::LOCAL).is_err(), "{bad}");
+        }
+        for bad in ["http://127.0.0.1:8080/m", "http://localhost/m", "http://10.0.0.1/"] {
+            assert!(validate_meeting_url(bad, NetworkPolicy::default()).is_err(), "{bad}");
         }
     }
 

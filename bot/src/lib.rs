@@ -12,6 +12,7 @@ pub mod child;
 pub mod config;
 pub mod display;
 pub mod ecs_task;
+pub mod egress;
 pub mod forward_log;
 pub mod handoff;
 pub mod join;

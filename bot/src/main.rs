@@ -125,6 +125,19 @@ struct AgentArgs {
     video: VideoArgs,
     #[command(flatten)]
     faults: FaultArgs,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// Where the browser may go, shared by `record` and `agent` (docs/SECURITY.md).
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct NetworkArgs {
+    /// Networks besides the public internet the browser may reach: `loopback`, `private`
+    /// (RFC 1918, 100.64/10, fc00::/7), comma-separated; none when unset. Every request the
+    /// browser makes goes through the bot's egress proxy, which resolves and checks it. Cloud
+    /// metadata and link-local addresses are refused whatever this says.
+    #[arg(long, env = "RECFLEET_ALLOW_NETWORKS", default_value = "", value_parser = recfleet_proto::NetworkPolicy::parse)]
+    allow_networks: recfleet_proto::NetworkPolicy,
 }
 
 /// How a recording rides out faults, shared by `record` and `agent` (docs/FAULTS.md).
@@ -222,6 +235,8 @@ struct RecordArgs {
     store: StoreArgs,
     #[command(flatten)]
     faults: FaultArgs,
+    #[command(flatten)]
+    network: NetworkArgs,
 }
 
 fn main() -> ExitCode {
@@ -326,6 +341,7 @@ async fn agent(args: AgentArgs, logs: recfleet_bot::forward_log::LogForward) -> 
         silence_fault: Duration::from_secs(args.faults.silence_fault_secs),
         deadlines,
         handoff_grace: Duration::from_secs(args.handoff_grace_secs),
+        network: args.network.allow_networks,
         logs,
     };
     let (shutdown, preempt) = (CancellationToken::new(), CancellationToken::new());
@@ -366,6 +382,7 @@ fn to_config(args: RecordArgs) -> Result<RecordConfig, RecordError> {
         min_free_bytes: args.store.min_free_disk_mb * MB,
         continuation: None,
         handoff: None,
+        network: args.network.allow_networks,
     })
 }
 

@@ -56,6 +56,10 @@ pub struct Probe {
     pub ended: bool,
     /// The page logged `RECFLEET_END`.
     pub end_requested: bool,
+    /// The browser's own error page replaced the meeting (a load the egress proxy refused, or
+    /// a network failure).
+    #[serde(default)]
+    pub error_page: bool,
 }
 
 impl Probe {
@@ -85,7 +89,8 @@ pub fn probe(target: Target<'_>, waiting_room_when: Option<&str>, ended_when: Op
     };
     format!(
         "(() => {{{HELPERS}\nreturn {{target: {target_expr}, waiting: shown({wr}), ended: shown({end}), \
-         end_requested: !!(window.__recfleet && window.__recfleet.endRequested)}};\n}})()",
+         end_requested: !!(window.__recfleet && window.__recfleet.endRequested), \
+         error_page: location.protocol === 'chrome-error:'}};\n}})()",
         wr = js_str(waiting_room_when),
         end = js_str(ended_when),
     )

@@ -27,6 +27,8 @@ pub enum SessionError {
     Child(#[from] ChildError),
     #[error(transparent)]
     Browser(#[from] BrowserError),
+    #[error("cannot start the browser's egress proxy: {0}")]
+    Egress(std::io::Error),
 }
 
 /// The warm environment. Field order is teardown order.
@@ -36,6 +38,8 @@ pub struct Session {
     pub audio: Audio,
     pub display: Display,
     pub video: VideoConfig,
+    /// Every request of every browser of this session goes through it; it outlives them.
+    pub egress: crate::egress::Egress,
     browser_cfg: BrowserConfig,
     /// How many times Chromium was replaced (0: the first browser).
     browser_generation: u32,
@@ -43,7 +47,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn start(video: &VideoConfig) -> Result<Self, SessionError> {
+    pub async fn start(video: &VideoConfig, network: recfleet_proto::NetworkPolicy) -> Result<Self, SessionError> {
         let started = Instant::now();
         let runtime_dir = tempfile::Builder::new().prefix("recfleet-bot-").tempdir().map_err(SessionError::RuntimeDir)?;
         // Xvfb and PulseAudio do not depend on each other: start both at once.
@@ -52,12 +56,14 @@ impl Session {
             Audio::start(runtime_dir.path(), CHILD_READY_TIMEOUT)
         );
         let (display, audio) = (display?, audio?);
+        let egress = crate::egress::Egress::start(network).await.map_err(SessionError::Egress)?;
         let browser_cfg = BrowserConfig {
             binary: CHROMIUM_BIN.into(),
             width: video.width,
             height: video.height,
             user_data_dir: profile_dir(runtime_dir.path(), 0),
             small_shm: crate::browser::shm_is_small(),
+            proxy: egress.addr,
         };
         // The audio warm-up waits on PulseAudio's clock, not the CPU: run it beside Chromium.
         let (chromium, warmed) = tokio::join!(
@@ -74,7 +80,7 @@ impl Session {
         }
         let x_display = display.display.clone();
         tracing::info!(ready_ms = started.elapsed().as_millis() as u64, display = %x_display, "bot environment ready");
-        Ok(Self { chromium, audio, display, video: video.clone(), browser_cfg, browser_generation: 0, runtime_dir })
+        Ok(Self { chromium, audio, display, video: video.clone(), egress, browser_cfg, browser_generation: 0, runtime_dir })
     }
 
     /// Replaces a lost Chromium with a fresh one on the same display and sound server, with a
@@ -94,7 +100,7 @@ impl Session {
 
     /// Stops Chromium, then PulseAudio, then Xvfb, each politely first.
     pub async fn shutdown(self) {
-        let Session { chromium, mut audio, mut display, runtime_dir: _runtime_dir, .. } = self;
+        let Session { chromium, mut audio, mut display, egress: _egress, runtime_dir: _runtime_dir, .. } = self;
         chromium.shutdown(CHILD_STOP_GRACE).await;
         audio.shutdown(CHILD_STOP_GRACE).await;
         display.child.stop(libc::SIGTERM, CHILD_STOP_GRACE).await;

@@ -179,6 +179,10 @@ pub async fn until_end(chromium: &mut Chromium, recipe: Option<&Recipe>, capture
                         if probe.end_requested {
                             return Watched::end(SubCode::MeetingEnded, "the page logged RECFLEET_END");
                         }
+                        if probe.error_page {
+                            // The meeting is gone from the page: rejoin it, as after a crash.
+                            return Watched::lost("the browser's error page replaced the meeting (a refused or failed load)");
+                        }
                     }
                     Ok(Err(err)) => {
                         silent += 1;

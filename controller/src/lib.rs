@@ -191,6 +191,8 @@ pub async fn serve(cfg: ServeConfig, listener: TcpListener, shutdown: Cancellati
         bot_env.push(("RECFLEET_S3_PATH_STYLE".into(), "true".into()));
     }
     bot_env.extend(cfg.deadlines.env());
+    // The bots' browsers may reach what the controller lets a request name, no more.
+    bot_env.push(("RECFLEET_ALLOW_NETWORKS".into(), cfg.networks.to_string()));
     let secret = webhook::load_or_create_secret(cfg.webhook_secret.clone(), &store, &cfg.data_dir).await?;
     let webhooks =
         webhook::spawn(&secret, cfg.networks, store.clone(), metrics.clone()).map_err(|e| ServeError::WebhookSecret(e.to_string()))?;

@@ -54,6 +54,7 @@ pub mod names {
     pub const BOT_CAPTURE_SILENT_TOTAL: &str = "recfleet_bot_capture_silent_total";
     pub const RECORDING_DEADLINES_EXCEEDED_TOTAL: &str = "recfleet_recording_deadlines_exceeded_total";
     pub const RECORDING_HANDOFFS_TOTAL: &str = "recfleet_recording_handoffs_total";
+    pub const BOT_REQUESTS_REFUSED_TOTAL: &str = "recfleet_bot_requests_refused_total";
 
     /// All of them, for checks that dashboards and rules name only what exists.
     pub const ALL: &[&str] = &[
@@ -202,6 +203,7 @@ pub struct Metrics {
     pub capture_silent: IntCounter,
     pub deadlines_exceeded: IntCounterVec,
     pub handoffs: IntCounterVec,
+    pub requests_refused: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -392,6 +394,12 @@ impl Metrics {
                 "Recordings whose bot was taken away (SIGTERM) and asked for a successor, by result: started (a successor joins), refused (none; the recording ended), failed (the successor could not join; the first bot finished the recording), completed (the predecessor handed over and left).",
                 &["result"],
             ),
+            requests_refused: counter_vec(
+                &r,
+                BOT_REQUESTS_REFUSED_TOTAL,
+                "Destinations (host:port) a bot's browser was refused by the address policy, once per destination and recording, by reason (metadata, link_local, loopback, private, reserved): a meeting page that tried to reach what it must not.",
+                &["reason"],
+            ),
             bots_silent: gauge(
                 &r,
                 POOL_BOTS_SILENT,
@@ -414,6 +422,9 @@ impl Metrics {
         }
         for result in ["delivered", "failed", "refused", "gave_up"] {
             m.webhook_deliveries.with_label_values(&[result]).inc_by(0);
+        }
+        for refusal in recfleet_proto::address::Refusal::ALL {
+            m.requests_refused.with_label_values(&[refusal.as_str()]).inc_by(0);
         }
         for result in ["completed", "failed"] {
             m.recoveries.with_label_values(&[result]).inc_by(0);

@@ -80,6 +80,15 @@ pub enum Target {
     Name(String),
 }
 
+impl fmt::Display for NetworkPolicy {
+    /// As `parse` reads it: `loopback,private`, `loopback`, `private` or empty.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes: Vec<&str> =
+            [(self.loopback, "loopback"), (self.private, "private")].iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        f.write_str(&classes.join(","))
+    }
+}
+
 impl NetworkPolicy {
     /// Everything but what is always refused (tests and the demo, which record on loopback).
     pub const LOCAL: NetworkPolicy = NetworkPolicy { loopback: true, private: true };
@@ -312,5 +321,8 @@ mod tests {
         assert_eq!(NetworkPolicy::parse("loopback, private").unwrap(), NetworkPolicy::LOCAL);
         assert_eq!(NetworkPolicy::parse("").unwrap(), NetworkPolicy::default());
         assert!(NetworkPolicy::parse("public").unwrap_err().contains("public"));
+        for policy in [NetworkPolicy::default(), NetworkPolicy::LOCAL, NetworkPolicy { loopback: false, private: true }] {
+            assert_eq!(NetworkPolicy::parse(&policy.to_string()).unwrap(), policy, "round trip");
+        }
     }
 }

@@ -34,6 +34,10 @@ pub enum EventKind {
     /// call: a capture fault (a muted or broken sink), reported and counted, never a reason to
     /// leave; the recording goes on.
     CaptureSilent { silent_secs: u64 },
+    /// The browser asked for `target` (`host:port`) and the address policy refused it
+    /// (`reason`: `metadata`, `link_local`, `loopback`, `private`, `reserved`): the request got
+    /// no answer from there. Once per target and recording; docs/SECURITY.md.
+    RequestRefused { target: String, reason: String },
     /// Sound is back in the capture after `silent_secs` of digital silence.
     CaptureSound { silent_secs: f64 },
     /// The bot left the call with the recipe's `leave` steps, `ms` after it began.

@@ -39,8 +39,19 @@ pub fn spawn_record(out_dir: &Path, args: &[&str]) -> BotProcess {
 
 /// Starts `recfleet-bot record --out <out_dir> <args>` with more environment (an S3 endpoint).
 pub fn spawn_record_with_env(out_dir: &Path, args: &[&str], env: &[(&str, String)]) -> BotProcess {
+    spawn(Command::new(crate::binary("recfleet-bot")), out_dir, args, env)
+}
+
+/// Starts `recfleet-bot record` inside the network namespace `netns` (`ip netns exec`, which
+/// execs the bot: its pid is the bot's).
+pub fn spawn_record_in_netns(netns: &str, out_dir: &Path, args: &[&str]) -> BotProcess {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]).arg(crate::binary("recfleet-bot"));
+    spawn(cmd, out_dir, args, &[])
+}
+
+fn spawn(mut cmd: Command, out_dir: &Path, args: &[&str], env: &[(&str, String)]) -> BotProcess {
     let tag = format!("t{}-{}", std::process::id(), unique());
-    let mut cmd = Command::new(crate::binary("recfleet-bot"));
     cmd.arg("record")
         .arg("--out")
         .arg(out_dir)
@@ -48,6 +59,8 @@ pub fn spawn_record_with_env(out_dir: &Path, args: &[&str], env: &[(&str, String
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env(TAG_VAR, &tag)
         .env("RUST_LOG", "info,recfleet_bot=debug,chromiumoxide=error")
+        // The test meetings are on loopback; a test of the policy passes `--allow-networks`.
+        .env(crate::serve::ALLOW_NETWORKS.0, crate::serve::ALLOW_NETWORKS.1)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The page the stand-in metadata servers answer everything with: magenta, so a frame that shows
-/// it is found by colour, and a text that is found in any body or log.
+/// The page the stand-in metadata servers answer everything with: cyan (`SECRET_RGB`, a colour
+/// the test meeting never shows), so a frame that shows it is found by colour, and a text that
+/// is found in any body or log.
 pub const SECRET: &str = "RECFLEET-TEST-SECRET-AKIAIOSFODNN7EXAMPLE";
+pub const SECRET_RGB: [u8; 3] = [0, 255, 255];
 /// The addresses the stand-ins listen on (port 80).
 pub const METADATA_ADDRS: [&str; 2] = ["169.254.169.254", "169.254.170.2"];
 
@@ -20,7 +22,7 @@ import http.server, sys
 class Secret(http.server.BaseHTTPRequestHandler):
     def answer(self):
         print(self.command, self.path, flush=True)
-        body = ('<html><body style="margin:0;background:#ff00ff;height:100vh">%s</body></html>' % sys.argv[3]).encode()
+        body = ('<html><body style="margin:0;background:#00ffff;height:100vh">%s</body></html>' % sys.argv[3]).encode()
         self.send_response(200)
         self.send_header('content-type', 'text/html')
         self.send_header('content-length', str(len(body)))

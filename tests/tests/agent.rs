@@ -81,6 +81,7 @@ async fn agent_records_an_assignment_and_obeys_stop() {
         .arg("--store")
         .arg(format!("file://{}", store.path().display()))
         .env("RUST_LOG", "info,chromiumoxide=error")
+        .env(recfleet_tests::serve::ALLOW_NETWORKS.0, recfleet_tests::serve::ALLOW_NETWORKS.1)
         .kill_on_drop(true)
         .spawn()
         .unwrap();

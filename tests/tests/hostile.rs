@@ -107,3 +107,112 @@ fn webhooks_never_reach_a_metadata_address_neither_at_the_request_nor_after_a_dn
     assert!(text.contains("169.254.169.254") && text.contains("metadata"), "with the address and why:\n{text}");
     assert!(!text.contains(netns::SECRET));
 }
+
+/// `?`, `=`, `&`, `/` and `:` escaped for a query value.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A meeting page that, after the join, embeds a metadata address in an iframe and an image and
+/// then navigates there (by a redirect, from script, by an IP and by a host name that resolves
+/// to it): the bot's browser never gets an answer from there, the recording never shows the
+/// secret page and goes on to the meeting's real end, and each refusal is on the timeline and in
+/// the bot's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_meeting_page_cannot_lead_the_browser_to_the_metadata_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ns = Netns::new("page");
+    ns.start_metadata_servers(dir.path());
+    ns.set_hosts(&[("metadata.test", "169.254.169.254"), ("creds.test", "169.254.170.2")]);
+    let meeting = ns
+        .command(recfleet_tests::binary("recfleet-meeting"))
+        .args(["--listen", "127.0.0.1:8080"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the test meeting starts in the namespace");
+    ns.keep(meeting);
+    ns.wait_listening("127.0.0.1", 8080);
+    let recipe = recfleet_tests::meeting_dir().join("recipe.json").to_string_lossy().into_owned();
+
+    // (case, iframe and image, navigation, refused targets). Over HTTPS the refused tunnel shows
+    // the browser's error page, which the bot leaves by rejoining (the meeting's own clock keeps
+    // its end, and the page attacks only on its first entry).
+    let cases = [
+        (
+            "redirect",
+            "http://169.254.170.2/v2/credentials",
+            "/go?to=http://169.254.169.254/latest/meta-data/",
+            ["169.254.170.2:80", "169.254.169.254:80"],
+        ),
+        (
+            "script",
+            "http://[::ffff:169.254.170.2]/v2/credentials",
+            "http://169.254.169.254/latest/meta-data/iam/",
+            ["[::ffff:a9fe:aa02]:80", "169.254.169.254:80"],
+        ),
+        ("by-name", "http://creds.test/v2/credentials", "http://metadata.test/latest/meta-data/", ["creds.test:80", "metadata.test:80"]),
+        (
+            "https",
+            "https://169.254.170.2/v2/credentials",
+            "https://169.254.169.254/latest/meta-data/",
+            ["169.254.170.2:443", "169.254.169.254:443"],
+        ),
+    ];
+    for (case, embed, navigate, targets) in cases {
+        let out = dir.path().join(case);
+        let url =
+            format!("http://127.0.0.1:8080/m/{case}?end=8&clock=meeting&embed={}&navigate={}", query_value(embed), query_value(navigate));
+        let bot = recfleet_tests::bot::spawn_record_in_netns(
+            &ns.name,
+            &out,
+            &["--url", &url, "--recipe", &recipe, "--allow-networks", "loopback"],
+        );
+        let run = bot.finish(Duration::from_secs(90)).await;
+        run.assert_exit(0);
+        let summary = run.summary();
+        assert_eq!(
+            (summary["status"].as_str(), summary["sub_code"].as_str()),
+            (Some("completed"), Some("meeting_ended")),
+            "{case}: {summary:#}"
+        );
+
+        let refused: Vec<(String, String)> = run
+            .events_of("request_refused")
+            .iter()
+            .map(|e| (e["target"].as_str().unwrap_or_default().to_string(), e["reason"].as_str().unwrap_or_default().to_string()))
+            .collect();
+        for target in targets {
+            assert!(refused.contains(&(target.to_string(), "metadata".to_string())), "{case}: {target} refused as metadata: {refused:?}");
+        }
+        assert!(run.stderr.contains("refused a request by the address policy"), "{case}: the refusal is in the bot's log");
+        assert!(!run.stderr.contains(netns::SECRET), "{case}: the secret reached the bot's log");
+        let (lost, rejoined) = (run.events_of("browser_lost"), run.events_of("rejoined"));
+        if case == "https" {
+            assert_eq!((lost.len(), rejoined.len()), (1, 1), "{case}: the error page is left by one rejoin: {:#}", run.events());
+            assert!(lost[0]["reason"].as_str().unwrap_or_default().contains("error page"), "{case}: {:#}", lost[0]);
+        } else {
+            assert!(lost.is_empty(), "{case}: a refused plain-HTTP load keeps the meeting page: {:#}", run.events());
+        }
+
+        let mp4 = run.mp4();
+        let probe = recfleet_tests::media::probe(&mp4);
+        assert!((probe.duration_secs - 8.0).abs() < 2.5, "{case}: the meeting recorded to its end: {probe:?}");
+        let frames = recfleet_tests::media::frames(&mp4, 4.0);
+        let worst = frames.iter().map(|f| f.share_near(netns::SECRET_RGB, 40)).fold(0.0, f64::max);
+        assert!(worst < 0.001, "{case}: a frame shows the secret page ({:.1}% of it)", worst * 100.0);
+        // The call view is still there after the attacks (3 s after the join and on).
+        let late = recfleet_tests::media::frame_at(&mp4, (probe.duration_secs - 1.5).max(0.0));
+        assert!(late.mean_luma() < 90.0, "{case}: the call view is gone after the attacks (luma {:.0})", late.mean_luma());
+    }
+    assert!(
+        netns::metadata_hits(dir.path()).is_empty(),
+        "the stand-in metadata servers were reached: {:?}",
+        netns::metadata_hits(dir.path())
+    );
+}

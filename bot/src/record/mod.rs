@@ -27,7 +27,7 @@ mod handover;
 mod stop;
 mod watches;
 
-use watches::{spawn_spool_watch, watch_audio, SpoolWatch};
+use watches::{spawn_spool_watch, watch_audio, watch_egress, SpoolWatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -96,7 +96,7 @@ pub async fn record(cfg: &RecordConfig, shutdown: CancellationToken) -> Result<S
     cfg.validate()?;
     // Checked before any child starts, so a bad folder costs nothing; `record_on` checks again.
     prepare_out_dir(&cfg.out_dir)?;
-    let session = Session::start(&cfg.video).await?;
+    let session = Session::start(&cfg.video, cfg.network).await?;
     record_on(session, cfg, &shutdown, &StopCode::new(SubCode::StoppedBySignal), Arc::new(Silent)).await
 }
 
@@ -315,6 +315,7 @@ impl Job<'_> {
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
         let watched = CancellationToken::new();
         let audio_task = watch_audio(levels, self.journal, self.cfg.silence_fault, &watched);
+        let egress_task = watch_egress(session.egress.subscribe(), self.journal, &watched);
         let max_until = self.cfg.max_duration.map(|d| (tokio::time::Instant::now() + d, d));
         let limits = Limits { max_until, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {
@@ -323,7 +324,7 @@ impl Job<'_> {
             watched.cancel();
             end
         };
-        let (end, spool, ()) = tokio::join!(watching, spool_task, audio_task);
+        let (end, spool, (), ()) = tokio::join!(watching, spool_task, audio_task, egress_task);
         Ok((capture, end, spool, uploader))
     }
 

@@ -19,6 +19,29 @@ use crate::upload::{self, Uploader};
 /// How long past its own threshold a restarted encoder gets to report a silence that goes on.
 const RESTART_SILENCE_GRACE: Duration = Duration::from_secs(1);
 
+/// Puts the egress proxy's refusals on the timeline (`request_refused`, once per target), until
+/// `done`.
+pub(super) async fn watch_egress(
+    mut refusals: tokio::sync::broadcast::Receiver<crate::egress::Refused>,
+    journal: &Journal,
+    done: &CancellationToken,
+) {
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let refused = tokio::select! {
+            r = refusals.recv() => match r {
+                Ok(refused) => refused,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = done.cancelled() => return,
+        };
+        if seen.insert(refused.target.clone()) {
+            journal.record(EventKind::RequestRefused { target: refused.target, reason: refused.reason.as_str().to_string() });
+        }
+    }
+}
+
 /// How often the spool looks for newly closed segments.
 const SPOOL_INTERVAL: Duration = Duration::from_millis(250);
 

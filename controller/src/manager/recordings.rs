@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use recfleet_proto::address::Refusal;
 use recfleet_proto::protocol::{Assignment, ControllerMessage, Outcome};
 use recfleet_proto::{deadline, Deadlines, EventKind, Recipe, RecordingEvent, RecordingStatus, SubCode};
 use serde_json::json;
@@ -151,6 +152,11 @@ impl Manager {
             EventKind::BrowserLost { .. } => metrics.browser_lost.inc(),
             EventKind::CaptureRestarted { .. } => metrics.capture_restarts.inc(),
             EventKind::CaptureSilent { .. } => metrics.capture_silent.inc(),
+            EventKind::RequestRefused { reason, .. } => {
+                // The bot's word, kept to the closed set of label values.
+                let known = Refusal::ALL.iter().find(|r| r.as_str() == reason.as_str()).map_or("other", |r| r.as_str());
+                metrics.requests_refused.with_label_values(&[known]).inc()
+            }
             EventKind::DeadlineExceeded { status, .. } => {
                 metrics.deadlines_exceeded.with_label_values(&[status.as_str(), EnforcedBy::Bot.as_str()]).inc()
             }

@@ -4,6 +4,7 @@
 //! first N loads of a meeting id with 503. The server also keeps each meeting's clock
 //! (`POST /m/{id}/joined`), so a bot that rejoins finds the meeting where it left it, and counts
 //! who left the call with its Leave button (`POST /m/{id}/left`, `MeetingServer::left`).
+//! `GET /go?to=URL` redirects (302) to `URL`, for the hostile-page tests.
 //!
 //! It serves the tests and the demo (`recfleet demo`); it must never be reachable beyond
 //! loopback.
@@ -46,7 +47,16 @@ fn routes(meetings: Meetings) -> Router {
         .route("/m/{id}/joined", axum::routing::post(joined))
         .route("/m/{id}/left", axum::routing::post(left))
         .route("/other/{id}", get(other))
+        .route("/go", get(go))
         .with_state(meetings)
+}
+
+/// A redirect to `?to=`, wherever it points.
+async fn go(Query(q): Query<HashMap<String, String>>) -> Response {
+    match q.get("to") {
+        Some(to) => (StatusCode::FOUND, [(header::LOCATION, to.clone())]).into_response(),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
 }
 
 /// A participant left the call with the Leave button.
