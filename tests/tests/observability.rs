@@ -406,7 +406,7 @@ async fn a_sink_muted_mid_meeting_is_a_capture_fault_alerted_and_the_recording_g
 }
 
 /// The CPU a starved bot gets in the test.
-const STARVED_CPUS: &str = "0.3";
+const STARVED_CPUS: &str = "0.2";
 /// The bound on the memory of the capture's FFmpeg and of Xvfb under starvation.
 const MAX_CHILD_RSS_MB: u64 = 400;
 
@@ -425,7 +425,8 @@ fn capture_rss_mb(container: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// A bot container limited to 0.3 core (Docker `--cpus`): its encoder falls behind, the frames
+/// A bot container limited to 0.2 core (Docker `--cpus`; at 0.3 core today's images keep up too
+/// well for the alert, docs/BENCHMARKS.md): its encoder falls behind, the frames
 /// it never grabbed are counted as dropped and a real Prometheus fires
 /// `RecfleetCaptureDroppingFrames`, the memory of FFmpeg and Xvfb stays bounded (the queues are),
 /// and the MP4 plays.
@@ -501,7 +502,7 @@ async fn a_bot_starved_of_cpu_reports_dropped_frames_stays_bounded_and_its_mp4_p
     // At least 3 s of the meeting (two runs here dropped 9 and 14 s).
     assert!(dropped >= 90.0, "a starved encoder's missing frames are counted: {dropped}");
     // Honestly: what the MP4 holds and what was counted dropped make up the meeting (less the
-    // seconds from entering the call to the first frame, a few on 0.3 core).
+    // seconds from entering the call to the first frame, a few on a starved core).
     let accounted = p.duration_secs + dropped / 30.0;
     assert!((MEETING_SECS as f64 - 8.0..=MEETING_SECS as f64 + 1.0).contains(&accounted), "{accounted:.1} s accounted for");
     let _ = obs.stop().await;
