@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 pub struct Recording {
     pub id: String,
     /// queued, joining, waiting_room, recording, stopping, finalizing, completed, failed
-    #[schema(value_type = String, example = "recording")]
+    #[schema(value_type = StatusName, example = "recording")]
     pub status: RecordingStatus,
     /// Why it ended; see docs/BOT.md for the closed list.
     #[schema(value_type = Option<String>, example = "meeting_ended")]
@@ -32,7 +32,8 @@ pub struct Recording {
     pub duration_secs: Option<f64>,
     pub partial: bool,
     pub max_duration_secs: Option<u64>,
-    #[schema(value_type = Object)]
+    /// As given at creation (`null` when none was).
+    #[schema(value_type = Option<Object>)]
     pub metadata: serde_json::Value,
     pub outputs: Option<Outputs>,
     /// What went wrong, when something did: a stable `code` (a bot's error code, `bot_crashed`,
@@ -96,9 +97,11 @@ pub struct CreateRecording {
     /// http(s). Metadata and link-local addresses are refused, and loopback and private ones
     /// unless the controller allows them (`--allow-networks`), also when a host name resolves
     /// to one.
-    #[schema(example = "https://meet.example.com/abc-defg")]
+    #[schema(example = "https://meet.example.com/abc-defg", pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$")]
     pub meeting_url: String,
+    /// The name the bot joins with (1 to 100 characters, not all blank; `Recorder` if absent).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub bot_name: Option<String>,
     /// An inline join recipe (docs/BOT.md).
     #[serde(default)]
@@ -106,11 +109,15 @@ pub struct CreateRecording {
     pub recipe: Option<Recipe>,
     /// A built-in recipe, e.g. `recfleet-test-meeting`.
     #[serde(default)]
+    #[schema(value_type = Option<RecipeName>)]
     pub recipe_name: Option<String>,
+    /// Recording stops (`max_duration`) after this long; 1 to 86400 (a day).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub max_duration_secs: Option<u64>,
     /// http(s), under the same address rules as `meeting_url`, checked again at every delivery.
     #[serde(default)]
+    #[schema(example = "https://hooks.example.com/recfleet", pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$")]
     pub webhook_url: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -149,6 +156,55 @@ pub struct PoolBackoff {
     pub reason: String,
 }
 
+/// The longest `max_duration_secs` a request may ask for.
+pub const MAX_DURATION_SECS: u64 = 86_400;
+
+/// A recording's status in the OpenAPI document: the names of `RecordingStatus::ALL`, the one
+/// list.
+#[derive(Debug)]
+pub struct StatusName;
+
+impl utoipa::PartialSchema for StatusName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(RecordingStatus::ALL.iter().map(|s| s.as_str()))).into()
+    }
+}
+
+impl utoipa::ToSchema for StatusName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RecordingStatus".into()
+    }
+}
+
+/// The built-in recipes' names; `api::builtin_recipe` has each.
+pub const BUILTIN_RECIPE_NAMES: [&str; 1] = ["recfleet-test-meeting"];
+
+/// `recipe_name` in the OpenAPI document: one of `BUILTIN_RECIPE_NAMES`.
+#[derive(Debug)]
+pub struct RecipeName;
+
+impl utoipa::PartialSchema for RecipeName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(BUILTIN_RECIPE_NAMES)).into()
+    }
+}
+
+impl utoipa::ToSchema for RecipeName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RecipeName".into()
+    }
+}
+
+/// `GET /v1/recordings`: a page, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordingPage {
+    pub items: Vec<Recording>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next_after: Option<String>,
+}
+
 /// The body of every error: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -157,8 +213,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// API errors: unauthorized, invalid_request, invalid_url, invalid_recipe, not_found,
-    /// conflict, draining, unavailable, internal. A recording's error: see `Recording.error`.
+    /// API errors: unauthorized, invalid_request, invalid_url, invalid_webhook_url,
+    /// invalid_recipe, not_found, conflict, draining, standby, unavailable, internal. A
+    /// recording's error: see `Recording.error`.
     pub code: String,
     pub message: String,
 }

@@ -400,7 +400,12 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(q("append event"))?;
-        sqlx::query("UPDATE recordings SET deleted = 1 WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(q("delete"))?;
+        // The key is let go with the recording: a later request with it makes a new one.
+        sqlx::query("UPDATE recordings SET deleted = 1, idempotency_key = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("delete"))?;
         tx.commit().await.map_err(q("commit"))
     }
 

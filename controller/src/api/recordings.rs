@@ -11,12 +11,12 @@ use serde::Deserialize;
 
 use super::{ask, AppState};
 use crate::manager::Command;
-use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolView, Recording};
+use crate::model::{ApiError, CreateRecording, ErrorBody, Outputs, PoolView, Recording, RecordingPage, StatusName, MAX_DURATION_SECS};
 
 /// Files a client may download from a recording's folder.
 const DOWNLOADABLE: [&str; 5] = ["recording.mp4", "index.m3u8", "manifest.json", "events.json", "init.mp4"];
 
-/// The bundled recipes, by name.
+/// The bundled recipes, by name (each of `model::BUILTIN_RECIPE_NAMES`).
 pub fn builtin_recipe(name: &str) -> Option<Recipe> {
     match name {
         "recfleet-test-meeting" => Recipe::from_json(recfleet_meeting::RECIPE_JSON).ok(),
@@ -27,8 +27,10 @@ pub fn builtin_recipe(name: &str) -> Option<Recipe> {
 #[utoipa::path(post, path = "/v1/recordings", request_body = CreateRecording,
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key return the same recording")),
     responses((status = 201, body = Recording, description = "Created and queued"), (status = 200, body = Recording, description = "Same Idempotency-Key: the existing recording"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "`draining`: this controller is about to exit; retry after `Retry-After` seconds"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 409, body = ErrorBody, description = "`conflict`: this meeting already has an active recording (see `allow_concurrent`)"),
+        (status = 422, body = ErrorBody, description = "`invalid_request`, `invalid_url`, `invalid_webhook_url`, `invalid_recipe`"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE),
         (status = 500, body = ErrorBody, description = "`internal`: the state could not be written")))]
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -51,14 +53,34 @@ pub(super) async fn create(
         }
         (None, None) => {}
     }
-    if req.max_duration_secs == Some(0) {
-        return Err(ApiError::InvalidRequest("max_duration_secs must be at least 1".into()));
+    if let Some(secs) = req.max_duration_secs.filter(|s| !(1..=MAX_DURATION_SECS).contains(s)) {
+        return Err(ApiError::InvalidRequest(format!("max_duration_secs must be between 1 and {MAX_DURATION_SECS}, got {secs}")));
+    }
+    if let Some(name) = &req.bot_name {
+        if name.trim().is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::InvalidRequest("bot_name must be 1 to 100 characters, not all blank".into()));
+        }
+    }
+    if req.metadata.as_ref().is_some_and(|m| !m.is_object() && !m.is_null()) {
+        return Err(ApiError::InvalidRequest("metadata must be a JSON object".into()));
     }
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let (recording, created) = ask(&state, |reply| Command::Create { req, idempotency_key: key, reply }).await??;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(with_links(&state, recording).await)).into_response())
 }
+
+/// Every `/v1` route's 503.
+const UNAVAILABLE: &str = "`draining` (this controller is about to exit) or `standby` (another one leads): retry after `Retry-After` seconds; `unavailable`: shutting down";
+
+/// The `{id}` path parameter.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)] // Documentation only: the handlers take `Path<String>`.
+struct ID(
+    /// The recording's id (`rec_…`).
+    String,
+);
 
 /// Page size when the client does not say, and the most it may ask for.
 const DEFAULT_PAGE: usize = 50;
@@ -73,11 +95,22 @@ pub(super) struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/v1/recordings",
-    params(("status" = Option<String>, Query, description = "Only this status"), ("limit" = Option<usize>, Query, description = "Page size, 1 to 500 (50)"),
+    params(("status" = Option<StatusName>, Query, description = "Only this status"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Page size, 1 to 500 (50)"),
         ("after" = Option<String>, Query, description = "`next_after` of the previous page")),
-    responses((status = 200, description = "`{items: [Recording], next_after}`, newest first")))]
-pub(super) async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    responses((status = 200, body = RecordingPage, description = "Newest first"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 422, body = ErrorBody, description = "`invalid_request`: an unknown status, or a limit outside 1 to 500"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
+    }
     let found: Vec<Recording> = crate::reads::read(&state.reads).list(q.status, limit, q.after.as_deref());
     let mut items = Vec::with_capacity(found.len());
     for rec in found {
@@ -87,13 +120,18 @@ pub(super) async fn list(State(state): State<AppState>, Query(q): Query<ListQuer
     Ok(Json(serde_json::json!({ "items": items, "next_after": next_after })))
 }
 
-#[utoipa::path(delete, path = "/v1/recordings/{id}", responses((status = 204, description = "Deleted with its files"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Still active: stop it first")))]
+#[utoipa::path(delete, path = "/v1/recordings/{id}", params(ID),
+    responses((status = 204, description = "Deleted with its files"), (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"), (status = 409, body = ErrorBody, description = "`conflict`: still active, stop it first"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
 pub(super) async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     ask(&state, |reply| Command::Delete { id, reply }).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/recordings/{id}", responses((status = 200, body = Recording), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/recordings/{id}", params(ID),
+    responses((status = 200, body = Recording), (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 404, body = ErrorBody, description = "`not_found`"), (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
 pub(super) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
     let found = crate::reads::read(&state.reads).get(&id);
     let rec = found.ok_or(ApiError::NotFound(id))?;
@@ -120,21 +158,29 @@ async fn with_links(state: &AppState, mut rec: Recording) -> Recording {
     rec
 }
 
-#[utoipa::path(post, path = "/v1/recordings/{id}/stop", responses((status = 200, body = Recording, description = "Stopping; it finalizes and completes with stopped_by_api"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/recordings/{id}/stop", params(ID),
+    responses((status = 200, body = Recording, description = "Stopping; it finalizes and completes with stopped_by_api"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"), (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
 pub(super) async fn stop(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Recording>, ApiError> {
     let rec = ask(&state, |reply| Command::Stop { id, reply }).await??;
     Ok(Json(with_links(&state, rec).await))
 }
 
-#[utoipa::path(get, path = "/v1/pool", responses((status = 200, body = PoolView)))]
+#[utoipa::path(get, path = "/v1/pool",
+    responses((status = 200, body = PoolView), (status = 401, body = ErrorBody, description = "`unauthorized`"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
 pub(super) async fn pool(State(state): State<AppState>) -> Result<Json<PoolView>, ApiError> {
     let pool = crate::reads::read(&state.reads).pool();
     Ok(Json(pool.ok_or(ApiError::Unavailable)?))
 }
 
 #[utoipa::path(get, path = "/v1/recordings/{id}/files/{name}",
-    params(("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4, init_N.mp4 (a restarted capture's) or seg_NNNNNN.m4s")),
-    responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
+    params(ID, ("name" = String, Path, description = "recording.mp4, index.m3u8, manifest.json, events.json, init.mp4, init_N.mp4 (a restarted capture's) or seg_NNNNNN.m4s")),
+    responses((status = 200, description = "The file, with a folder store (its own content type)"),
+        (status = 307, description = "With an S3 store: a presigned link to the file (`Location`)"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`"), (status = 404, body = ErrorBody, description = "`not_found`"),
+        (status = 503, body = ErrorBody, description = UNAVAILABLE)))]
 pub(super) async fn file(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
     if !DOWNLOADABLE.contains(&name.as_str()) && !crate::validate::is_segment_name(&name) && !recfleet_media::is_init(&name) {
         return Err(ApiError::NotFound(format!("{id}/{name}")));

@@ -82,6 +82,32 @@ async fn a_queued_stop_goes_through_stopping_to_failed() {
     assert_eq!(refused_total(&m), 0);
 }
 
+/// Found by schemathesis: a deleted recording kept its idempotency key in the database, so a new
+/// request with the key could not be written and held every later write up.
+#[tokio::test]
+async fn an_idempotency_key_is_free_again_once_its_recording_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(dir.path()).await;
+    let key = Some("call-42".to_string());
+    let create = || {
+        let (tx, rx) = oneshot::channel();
+        (Command::Create { req: request("https://m.example.com/k"), idempotency_key: key.clone(), reply: tx }, rx)
+    };
+    let (cmd, rx) = create();
+    m.handle(cmd).await;
+    let (first, created) = rx.await.unwrap().unwrap();
+    assert!(created);
+    m.stop(&first.id).unwrap();
+    m.write_marked().await.unwrap();
+    m.delete(&first.id).await.unwrap();
+    let (cmd, rx) = create();
+    m.handle(cmd).await;
+    let (second, created) = rx.await.unwrap().expect("written");
+    assert!(created && second.id != first.id, "a new recording");
+    m.write_marked().await.expect("the database takes it");
+    assert_eq!(m.cfg.metrics.state_write_failures.get(), 0);
+}
+
 #[tokio::test]
 async fn a_late_event_the_table_refuses_is_counted_not_applied() {
     let dir = tempfile::tempdir().unwrap();
