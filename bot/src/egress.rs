@@ -72,7 +72,15 @@ impl Egress {
         let shared = Arc::new(Shared { policy, refusals: refusals.clone(), warned: Mutex::default() });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of descriptors, most likely: wait rather than spin.
+                        tracing::warn!(error = %err, "the egress proxy cannot accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
@@ -104,13 +112,19 @@ fn empty(status: StatusCode) -> Response<Body> {
     resp
 }
 
-/// The addresses `authority` may be reached at, all checked; or why not.
-async fn resolve(policy: NetworkPolicy, authority: &str, default_port: u16) -> Result<Vec<SocketAddr>, Option<Refused>> {
-    let url = format!("http://{authority}/");
+/// How long one connection to a checked address may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Destinations warned about per proxy; past it, refusals are logged at debug only, so a page
+/// that asks for thousands of addresses cannot flood the log (or the controller's).
+const MAX_WARNED: usize = 32;
+
+/// The addresses `host` (as the request names it: `[::1]` with brackets) may be reached at on
+/// `port`, all checked; or why not.
+async fn resolve(policy: NetworkPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>, Option<Refused>> {
+    let url = format!("http://{host}/");
     let parsed = url::Url::parse(&url).map_err(|_| None)?;
-    let port = parsed.port().unwrap_or(default_port);
     // `host:port` as the URL parser writes it (`[::ffff:a9fe:a9fe]:80`), the port always said.
-    let target = format!("{}:{port}", parsed.host_str().unwrap_or(authority));
+    let target = format!("{}:{port}", parsed.host_str().unwrap_or(host));
     let refused = |reason, resolved| Some(Refused { target: target.clone(), reason, resolved });
     match policy.check_url(&url, &["http"]) {
         Err(recfleet_proto::address::UrlRefusal::Address(reason)) => Err(refused(reason, None)),
@@ -129,7 +143,7 @@ async fn resolve(policy: NetworkPolicy, authority: &str, default_port: u16) -> R
 /// The first of `addrs` that takes a connection.
 async fn connect(addrs: &[SocketAddr]) -> Option<TcpStream> {
     for addr in addrs {
-        if let Ok(stream) = TcpStream::connect(addr).await {
+        if let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             return Some(stream);
         }
     }
@@ -137,7 +151,10 @@ async fn connect(addrs: &[SocketAddr]) -> Option<TcpStream> {
 }
 
 fn report(shared: &Shared, refused: Refused) {
-    let first = shared.warned.lock().expect("not poisoned").insert(refused.target.clone());
+    let first = {
+        let mut warned = shared.warned.lock().expect("not poisoned");
+        warned.len() < MAX_WARNED && warned.insert(refused.target.clone())
+    };
     if first {
         tracing::warn!(target_host = %refused.target, resolved = ?refused.resolved, reason = refused.reason.as_str(),
             "the browser was refused a request by the address policy: {}", refused.reason);
@@ -151,13 +168,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if req.method() == Method::CONNECT {
         return Ok(tunnel(&shared, req).await);
     }
-    let Some(authority) = req.uri().authority().map(|a| a.to_string()) else {
+    let Some(host) = req.uri().host().map(str::to_string) else {
         return Ok(empty(StatusCode::BAD_REQUEST));
     };
     if req.uri().scheme_str() != Some("http") {
         return Ok(empty(StatusCode::BAD_REQUEST));
     }
-    let addrs = match resolve(shared.policy, &authority, 80).await {
+    let addrs = match resolve(shared.policy, &host, req.uri().port_u16().unwrap_or(80)).await {
         Ok(addrs) => addrs,
         Err(Some(refused)) => {
             let reason = refused.reason.as_str();
@@ -194,10 +211,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
 /// `CONNECT host:port`: checked, connected, then bytes both ways (TLS end to end).
 async fn tunnel(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let Some(authority) = req.uri().authority().map(|a| a.to_string()) else {
+    // `CONNECT host:port` always names its port: 443 for HTTPS and WSS, 80 for a plain `ws://`.
+    let (Some(host), Some(port)) = (req.uri().host().map(str::to_string), req.uri().port_u16()) else {
         return empty(StatusCode::BAD_REQUEST);
     };
-    let addrs = match resolve(shared.policy, &authority, 443).await {
+    let addrs = match resolve(shared.policy, &host, port).await {
         Ok(addrs) => addrs,
         Err(Some(refused)) => {
             report(shared, refused);
@@ -277,7 +295,7 @@ mod tests {
         let port = origin().await;
         let proxy = Egress::start(NetworkPolicy::LOCAL).await.unwrap();
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-        stream.write_all(format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).await.unwrap();
+        stream.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").as_bytes()).await.unwrap();
         let mut buf = vec![0; 4096];
         let n = stream.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

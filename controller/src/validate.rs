@@ -18,11 +18,11 @@ pub async fn meeting_url(url: &str, allowed_hosts: Option<&[String]>, policy: Ne
     recfleet_proto::url::meeting_url_host(url).map_err(|why| bad(why.into()))?;
     let target = policy.check_url(url, WEB).map_err(|why| bad(why.to_string()))?;
     if let Some(allowed) = allowed_hosts {
-        let host = match &target {
-            Target::Name(name) => name.clone(),
-            Target::Ip(ip) => ip.to_string(),
-        };
-        if !allowed.iter().any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&host)) {
+        // The host as written (`localhost`, `[::1]`), not what the policy made of it.
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let host = parsed.host_str().unwrap_or_default().trim_end_matches('.');
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if !allowed.iter().any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(host)) {
             return Err(bad("the host is not in --allowed-hosts".into()));
         }
     }
@@ -116,6 +116,9 @@ mod tests {
         let allowed = vec!["meet.invalid".to_string()];
         meeting_url("https://MEET.invalid/a", Some(&allowed), NONE).await.unwrap();
         assert!(meeting_url("https://evil.invalid/a", Some(&allowed), NONE).await.is_err());
+        let local = vec!["localhost".to_string(), "::1".to_string()];
+        meeting_url("http://localhost:8080/m", Some(&local), NetworkPolicy::LOCAL).await.unwrap();
+        meeting_url("http://[::1]:8080/m", Some(&local), NetworkPolicy::LOCAL).await.unwrap();
     }
 
     #[test]

@@ -90,9 +90,12 @@ impl reqwest::dns::Resolve for CheckedResolver {
     }
 }
 
-/// The client every delivery uses: checked resolution, no redirects, a timeout.
+/// The client every delivery uses: checked resolution, no redirects, a timeout, and no proxy
+/// from the environment (through a proxy the receiver's name would be resolved by the proxy,
+/// past the check).
 fn client(policy: NetworkPolicy) -> reqwest::Client {
     reqwest::Client::builder()
+        .no_proxy()
         .timeout(REQUEST_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         // No kept connections: every delivery resolves the name again and checks the addresses.
@@ -231,10 +234,18 @@ async fn deliver(
     }
 }
 
-/// An error with its causes (reqwest's own message says little: "error sending request").
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
+/// A failed request and its causes, without the URL (which may carry a token; reqwest's own
+/// message names it).
+fn error_chain(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else {
+        "the request failed"
+    };
+    let mut text = kind.to_string();
+    let mut source = std::error::Error::source(err);
     while let Some(e) = source {
         text.push_str(": ");
         text.push_str(&e.to_string());

@@ -4,10 +4,11 @@
 //! resolves to at each delivery, the bot on every request its browser makes.
 //!
 //! Always refused, whatever the configuration: cloud metadata (169.254.169.254, 169.254.170.2,
-//! fd00:ec2::254, 100.100.100.200), the rest of link-local, unspecified, broadcast, multicast
-//! and reserved addresses. Refused unless allowed: loopback (`localhost` included, which
-//! Chromium resolves itself) and private ranges (RFC 1918, 100.64/10, fc00::/7). An IPv6
-//! address that embeds an IPv4 one (mapped, compatible, NAT64) is judged by the IPv4 address.
+//! AWS's fd00:ec2::/32, GCE's fd20:ce::254, Alibaba's 100.100.100.200, Azure's WireServer
+//! 168.63.129.16), the rest of link-local, unspecified, broadcast, multicast, Teredo and reserved
+//! addresses. Refused unless allowed: loopback (`localhost` included, which Chromium resolves
+//! itself) and private ranges (RFC 1918, 100.64/10, fc00::/7). An IPv6 address that embeds an
+//! IPv4 one (mapped, translated, compatible, NAT64, 6to4) is judged by the IPv4 address.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -174,7 +175,12 @@ fn classify(ip: IpAddr) -> Option<Refusal> {
 
 fn classify_v4(ip: Ipv4Addr) -> Option<Refusal> {
     let [a, b, c, _] = ip.octets();
-    const METADATA: [Ipv4Addr; 3] = [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(169, 254, 170, 2), Ipv4Addr::new(100, 100, 100, 200)];
+    const METADATA: [Ipv4Addr; 4] = [
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(169, 254, 170, 2),
+        Ipv4Addr::new(100, 100, 100, 200),
+        Ipv4Addr::new(168, 63, 129, 16),
+    ];
     if METADATA.contains(&ip) {
         Some(Refusal::Metadata)
     } else if ip.is_link_local() {
@@ -198,7 +204,7 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Refusal> {
 
 fn classify_v6(ip: Ipv6Addr) -> Option<Refusal> {
     let s = ip.segments();
-    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+    if s[..2] == [0xfd00, 0x0ec2] || ip == Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254) {
         Some(Refusal::Metadata)
     } else if ip.is_loopback() {
         Some(Refusal::Loopback)
@@ -206,22 +212,27 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Refusal> {
         Some(Refusal::LinkLocal)
     } else if (s[0] & 0xfe00) == 0xfc00 {
         Some(Refusal::Private)
-    } else if ip.is_unspecified() || ip.is_multicast() || s[0] == 0x2001 && s[1] == 0x0db8 || (s[0] & 0xffc0) == 0xfec0 {
+    } else if ip.is_unspecified() || ip.is_multicast() || s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] == 0) || (s[0] & 0xffc0) == 0xfec0 {
         Some(Refusal::Reserved)
     } else {
         None
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) or
-/// NAT64 (`64:ff9b::a.b.c.d`) address: these reach the IPv4 one.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`, and the
+/// local-use `64:ff9b:1::/48`) or 6to4 (`2002:aabb:ccdd::/48`) address: these reach the IPv4 one.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
+    let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
     let compatible = s[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified();
-    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    (mapped || compatible || nat64).then_some(tail)
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1];
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    (mapped || translated || compatible || nat64).then(|| v4(s[6], s[7]))
 }
 
 #[cfg(test)]
@@ -240,6 +251,14 @@ mod tests {
             ("169.254.170.2", Some(Refusal::Metadata)),
             ("100.100.100.200", Some(Refusal::Metadata)),
             ("fd00:ec2::254", Some(Refusal::Metadata)),
+            ("fd00:ec2::23", Some(Refusal::Metadata)),
+            ("fd20:ce::254", Some(Refusal::Metadata)),
+            ("168.63.129.16", Some(Refusal::Metadata)),
+            ("::ffff:0:a9fe:a9fe", Some(Refusal::Metadata)),
+            ("64:ff9b:1::a9fe:a9fe", Some(Refusal::Metadata)),
+            ("2002:a9fe:a9fe::1", Some(Refusal::Metadata)),
+            ("2002:0a00:0001::1", Some(Refusal::Private)),
+            ("2001:0:4136:e378::1", Some(Refusal::Reserved)),
             ("::ffff:169.254.169.254", Some(Refusal::Metadata)),
             ("64:ff9b::a9fe:a9fe", Some(Refusal::Metadata)),
             ("169.254.1.2", Some(Refusal::LinkLocal)),

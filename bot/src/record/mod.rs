@@ -242,6 +242,8 @@ impl Job<'_> {
         session: &mut Session,
         status: &mut RecordingStatus,
     ) -> Result<(Capture, End, Spool, Option<Uploader>), RecordError> {
+        // From before the join: what the page asks for while the bot gets in counts too.
+        let refusals = session.egress.subscribe();
         if let Some(recipe) = &self.cfg.recipe {
             join::check_selectors(&session.chromium.page, recipe).await.map_err(|e| match e {
                 JoinError::BadSelectors(msg) => RecordError::Recipe(msg),
@@ -315,7 +317,7 @@ impl Job<'_> {
         let (spool_stop, spool_task) = spawn_spool_watch(watch_cfg);
         let watched = CancellationToken::new();
         let audio_task = watch_audio(levels, self.journal, self.cfg.silence_fault, &watched);
-        let egress_task = watch_egress(session.egress.subscribe(), self.journal, &watched);
+        let egress_task = watch_egress(refusals, self.journal, &watched);
         let max_until = self.cfg.max_duration.map(|d| (tokio::time::Instant::now() + d, d));
         let limits = Limits { max_until, shutdown: self.shutdown, stop_code: self.stop_code, disk_full };
         let watching = async {

@@ -19,8 +19,12 @@ use crate::upload::{self, Uploader};
 /// How long past its own threshold a restarted encoder gets to report a silence that goes on.
 const RESTART_SILENCE_GRACE: Duration = Duration::from_secs(1);
 
-/// Puts the egress proxy's refusals on the timeline (`request_refused`, once per target), until
-/// `done`.
+/// Destinations put on one recording's timeline as `request_refused`; a page that asks for more
+/// gets no more events (each rewrites `events.json`).
+const MAX_REFUSED_EVENTS: usize = 32;
+
+/// Puts the egress proxy's refusals on the timeline (`request_refused`, once per target, at most
+/// `MAX_REFUSED_EVENTS`), until `done`.
 pub(super) async fn watch_egress(
     mut refusals: tokio::sync::broadcast::Receiver<crate::egress::Refused>,
     journal: &Journal,
@@ -36,7 +40,7 @@ pub(super) async fn watch_egress(
             },
             _ = done.cancelled() => return,
         };
-        if seen.insert(refused.target.clone()) {
+        if seen.len() < MAX_REFUSED_EVENTS && seen.insert(refused.target.clone()) {
             journal.record(EventKind::RequestRefused { target: refused.target, reason: refused.reason.as_str().to_string() });
         }
     }
