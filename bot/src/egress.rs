@@ -1,4 +1,5 @@
-//! The browser's only way out: an HTTP proxy inside the bot, on loopback, that Chromium must use
+//! The browser's only way out over HTTP (WebRTC's UDP media goes around it, docs/SECURITY.md):
+//! an HTTP proxy inside the bot, on loopback, that Chromium must use
 //! for every request (`--proxy-server`, loopback not bypassed): navigations, redirects (each hop
 //! is a new request), iframes, subresources, `fetch`, and WebSockets (Chromium tunnels those
 //! with `CONNECT`). Each request's host is resolved here and every address checked against the

@@ -1,5 +1,5 @@
 //! The syntax of a meeting URL, shared by the bot and the controller: http(s), no white space,
-//! a host. Pure. Address policy (link-local, metadata, allow-lists) is the controller's.
+//! a host. Pure. Which addresses may be reached is `address`'s (the address policy).
 
 /// The URL's host (without port or IPv6 brackets), or why the URL is refused.
 pub fn meeting_url_host(url: &str) -> Result<&str, &'static str> {
