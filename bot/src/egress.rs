@@ -133,7 +133,7 @@ async fn resolve(policy: NetworkPolicy, host: &str, port: u16) -> Result<Vec<Soc
         Ok(Target::Ip(ip)) => Ok(vec![SocketAddr::new(ip, port)]),
         Ok(Target::Name(name)) => {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port)).await.map_err(|_| None)?.collect();
-            if let Some((ip, reason)) = addrs.iter().find_map(|a| policy.check(a.ip()).err().map(|r| (a.ip(), r))) {
+            if let Some((ip, reason)) = policy.first_refused(addrs.iter().map(SocketAddr::ip)) {
                 return Err(refused(reason, Some(ip)));
             }
             Ok(addrs)

@@ -48,10 +48,9 @@ async fn resolved(policy: NetworkPolicy, url: &str, target: &Target) -> Result<(
     }
 }
 
-/// The first refused address among `ips`, if any: a name with one refused address is refused
-/// (the client may pick any of them).
+/// Why `ips` are refused, if one of them is (`NetworkPolicy::first_refused`).
 pub fn check_all(policy: NetworkPolicy, ips: impl IntoIterator<Item = std::net::IpAddr>) -> Result<(), Refusal> {
-    ips.into_iter().try_for_each(|ip| policy.check(ip))
+    policy.first_refused(ips).map_or(Ok(()), |(_, refusal)| Err(refusal))
 }
 
 /// `seg_000001.m4s` and nothing that could climb out of a folder.

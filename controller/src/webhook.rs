@@ -82,7 +82,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if let Some((ip, refusal)) = addrs.iter().find_map(|a| policy.check(a.ip()).err().map(|r| (a.ip(), r))) {
+            if let Some((ip, refusal)) = policy.first_refused(addrs.iter().map(SocketAddr::ip)) {
                 return Err(Box::new(RefusedAddress { host, ip, refusal }) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
@@ -112,12 +112,9 @@ enum AttemptError {
     Failed(String),
 }
 
-/// A refusal, when the attempt's URL or what its host resolved to is refused.
-fn refusal(policy: NetworkPolicy, url: &str, err: Option<&reqwest::Error>) -> Option<String> {
-    if let Err(why) = policy.check_url(url, &["http", "https"]) {
-        return Some(why.to_string());
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = err.map(|e| e as _);
+/// The resolver's refusal, when that is why the request failed.
+fn resolver_refusal(err: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
             return Some(refused.to_string());
@@ -166,7 +163,7 @@ async fn deliver(
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = signer.sign(&message_id, ts, body.as_bytes()).map_err(|e| AttemptError::Failed(e.to_string()))?;
         // A literal address never reaches the resolver: check it here.
-        let refused_url = refusal(policy, &d.url, None);
+        let refused_url = policy.check_url(&d.url, &["http", "https"]).err().map(|why| why.to_string());
         let result = match refused_url {
             Some(_) => None,
             None => Some(
@@ -188,7 +185,7 @@ async fn deliver(
                 (Some(resp.status().as_u16()), Some(AttemptError::Failed(format!("HTTP {} (redirects are not followed)", resp.status()))))
             }
             (Some(Ok(resp)), _) => (Some(resp.status().as_u16()), Some(AttemptError::Failed(format!("HTTP {}", resp.status())))),
-            (Some(Err(err)), _) => match refusal(policy, &d.url, Some(err)) {
+            (Some(Err(err)), _) => match resolver_refusal(err) {
                 Some(why) => (None, Some(AttemptError::Refused(why))),
                 None => (None, Some(AttemptError::Failed(error_chain(err)))),
             },

@@ -117,6 +117,12 @@ impl NetworkPolicy {
         }
     }
 
+    /// The first of `ips` this policy refuses, with why: a name with one refused address is
+    /// refused (the client may pick any of them).
+    pub fn first_refused(&self, ips: impl IntoIterator<Item = IpAddr>) -> Option<(IpAddr, Refusal)> {
+        ips.into_iter().find_map(|ip| self.check(ip).err().map(|r| (ip, r)))
+    }
+
     /// Parses `url` as a browser does, checks its scheme against `schemes` and, when its host is
     /// a literal address or a name that never needs DNS (`localhost`, metadata names), that
     /// address. A host name is returned for the caller to resolve and check.
